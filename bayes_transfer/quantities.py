@@ -1,0 +1,380 @@
+"""Posterior quantities of a fit, at any (N, D_F, p), with extrapolation flagged.
+
+Every function takes a `Fit` and returns an `xarray.DataArray` over
+(chain, draw, ...): one value per posterior draw, so any summary (mean,
+interval, probability) is a reduction over those two dims (see `band`).
+N, D_F and p may be scalars or 1-d sequences; a sequence becomes a dimension
+of the same name ("N", "D_F", "p") so maps over N x D_F come out of one call.
+
+Each result carries an `extrapolated` boolean coordinate over its input dims
+(True where N, D_F or p lies outside the range the grid measured) and an
+`extrapolated` attribute (True if any point is); plots and reports mark it.
+
+The laws (REFERENCE.md), in natural-scale parameter names:
+- scratch, Kaplan:      L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D
+- scratch, Chinchilla:  L = E + A N^-alpha_N + B D^-alpha_D
+- transfer:             D_T = k D_F^alpha N^beta - omega D_F, L_ft = L_scratch(N, D_F + D_T)
+- transfer gap:         L = (A_p p^-alpha_p + G) f^-alpha_f + E   (p > 0)
+                        L = C_0 f^-alpha_f + E                    (p = 0, from scratch)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+SAMPLE_DIMS = ("chain", "draw")
+KAPLAN = ("N_c", "D_c", "alpha_N", "alpha_D")
+CHINCHILLA = ("E", "A", "B", "alpha_N", "alpha_D")
+TRANSFER = ("k", "alpha", "beta")
+GAP = ("A_p", "alpha_p", "G", "alpha_f", "E", "C_0")
+# "within 1% of the infinite-data loss" and "at most 10% of that data" (Hernandez et al.)
+_NEAR_FLOOR = 0.01
+_LOW_DATA_FRACTION = 0.1
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _axis(values, name: str) -> xr.DataArray:
+    """A positive scalar or 1-d sequence as a DataArray (a sequence gets dim `name`)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim > 1:
+        raise ValueError(f"{name} must be a number or a 1-d sequence, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0) or (name != "p" and np.any(arr == 0)):
+        bound = ">= 0" if name == "p" else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {arr.tolist()}")
+    if arr.ndim == 0:
+        return xr.DataArray(float(arr))
+    return xr.DataArray(arr, dims=[name], coords={name: arr})
+
+
+def scratch_form(fit) -> str:
+    """'kaplan' or 'chinchilla': which scratch law the fit's posterior holds."""
+    post = fit.posterior
+    if all(v in post for v in KAPLAN):
+        return "kaplan"
+    if all(v in post for v in CHINCHILLA):
+        return "chinchilla"
+    raise ValueError(f"the fit (law {fit.law!r}) has no scratch-law parameters "
+                     f"({', '.join(KAPLAN)} or {', '.join(CHINCHILLA)})")
+
+
+def pairs(fit) -> list[str]:
+    """The (source->target) pairs of a transfer or transfer-gap fit."""
+    post = fit.posterior
+    return [str(p) for p in post["pair"].values] if "pair" in post.dims else []
+
+
+def _select_pair(fit, pair: str | None) -> xr.Dataset:
+    """The posterior with scratch params aligned to pairs (dim `pair`, or none if one is named)."""
+    post = fit.posterior
+    if "pair" not in post.dims:
+        raise ValueError(f"the fit (law {fit.law!r}) has no source->target pairs; "
+                         "fit a 'transfer' or 'transfer_gap' law on fine-tuned runs")
+    if pair is not None:
+        known = pairs(fit)
+        if pair not in known:
+            raise ValueError(f"unknown pair {pair!r}; the fit has {known}")
+        post = post.sel(pair=pair)
+    if "target" in post.dims:
+        # Each pair uses its target's scratch law: vectorised selection along `pair`.
+        aligned = {name: da.sel(target=post["pair_target"]).drop_vars("target", errors="ignore")
+                   for name, da in post.data_vars.items() if "target" in da.dims}
+        post = post.drop_dims("target").assign(aligned)
+    return post
+
+
+def _select_target(fit, target: str | None) -> xr.Dataset:
+    post = fit.posterior
+    if target is not None:
+        if "target" not in post.dims:
+            raise ValueError(f"the fit has no target dimension; drop target={target!r}")
+        known = [str(t) for t in post["target"].values]
+        if target not in known:
+            raise ValueError(f"unknown target {target!r}; the fit has {known}")
+        post = post.sel(target=target)
+    return post
+
+
+# ---------------------------------------------------------------- laws on draws
+
+
+def scratch_loss(params, N, D, form: str):
+    """The scratch law evaluated on posterior draws (any broadcastable arrays)."""
+    if form == "kaplan":
+        ratio = params["alpha_N"] / params["alpha_D"]
+        return ((params["N_c"] / N) ** ratio + params["D_c"] / D) ** params["alpha_D"]
+    return params["E"] + params["A"] * N ** -params["alpha_N"] + params["B"] * D ** -params["alpha_D"]
+
+
+def scratch_floor(params, N, form: str):
+    """The infinite-data loss of a size-N model."""
+    if form == "kaplan":
+        return (params["N_c"] / N) ** params["alpha_N"]
+    return params["E"] + params["A"] * N ** -params["alpha_N"]
+
+
+def invert_scratch(params, N, loss, form: str):
+    """Effective data D_E with L_scratch(N, D_E) = loss; +inf at or below the floor."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if form == "kaplan":
+            gap = loss ** (1.0 / params["alpha_D"]) - (params["N_c"] / N) ** (
+                params["alpha_N"] / params["alpha_D"])
+            d_e = params["D_c"] / gap
+        else:
+            gap = loss - params["E"] - params["A"] * N ** -params["alpha_N"]
+            d_e = (params["B"] / gap) ** (1.0 / params["alpha_D"])
+    return xr.where(gap > 0, d_e, np.inf)
+
+
+def _transferred(params, N, D_F):
+    d_t = params["k"] * D_F ** params["alpha"] * N ** params["beta"]
+    if "omega" in params:
+        d_t = d_t - params["omega"] * D_F
+    return d_t
+
+
+def _gap_loss(params, p, f):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pretrained = (params["A_p"] * p ** -params["alpha_p"] + params["G"]) * f ** -params["alpha_f"]
+    scratch = params["C_0"] * f ** -params["alpha_f"]
+    return xr.where(p > 0, pretrained, scratch) + params["E"]
+
+
+# ---------------------------------------------------------------- extrapolation
+
+
+def _range(values) -> tuple[float, float] | None:
+    values = np.asarray(values, dtype=float)
+    return (float(values.min()), float(values.max())) if values.size else None
+
+
+def grid_ranges(fit, pair: str | None = None, finetuned: bool = True) -> dict:
+    """The measured ranges of N, D_F and p: fine-tuned runs (of `pair`) or scratch runs."""
+    runs: pd.DataFrame = fit.grid.runs
+    if finetuned:
+        rows = runs[runs["source"] != "none"]
+        if pair is not None and "->" in pair:
+            source, target = pair.split("->", 1)
+            rows = rows[(rows["source"] == source) & (rows["target"] == target)]
+    else:
+        rows = runs[runs["source"] == "none"]
+    out = {"N": _range(rows["n_params"]), "D_F": _range(rows["data_tokens"])}
+    if "pretrain_tokens" in rows:
+        out["p"] = _range(rows["pretrain_tokens"])
+    return out
+
+
+def _flag(result: xr.DataArray, fit, inputs: dict, ranges: dict) -> xr.DataArray:
+    """Attach the `extrapolated` coordinate (over the input dims) and attribute."""
+    outside = xr.DataArray(False)
+    for name, values in inputs.items():
+        lim = ranges.get(name)
+        if values is None or lim is None:
+            continue
+        lo, hi = lim
+        tol = 1e-9 * max(abs(hi), 1.0)
+        outside = outside | (values < lo - tol) | (values > hi + tol)
+    outside = outside.transpose(*[d for d in result.dims if d in outside.dims])
+    result = result.assign_coords(extrapolated=outside)
+    result.attrs["extrapolated"] = bool(outside.any())
+    result.attrs["grid_ranges"] = str({k: v for k, v in ranges.items() if v is not None})
+    return result
+
+
+def _finish(result: xr.DataArray, name: str, units: str, long_name: str) -> xr.DataArray:
+    order = [d for d in SAMPLE_DIMS + ("pair", "target", "N", "D_F", "p") if d in result.dims]
+    result = result.transpose(*order, ...)
+    result.name = name
+    result.attrs.update(units=units, long_name=long_name)
+    return result
+
+
+# ---------------------------------------------------------------- quantities
+
+
+def transferred_data(fit, N, D_F, pair: str | None = None) -> xr.DataArray:
+    """D_T: the data pre-training is worth, in target tokens (bytes); negative = ossification.
+
+    From a 'transfer' fit: D_T = k D_F^alpha N^beta - omega D_F, per posterior draw.
+    With `pair` None and several pairs the result has a `pair` dim.
+    """
+    if fit.law != "transfer":
+        raise ValueError(f"transferred_data needs a 'transfer' fit (k, alpha, beta); this fit is {fit.law!r}")
+    post = _select_pair(fit, pair)
+    n, d = _axis(N, "N"), _axis(D_F, "D_F")
+    result = _transferred(post, n, d)
+    result = _finish(result, "D_T", "bytes", "data transferred by pre-training")
+    return _flag(result, fit, {"N": n, "D_F": d}, grid_ranges(fit, pair))
+
+
+def effective_multiplier(fit, N, D_F, pair: str | None = None) -> xr.DataArray:
+    """(D_F + D_T) / D_F: how many times the fine-tuning data pre-training is worth."""
+    d_t = transferred_data(fit, N, D_F, pair)
+    d = _axis(D_F, "D_F")
+    result = (d + d_t) / d
+    result.attrs = dict(d_t.attrs)
+    return _finish(result, "multiplier", "1", "effective data multiplier (D_F + D_T) / D_F")
+
+
+def ossification_probability(fit, N, D_F, pair: str | None = None, p=None) -> xr.DataArray:
+    """Posterior probability that pre-training hurts at (N, D_F): a reduction over draws.
+
+    'transfer' fit: P(D_T < 0). 'transfer_gap' fit (needs p > 0): P(L(p, D_F) > L(0, D_F)).
+    """
+    if fit.law == "transfer":
+        d_t = transferred_data(fit, N, D_F, pair)
+        worse, attrs, extrap = d_t < 0, dict(d_t.attrs), d_t["extrapolated"]
+    elif fit.law == "transfer_gap":
+        if p is None or np.any(np.asarray(p, dtype=float) <= 0):
+            raise ValueError("ossification under a 'transfer_gap' fit needs pre-training tokens p > 0")
+        with_p = predicted_loss(fit, N, D_F, p=p, pair=pair)
+        without = predicted_loss(fit, N, D_F, p=0.0, pair=pair)
+        worse = with_p > without.drop_vars("extrapolated")
+        attrs, extrap = dict(with_p.attrs), with_p["extrapolated"]
+    else:
+        raise ValueError(f"ossification needs a 'transfer' or 'transfer_gap' fit; this fit is {fit.law!r}")
+    prob = worse.mean(SAMPLE_DIMS).assign_coords(extrapolated=extrap)
+    prob.name = "p_ossification"
+    prob.attrs = attrs
+    prob.attrs.update(units="1", long_name="P(pre-training worse than scratch)")
+    return prob
+
+
+def data_to_converge(fit, N, target: str | None = None) -> xr.DataArray:
+    """D(N): data a size-N model needs (scratch law) to get within 1% of its infinite-data loss."""
+    form = scratch_form(fit)
+    post = _select_target(fit, target)
+    n = _axis(N, "N")
+    if form == "kaplan":
+        # (x + D_c/D)^a_D = 1.01 x^a_D with x = (N_c/N)^(a_N/a_D)
+        x = (post["N_c"] / n) ** (post["alpha_N"] / post["alpha_D"])
+        result = post["D_c"] / (x * ((1 + _NEAR_FLOOR) ** (1 / post["alpha_D"]) - 1))
+    else:
+        # B D^-a_D = 0.01 (E + A N^-a_N)
+        floor = scratch_floor(post, n, form)
+        result = (post["B"] / (_NEAR_FLOOR * floor)) ** (1 / post["alpha_D"])
+    result = _finish(result, "D_N", "bytes", "data to reach 1% of the infinite-data loss")
+    return _flag(result, fit, {"N": n}, grid_ranges(fit, finetuned=False))
+
+
+def low_data_boundary(fit, N, target: str | None = None) -> xr.DataArray:
+    """The largest D_F of the low-data regime at size N: 0.1 D(N) (where the transfer law holds)."""
+    result = _LOW_DATA_FRACTION * data_to_converge(fit, N, target)
+    result.attrs["long_name"] = "low-data regime boundary 0.1 D(N)"
+    result.name = "D_low"
+    return result
+
+
+def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: bool = False,
+                   target: str | None = None, seed: int = 0) -> xr.DataArray:
+    """Loss (nats/byte) at (N, D_F[, p]) per draw; `predictive` adds the fitted noise.
+
+    - scratch fits ('kaplan', 'chinchilla'): the scratch law of each target (`target` picks one).
+    - 'transfer': p=None gives the fine-tuned loss L_scratch(N, D_F + D_T) of each pair;
+      p=0 gives the from-scratch loss of the pair's target.
+    - 'transfer_gap': p is required (0 = from scratch); the law is at the grid's model size,
+      so N only marks extrapolation (N=None: the grid's size).
+    """
+    ranges_ft = None
+    if fit.law in ("kaplan", "chinchilla"):
+        if pair is not None or p not in (None, 0):
+            raise ValueError(f"a {fit.law!r} fit is from scratch only: drop pair / p")
+        post = _select_target(fit, target)
+        n, d = _axis(N, "N"), _axis(D_F, "D_F")
+        mu = scratch_loss(post, n, d, scratch_form(fit))
+        inputs, ranges = {"N": n, "D_F": d}, grid_ranges(fit, finetuned=False)
+    elif fit.law == "transfer":
+        if p is not None and np.any(np.asarray(p, dtype=float) != 0):
+            raise ValueError("a 'transfer' fit has no pre-training-size dependence: "
+                             "use p=None (fine-tuned) or p=0 (from scratch)")
+        post = _select_pair(fit, pair)
+        n, d = _axis(N, "N"), _axis(D_F, "D_F")
+        form = scratch_form(fit)
+        if p is None:
+            mu = scratch_loss(post, n, d + _transferred(post, n, d), form)
+            inputs, ranges = {"N": n, "D_F": d}, grid_ranges(fit, pair)
+        else:
+            mu = scratch_loss(post, n, d, form)
+            inputs, ranges = {"N": n, "D_F": d}, grid_ranges(fit, finetuned=False)
+    elif fit.law == "transfer_gap":
+        if p is None:
+            raise ValueError("a 'transfer_gap' fit needs p (pre-training tokens; 0 = from scratch)")
+        post = _select_pair(fit, pair)
+        d, pp = _axis(D_F, "D_F"), _axis(p, "p")
+        mu = _gap_loss(post, pp, d)
+        n = None if N is None else _axis(N, "N")
+        inputs = {"N": n, "D_F": d, "p": pp}
+        ranges = grid_ranges(fit, pair)
+        ranges_ft = grid_ranges(fit, finetuned=False)
+    else:
+        raise ValueError(f"unknown law {fit.law!r}")
+    if ranges_ft is not None and ranges.get("N") is None:
+        ranges["N"] = ranges_ft["N"]
+    if predictive:
+        mu = _add_noise(mu, post, seed)
+    kind = "posterior predictive" if predictive else "expected"
+    result = _finish(mu, "loss", "nats/byte", f"{kind} loss")
+    return _flag(result, fit, inputs, ranges)
+
+
+def _add_noise(mu: xr.DataArray, post: xr.Dataset, seed: int) -> xr.DataArray:
+    """Draw a new observation per draw: Student-t (or normal) noise on log-loss."""
+    rng = np.random.default_rng(seed)
+    sigma = post["sigma"] if "sigma" in post else None
+    if sigma is None:
+        raise ValueError("the fit has no noise scale `sigma`; posterior-predictive bands need it")
+    parts = [mu, sigma] + ([post["nu"]] if "nu" in post else [])
+    parts = xr.broadcast(*parts)
+    shape = parts[0].shape
+    noise = rng.standard_t(parts[2].values, size=shape) if len(parts) == 3 else rng.standard_normal(shape)
+    return parts[0].copy(data=np.exp(np.log(parts[0].values) + parts[1].values * noise))
+
+
+def observed_transferred_data(fit, prob: float = 0.9) -> pd.DataFrame:
+    """The paper's two-stage points: each fine-tuned run inverted through the scratch law.
+
+    One row per fine-tuned run: D_T median and `prob` interval over the scratch-law
+    posterior, and the share of draws where the run's loss lies at or below the
+    scratch floor (D_E unbounded, reported, not dropped).
+    """
+    form = scratch_form(fit)
+    runs = fit.grid.runs
+    ft = runs[runs["source"] != "none"].reset_index(drop=True)
+    post = fit.posterior
+    rows = []
+    lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
+    for _, run in ft.iterrows():
+        params = post.sel(target=run["target"]) if "target" in post.dims else post
+        d_e = invert_scratch(params, float(run["n_params"]), float(run["loss"]), form)
+        d_t = (d_e - float(run["data_tokens"])).values.ravel()
+        finite = d_t[np.isfinite(d_t)]
+        q = np.quantile(finite, [lo_q, 0.5, hi_q]) if finite.size else [np.nan] * 3
+        rows.append({"source": run["source"], "target": run["target"],
+                     "pair": f"{run['source']}->{run['target']}",
+                     "n_params": run["n_params"], "data_tokens": run["data_tokens"],
+                     "loss": run["loss"], "D_T_lower": q[0], "D_T_median": q[1], "D_T_upper": q[2],
+                     "share_unbounded": 1 - finite.size / d_t.size})
+    return pd.DataFrame(rows)
+
+
+def band(da: xr.DataArray, prob: float = 0.9) -> xr.Dataset:
+    """Posterior mean, median and central `prob` interval over (chain, draw)."""
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must be in (0, 1), got {prob}")
+    dims = [d for d in SAMPLE_DIMS if d in da.dims]
+    if not dims:
+        raise ValueError("band needs a DataArray over (chain, draw)")
+    q = da.quantile([(1 - prob) / 2, (1 + prob) / 2], dim=dims)
+    out = xr.Dataset({
+        "mean": da.mean(dims),
+        "median": da.median(dims),
+        "lower": q.isel(quantile=0, drop=True),
+        "upper": q.isel(quantile=1, drop=True),
+    })
+    out.attrs = dict(da.attrs, prob=prob)
+    return out
