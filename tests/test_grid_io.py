@@ -1,0 +1,178 @@
+"""load_grid: the netCDF contract, plain tables, and every kind of bad input."""
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from bayes_transfer import Grid, GridError, load_grid
+
+
+def table(**over):
+    df = pd.DataFrame(
+        {
+            "target": ["python"] * 4,
+            "source": ["none", "none", "text", "text"],
+            "n_params": [1e5, 1e6, 1e5, 1e6],
+            "data_tokens": [1e6, 1e6, 1e6, 1e6],
+            "pretrain_tokens": [0, 0, 8e7, 8e7],
+            "seed": [0, 0, 0, 0],
+            "loss": [2.0, 1.8, 1.7, 1.5],
+        }
+    )
+    for k, v in over.items():
+        df[k] = v
+    return df
+
+
+def dataset(n_eval=3, **attrs):
+    df = table()
+    n = len(df)
+    ds = xr.Dataset(
+        {
+            "loss": ("run", df["loss"].to_numpy()),
+            "best_step": ("run", np.arange(n) * 100),
+            "status": ("run", np.array(["ok", "ok", "capped", "failed"], dtype=object)),
+            "status_reason": ("run", np.array(["", "", "step cap", "NaN loss"], dtype=object)),
+            "curve_tokens": (("run", "eval"), np.tile(np.arange(n_eval, dtype=float), (n, 1))),
+            "curve_loss": (("run", "eval"), np.full((n, n_eval), 2.5)),
+        },
+        coords={
+            "target": ("run", df["target"].to_numpy(dtype=object)),
+            "source": ("run", df["source"].to_numpy(dtype=object)),
+            "n_params": ("run", df["n_params"].to_numpy()),
+            "n_layer": ("run", np.array([2, 4, 2, 4])),
+            "d_model": ("run", np.array([64, 128, 64, 128])),
+            "pretrain_tokens": ("run", df["pretrain_tokens"].to_numpy()),
+            "data_tokens": ("run", df["data_tokens"].to_numpy()),
+            "seed": ("run", df["seed"].to_numpy()),
+        },
+        attrs={"loss_units": "nats", "token": "byte", "vocab_size": 256, **attrs},
+    )
+    return ds
+
+
+def test_table_round_trip_and_helpers(tmp_path):
+    g = load_grid(table())
+    assert isinstance(g, Grid) and len(g) == 4
+    assert g.targets == ["python"] and g.sources == ["text"] and g.pairs == [("text", "python")]
+    assert len(g.scratch) == 2 and len(g.finetuned) == 2
+    path = tmp_path / "g.csv"
+    table().to_csv(path, index=False)
+    g2 = load_grid(path)
+    assert g2.sha256 == g.sha256
+    assert load_grid(g) is g
+
+
+def test_hash_ignores_row_order_and_sees_losses():
+    df = table()
+    assert load_grid(df.iloc[::-1]).sha256 == load_grid(df).sha256
+    assert load_grid(table(loss=[2.0, 1.8, 1.7, 1.51])).sha256 != load_grid(df).sha256
+
+
+def test_minimal_table_defaults():
+    g = load_grid(pd.DataFrame({"n_params": [1e5, 1e6], "data_tokens": [1e6, 1e7], "loss": [2.0, 1.5]}))
+    assert list(g.runs["source"]) == ["none", "none"] and list(g.runs["target"]) == ["target"] * 2
+    assert (g.runs["pretrain_tokens"] == 0).all()
+
+
+def test_netcdf_excludes_failed_and_warns_on_capped(tmp_path):
+    path = tmp_path / "grid.nc"
+    dataset().to_netcdf(path, engine="h5netcdf")
+    with pytest.warns(UserWarning) as record:
+        g = load_grid(path)
+    messages = " ".join(str(w.message) for w in record)
+    assert "1 failed run(s) excluded" in messages and "NaN loss" in messages
+    assert "1 run(s) hit their step cap" in messages
+    assert len(g.runs) == 3 and len(g.excluded) == 1
+    assert g.excluded["status_reason"].iloc[0] == "NaN loss"
+    assert g.curves is not None and g.curves.sizes["run"] == 3
+    assert {"n_layer", "d_model", "best_step"} <= set(g.runs.columns)
+
+
+def test_failed_run_with_nan_loss_is_excluded_not_an_error():
+    ds = dataset()
+    ds["loss"] = ds["loss"].where(ds["status"] != "failed")
+    with pytest.warns(UserWarning, match="failed"):
+        g = load_grid(ds)
+    assert len(g) == 3
+
+
+def test_bits_converted_with_note():
+    ds = dataset()
+    ds.attrs["loss_units"] = "bits"
+    with pytest.warns(UserWarning, match="bits"):
+        g = load_grid(ds.where(ds["status"] != "failed", drop=True))
+    np.testing.assert_allclose(g.runs["loss"], np.array([2.0, 1.8, 1.7]) * math.log(2))
+    assert any("bits" in n for n in g.attrs["notes"])
+    np.testing.assert_allclose(g.curves["curve_loss"], 2.5 * math.log(2))
+
+
+def test_losses_too_large_for_nats_rejected():
+    with pytest.raises(GridError, match=r"above ln\(vocab_size\).*run 1"):
+        load_grid(table(loss=[2.0, 7.9, 1.7, 1.5]))
+
+
+def test_missing_units_attr_is_an_error():
+    ds = dataset()
+    del ds.attrs["loss_units"]
+    with pytest.raises(GridError, match="loss_units"):
+        load_grid(ds)
+
+
+@pytest.mark.parametrize(
+    "column, values, match",
+    [
+        ("loss", [2.0, np.nan, 1.7, 1.5], r"'loss' must be finite and positive.*run 1"),
+        ("loss", [2.0, 1.8, 0.0, 1.5], r"'loss' must be finite and positive.*run 2"),
+        ("loss", [2.0, 1.8, 1.7, np.inf], r"'loss' must be finite and positive.*run 3"),
+        ("n_params", [1e5, -1e6, 1e5, 1e6], r"'n_params' must be finite and positive.*run 1"),
+        ("data_tokens", [0, 1e6, 1e6, 1e6], r"'data_tokens' must be finite and positive.*run 0"),
+        ("loss", ["2.0", "x", "1.7", "1.5"], r"'loss' must be numeric.*run 1"),
+        ("pretrain_tokens", [0, 0, -1, 8e7], r"pretrain_tokens.*>= 0.*run 2"),
+        ("pretrain_tokens", [5, 0, 8e7, 8e7], r"scratch runs.*pretrain_tokens > 0.*run 0"),
+        ("source", ["none", None, "text", "text"], r"'source' must hold strings.*run 1"),
+    ],
+)
+def test_bad_values_named(column, values, match):
+    with pytest.raises(GridError, match=match):
+        load_grid(table(**{column: values}))
+
+
+def test_missing_column_named():
+    with pytest.raises(GridError, match=r"lacks required column\(s\) \['loss'\]"):
+        load_grid(table().drop(columns="loss"))
+    ds = dataset().drop_vars("pretrain_tokens")
+    with pytest.raises(GridError, match="pretrain_tokens"):
+        load_grid(ds)
+
+
+def test_duplicates_named():
+    with pytest.raises(GridError, match=r"duplicated runs.*run 2, run 3"):
+        load_grid(table(n_params=[1e5, 1e6, 1e5, 1e5]))
+    # different seeds are replicates, not duplicates
+    g = load_grid(table(n_params=[1e5, 1e6, 1e5, 1e5], seed=[0, 0, 0, 1]))
+    assert len(g) == 4
+
+
+def test_empty_and_wrong_inputs():
+    with pytest.raises(GridError, match="empty"):
+        load_grid(table().iloc[:0])
+    with pytest.raises(GridError, match="no such grid file"):
+        load_grid("/nonexistent/grid.nc")
+    with pytest.raises(GridError, match="cannot read a grid from a list"):
+        load_grid([1, 2])
+    with pytest.raises(GridError, match="unknown loss units"):
+        load_grid(table(), units="furlongs")
+
+
+def test_all_failed_is_empty():
+    ds = dataset()
+    ds["status"] = ("run", np.array(["failed"] * 4, dtype=object))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(GridError, match="every run failed"):
+            load_grid(ds)

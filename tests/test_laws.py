@@ -1,0 +1,102 @@
+"""The laws: closed forms against numeric root finding, log forms against natural forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+
+from bayes_transfer import laws
+
+KAPLAN = dict(N_c=6.4e13, D_c=1.8e13, alpha_N=0.076, alpha_D=0.103)
+CHIN = dict(E=0.8, A=40.0, B=60.0, alpha_N=0.3, alpha_D=0.25)
+
+
+def test_kaplan_log_form_matches_natural():
+    N, D = np.array([1e5, 1e6, 3e7]), np.array([1e6, 1e8, 1e10])
+    direct = ((KAPLAN["N_c"] / N) ** (0.076 / 0.103) + KAPLAN["D_c"] / D) ** 0.103
+    np.testing.assert_allclose(laws.kaplan(N, D, **KAPLAN), direct, rtol=1e-12)
+
+
+def test_kaplan_centred_roundtrip():
+    log_N0, log_D0 = np.log(2e6), np.log(5e7)
+    N, D = np.array([1e5, 2e6, 4e7]), np.array([1e6, 5e7, 1e9])
+    log_L0, w, aN, aD = np.log(1.7), 0.3, 0.2, 0.15
+    centred = laws.log_kaplan_centred(np.log(N) - log_N0, np.log(D) - log_D0, log_L0, w, aN, aD)
+    N_c, D_c = laws.kaplan_from_centred(log_N0, log_D0, log_L0, w, aN, aD)
+    np.testing.assert_allclose(np.exp(centred), laws.kaplan(N, D, N_c, D_c, aN, aD), rtol=1e-10)
+    np.testing.assert_allclose(np.exp(centred[1]), 1.7, rtol=1e-12)
+
+
+def test_chinchilla_log_form_matches_natural():
+    N, D = np.array([1e5, 1e7]), np.array([1e6, 1e9])
+    log_form = laws.log_chinchilla(np.log(N), np.log(D), np.log(0.8), np.log(40.0), np.log(60.0), 0.3, 0.25)
+    np.testing.assert_allclose(np.exp(log_form), laws.chinchilla(N, D, **CHIN), rtol=1e-12)
+
+
+@pytest.mark.parametrize("law, params", [("kaplan", KAPLAN), ("chinchilla", CHIN)])
+@pytest.mark.parametrize("N, D", [(1e5, 3e6), (1e7, 1e9), (3e6, 2e4)])
+def test_effective_data_inverts_by_root_finding(law, params, N, D):
+    fn = laws.kaplan if law == "kaplan" else laws.chinchilla
+    L = float(fn(N, D, **params))
+    root = brentq(lambda logd: float(fn(N, np.exp(logd), **params)) - L, np.log(1.0), np.log(1e20), xtol=1e-13)
+    assert float(laws.effective_data(law, N, L, **params)) == pytest.approx(np.exp(root), rel=1e-8)
+    assert float(laws.effective_data(law, N, L, **params)) == pytest.approx(D, rel=1e-8)
+
+
+@pytest.mark.parametrize("law, params", [("kaplan", KAPLAN), ("chinchilla", CHIN)])
+def test_effective_data_is_inf_at_or_below_floor(law, params):
+    N = 1e6
+    fn = laws.kaplan if law == "kaplan" else laws.chinchilla
+    floor = float(fn(N, jnp.inf, **params))
+    out = laws.effective_data(law, N, jnp.array([floor * 0.5, floor * 0.999, floor * 1.001]), **params)
+    assert np.isinf(out[0]) and np.isinf(out[1]) and np.isfinite(out[2]) and out[2] > 0
+    grad = jax.grad(lambda L: laws.effective_data(law, N, L, **params))(floor * 0.9)
+    assert not np.isnan(grad)
+
+
+def test_effective_data_vmaps_and_differentiates():
+    floor = float(laws.kaplan(1e6, jnp.inf, **KAPLAN))
+    Ls = jnp.linspace(1.01, 1.5, 5) * floor
+    out = jax.vmap(lambda L: laws.effective_data("kaplan", 1e6, L, **KAPLAN))(Ls)
+    assert np.all(np.isfinite(out)) and np.all(np.diff(np.asarray(out)) < 0)  # more loss, less data
+    g = jax.grad(lambda L: laws.effective_data("kaplan", 1e6, L, **KAPLAN))(1.2 * floor)
+    assert float(g) < 0
+
+
+def test_effective_data_rejects_bad_parameter_names():
+    with pytest.raises(ValueError, match="missing"):
+        laws.effective_data("kaplan", 1e6, 2.0, N_c=1.0, D_c=1.0, alpha_N=0.1)
+    with pytest.raises(ValueError, match="unknown scratch law"):
+        laws.effective_data("power", 1e6, 2.0)
+
+
+def test_transferred_data_matches_published_example():
+    # Hernandez text->python: k=1.9e4, alpha=0.18, beta=0.38
+    DT = laws.transferred_data(1e6, 1e8, 1.9e4, 0.18, 0.38)
+    assert float(DT) == pytest.approx(1.9e4 * 1e6**0.18 * 1e8**0.38, rel=1e-12)
+    log_DT = laws.log_transferred_data(np.log(1e6), np.log(1e8), np.log(1.9e4), 0.18, 0.38)
+    assert float(jnp.exp(log_DT)) == pytest.approx(float(DT), rel=1e-10)
+
+
+def test_effective_finetune_data_ossification_sign():
+    D_F, D_T = 1e8, 1e6
+    no_oss = jnp.exp(laws.log_effective_finetune_data(np.log(D_F), np.log(D_T)))
+    assert float(no_oss) - D_F == pytest.approx(D_T, rel=1e-8)
+    oss = jnp.exp(laws.log_effective_finetune_data(np.log(D_F), np.log(D_T), omega=0.05))
+    assert float(oss) - D_F == pytest.approx(D_T - 0.05 * D_F, rel=1e-8)
+    assert float(oss) < D_F  # pre-training hurt: D_T_effective < 0
+
+
+def test_transfer_gap_forms_agree():
+    p, f = np.array([1e6, 1e8]), np.array([1e5, 1e7])
+    args = dict(A_p=30.0, alpha_p=0.3, G=2.0, alpha_f=0.2, E=0.7)
+    nat = laws.transfer_gap(p, f, **args)
+    np.testing.assert_allclose(nat, (30 * p**-0.3 + 2.0) * f**-0.2 + 0.7, rtol=1e-12)
+    logf = laws.log_transfer_gap(np.log(p), np.log(f), np.log(30.0), 0.3, np.log(2.0), 0.2, np.log(0.7))
+    np.testing.assert_allclose(np.exp(logf), nat, rtol=1e-12)
+    # infinite pre-training leaves G f^-alpha_f + E
+    far = laws.transfer_gap(1e300, f, **args)
+    np.testing.assert_allclose(far, 2.0 * f**-0.2 + 0.7, rtol=1e-12)
+    sc = laws.log_gap_scratch(np.log(f), np.log(5.0), 0.2, np.log(0.7))
+    np.testing.assert_allclose(np.exp(sc), laws.gap_scratch(f, 5.0, 0.2, 0.7), rtol=1e-12)
