@@ -1,0 +1,383 @@
+"""Where should the next budget go: fine-tuning data, pre-training data or a bigger model?
+
+`recommend` prices each candidate plan under the posterior of a fit:
+
+- all of the budget on fine-tuning data (target tokens at `cost_finetune` each);
+- all of it on pre-training data (source tokens at `cost_pretrain` each; only a
+  'transfer_gap' fit has the loss as a function of pre-training data);
+- all of it on a bigger model (`cost_params` per parameter added; only a fit with
+  the loss as a function of N, i.e. 'transfer' or a scratch law);
+- the best split of the budget between the two resources the law can price.
+
+A parameter's price is the whole cost of training a model one parameter
+larger at the current data amounts. With compute priced per FLOP that is
+6 x (pre-training + fine-tuning tokens) x price per FLOP (training costs about
+6 N FLOPs per token): see `cost_params_from_flops`.
+
+For every plan: the posterior expected loss and its interval, the probability
+that it is the best plan, and its expected regret (its loss minus the best
+plan's loss on the same draw). The Bayes choice minimises expected loss; the
+point-estimate choice minimises the loss at the posterior mean parameters, and
+`regret_of_point_estimate` is what that shortcut costs in expected loss.
+For the transfer-gap law the per-draw optimal split has a closed form
+(REFERENCE.md): c_f f / (c_p p) = (alpha_f / alpha_p) (1 + G p^alpha_p / A_p).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import quantities as q
+
+FINETUNE, PRETRAIN, PARAMS = "fine-tuning data", "pre-training data", "bigger model"
+_FLOPS_PER_PARAM_TOKEN = 6
+# Budget shares tried for the split: dense near both ends, where optima of
+# very unequal prices sit.
+_TAIL = np.logspace(-4, -1, 31)
+SHARES = np.unique(np.concatenate([[0.0, 1.0], np.linspace(0, 1, 201), _TAIL, 1 - _TAIL]))
+
+
+def cost_params_from_flops(price_per_flop: float, pretrain_tokens: float, data_tokens: float) -> float:
+    """Price of one more parameter when a bigger model is retrained on the same data.
+
+    Training costs about 6 FLOPs per parameter per token, pre-training and fine-tuning alike.
+    """
+    _positive("price_per_flop", price_per_flop)
+    return _FLOPS_PER_PARAM_TOKEN * (float(pretrain_tokens) + float(data_tokens)) * float(price_per_flop)
+
+
+def gap_optimal_pretrain(C, cost_pretrain, cost_finetune, A_p, alpha_p, G, alpha_f,
+                         p_min=0.0, p_max=None, iters: int = 200):
+    """Pre-training tokens p minimising the transfer-gap loss on the budget line c_p p + c_f f = C.
+
+    Solves c_f f / (c_p p) = (alpha_f / alpha_p)(1 + G p^alpha_p / A_p) by bisection on log p
+    (the left side falls and the right side rises along the line, so the root is unique
+    and the loss is unimodal in p), then clips to [p_min, p_max]. Broadcasts over arrays
+    of parameters (one per posterior draw). Returns (p, f).
+    """
+    C, c_p, c_f = (np.asarray(x, dtype=float) for x in (C, cost_pretrain, cost_finetune))
+    A_p, alpha_p, G, alpha_f = (np.asarray(x, dtype=float) for x in (A_p, alpha_p, G, alpha_f))
+    p_top = C / c_p if p_max is None else np.asarray(p_max, dtype=float)
+
+    def excess(p):  # c_f f - c_p p (b/a)(1 + G p^a / A): positive below the optimum
+        return (C - c_p * p) - c_p * p * (alpha_f / alpha_p) * (1 + G * p ** alpha_p / A_p)
+
+    shape = np.broadcast(C, c_p, c_f, A_p, alpha_p, G, alpha_f, p_top).shape
+    lo = np.full(shape, np.log(C / c_p) - 60.0)
+    hi = np.broadcast_to(np.log(C / c_p), shape).copy()
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        up = excess(np.exp(mid)) > 0
+        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
+    p = np.clip(np.exp(0.5 * (lo + hi)), p_min, p_top)
+    return p, (C - c_p * p) / c_f
+
+
+@dataclass
+class Recommendation:
+    """The answer of `recommend`: a table of plans, the best one and the assumptions."""
+
+    table: pd.DataFrame
+    best: str
+    assumptions: dict
+    point_estimate_choice: str
+    regret_of_point_estimate: float
+    optimal_share: xr.DataArray | None = None
+    split_resources: tuple[str, str] | None = None
+    prob: float = 0.9
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        """A Markdown summary: the answer, the plan table and the assumptions."""
+        lo, hi = (1 - self.prob) / 2, (1 + self.prob) / 2
+        lines = [f"**Recommendation: spend the budget on {self.best}.**", ""]
+        if self.optimal_share is not None:
+            a, b = self.split_resources
+            share = self.optimal_share.values.ravel()
+            qs = np.quantile(share, [lo, 0.5, hi])
+            lines.append(f"Posterior of the optimal share of the budget on {b} (the rest on {a}): "
+                         f"median {qs[1]:.3f}, {self.prob:.0%} interval {qs[0]:.3f} to {qs[2]:.3f}.")
+        lines.append(f"Choosing by point estimates (posterior-mean parameters) picks "
+                     f"*{self.point_estimate_choice}*, an expected regret of "
+                     f"{self.regret_of_point_estimate:.2e} nats/byte against the Bayes choice.")
+        lines += ["", markdown_table(_display_table(self.table, self.prob)), ""]
+        lines += [f"- {note}" for note in self.notes]
+        lines += ["", "Assumptions:", ""]
+        lines += [f"- **{key}**: {value}" for key, value in self.assumptions.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _display_table(table: pd.DataFrame, prob: float) -> pd.DataFrame:
+    pct = f"{prob:.0%}"
+    out = pd.DataFrame({"plan": table["plan"]})
+    out["spend (fine-tune / pre-train / params)"] = [
+        " / ".join(_money(v) for v in row)
+        for row in table[["spend_finetune", "spend_pretrain", "spend_params"]].itertuples(index=False)]
+    out["N after"] = table["n_params"].map(_num)
+    out["D_F after (bytes)"] = table["data_tokens"].map(_num)
+    out["p after (bytes)"] = table["pretrain_tokens"].map(_num)
+    out["E[loss] (nats/byte)"] = table["expected_loss"].map(lambda v: "-" if np.isnan(v) else f"{v:.4f}")
+    out[f"{pct} interval"] = [
+        "-" if np.isnan(a) else f"{a:.4f} to {b:.4f}" for a, b in zip(table["loss_lower"], table["loss_upper"])]
+    out["P(best)"] = table["p_best"].map(lambda v: "-" if np.isnan(v) else f"{v:.2f}")
+    out["E[regret]"] = table["expected_regret"].map(lambda v: "-" if np.isnan(v) else f"{v:.2e}")
+    out["note"] = [("; ".join(filter(None, ["extrapolated" if ex else "", note])))
+                   for ex, note in zip(table["extrapolated"], table["note"])]
+    return out
+
+
+def _num(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3g}"
+
+
+def _money(v) -> str:
+    return f"{v:.4g}"
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table of a DataFrame's string forms (no extra dependency)."""
+    cols = [str(c) for c in df.columns]
+    rows = [[str(v).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]
+    head = "| " + " | ".join(cols) + " |"
+    rule = "|" + "|".join("---" for _ in cols) + "|"
+    return "\n".join([head, rule] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _positive(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite amount, got {value}")
+    return value
+
+
+def _current(fit, pair, current) -> dict:
+    """The starting point: given, or the largest fine-tuned cell the grid measured."""
+    runs = fit.grid.runs
+    rows = runs[runs["source"] != "none"] if fit.law in ("transfer", "transfer_gap") else runs
+    if pair is not None and fit.law in ("transfer", "transfer_gap"):
+        source, target = pair.split("->", 1)
+        rows = rows[(rows["source"] == source) & (rows["target"] == target)]
+    default = {"n_params": float(rows["n_params"].max()), "data_tokens": float(rows["data_tokens"].max()),
+               "pretrain_tokens": float(rows["pretrain_tokens"].max()) if "pretrain_tokens" in rows else 0.0}
+    current = dict(current or {})
+    unknown = set(current) - set(default)
+    if unknown:
+        raise ValueError(f"unknown key(s) in current: {sorted(unknown)}; expected {sorted(default)}")
+    out = {**default, **current}
+    for key in ("n_params", "data_tokens"):
+        out[key] = _positive(f"current {key}", out[key])
+    p0 = float(out["pretrain_tokens"])
+    if not math.isfinite(p0) or p0 < 0:
+        raise ValueError(f"current pretrain_tokens must be finite and >= 0, got {p0}")
+    out["pretrain_tokens"] = p0
+    return out
+
+
+def _resolve_pair(fit, pair):
+    if fit.law not in ("transfer", "transfer_gap"):
+        if pair is not None:
+            raise ValueError(f"a {fit.law!r} fit has no pairs; drop pair={pair!r}")
+        return None
+    known = q.pairs(fit)
+    if pair is None:
+        if len(known) != 1:
+            raise ValueError(f"the fit has {len(known)} pairs {known}: name one with pair=...")
+        return known[0]
+    if pair not in known:
+        raise ValueError(f"unknown pair {pair!r}; the fit has {known}")
+    return pair
+
+
+def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, current=None,
+              pair: str | None = None, target: str | None = None, prob: float = 0.9,
+              currency: str = "currency units") -> Recommendation:
+    """Price the plans for spending `budget` under the posterior of `fit`.
+
+    Costs are in the user's currency: `cost_finetune` per fine-tuning token (byte),
+    `cost_pretrain` per pre-training token, `cost_params` per parameter added (see
+    the module docstring). `current` = dict(n_params, data_tokens, pretrain_tokens)
+    is where spending starts (default: the largest fine-tuned cell of the grid).
+    """
+    budget = _positive("budget", budget)
+    c_f = _positive("cost_finetune", cost_finetune)
+    c_p = None if cost_pretrain is None else _positive("cost_pretrain", cost_pretrain)
+    c_n = None if cost_params is None else _positive("cost_params", cost_params)
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must be in (0, 1), got {prob}")
+    affordable = [budget / c for c in (c_f, c_p, c_n) if c is not None]
+    if max(affordable) < 1:
+        raise ValueError(f"budget {budget:g} buys less than one unit of anything at the given costs "
+                         f"(cost_finetune {c_f:g}, cost_pretrain {c_p}, cost_params {c_n})")
+    pair = _resolve_pair(fit, pair)
+    start = _current(fit, pair, current)
+    if fit.law in ("transfer", "transfer_gap"):
+        post = q._select_pair(fit, pair)
+    else:
+        post = q._select_target(fit, target)
+        if "target" in post.dims:
+            raise ValueError(f"the fit has several targets {list(post['target'].values)}: name one with target=...")
+    form = None if fit.law == "transfer_gap" else q.scratch_form(fit)
+
+    # Which resources the law can price, and why not where it cannot.
+    prices = {FINETUNE: c_f}
+    notes = []
+    if fit.law == "transfer_gap":
+        if c_p is None:
+            notes.append(f"{PRETRAIN}: not evaluated: no cost_pretrain given")
+        else:
+            prices[PRETRAIN] = c_p
+        notes.append(f"{PARAMS}: not evaluated: the transfer-gap law is measured at one model size "
+                     f"(N = {start['n_params']:.3g}); it says nothing about other sizes")
+    else:
+        why = ("the transfer law (Hernandez et al.) is measured at one pre-training amount; "
+               "fit 'transfer_gap' on a grid with several pretrain_tokens to price it"
+               if fit.law == "transfer" else f"a {fit.law!r} fit has no pre-training")
+        notes.append(f"{PRETRAIN}: not evaluated: {why}")
+        if c_n is None:
+            notes.append(f"{PARAMS}: not evaluated: no cost_params given")
+        else:
+            prices[PARAMS] = c_n
+
+    def loss(N, f, p, params=post):
+        if fit.law == "transfer_gap":
+            return q._gap_loss(params, p, f)
+        if fit.law == "transfer":
+            return q.scratch_loss(params, N, f + q._transferred(params, N, f), form)
+        return q.scratch_loss(params, N, f, form)
+
+    def point(spend):
+        """(N, f, p) after spending the dict `spend` (resource -> amount)."""
+        return (start["n_params"] + spend.get(PARAMS, 0.0) / (c_n or 1.0),
+                start["data_tokens"] + spend.get(FINETUNE, 0.0) / c_f,
+                start["pretrain_tokens"] + spend.get(PRETRAIN, 0.0) / (c_p or 1.0))
+
+    plans = {f"all on {name}": {name: budget} for name in prices}
+    resources = list(prices)
+    optimal_share, split = None, None
+    mean_params = post.mean(q.SAMPLE_DIMS)
+    if len(resources) == 2:
+        a, b = resources
+        shares = xr.DataArray(SHARES, dims="share", coords={"share": SHARES})
+        N, f, p = point({a: budget * (1 - shares), b: budget * shares})
+        surface = loss(N, f, p)  # (chain, draw, share)
+        bayes_share = float(SHARES[int(np.nanargmin(surface.mean(q.SAMPLE_DIMS).values))])
+        point_share = float(SHARES[int(np.nanargmin(loss(N, f, p, mean_params).values))])
+        if fit.law == "transfer_gap":
+            optimal_share = _gap_optimal_share(post, start, budget, c_p, c_f, surface)
+        else:
+            optimal_share = surface.idxmin("share")
+        optimal_share = optimal_share.rename("optimal_share")
+        split = (a, b)
+        plans[f"split (Bayes): {1 - bayes_share:.1%} {a}, {bayes_share:.1%} {b}"] = {
+            a: budget * (1 - bayes_share), b: budget * bayes_share}
+        point_name = f"split (point estimate): {1 - point_share:.1%} {a}, {point_share:.1%} {b}"
+        point_spend = {a: budget * (1 - point_share), b: budget * point_share}
+    else:
+        point_name, point_spend = None, None
+
+    draws = {}
+    for name, spend in plans.items():
+        draws[name] = loss(*point(spend)).transpose(*q.SAMPLE_DIMS).values.ravel()
+    stacked = np.vstack(list(draws.values()))
+    best_draw = np.nanmin(stacked, axis=0)
+    winner = np.nanargmin(stacked, axis=0)
+    rows = []
+    names = list(plans)
+    n_candidates = len(names)
+    if point_name is not None:
+        draws[point_name] = loss(*point(point_spend)).transpose(*q.SAMPLE_DIMS).values.ravel()
+        names.append(point_name)
+        plans[point_name] = point_spend
+    ranges = q.grid_ranges(fit, pair, finetuned=fit.law in ("transfer", "transfer_gap"))
+    for i, name in enumerate(names):
+        spend = plans[name]
+        N, f, p = point(spend)
+        values = draws[name]
+        rows.append({
+            "plan": name,
+            "spend_finetune": spend.get(FINETUNE, 0.0), "spend_pretrain": spend.get(PRETRAIN, 0.0),
+            "spend_params": spend.get(PARAMS, 0.0),
+            "n_params": N if fit.law != "transfer_gap" else np.nan, "data_tokens": f,
+            "pretrain_tokens": p if fit.law == "transfer_gap" else np.nan,
+            "expected_loss": float(np.nanmean(values)),
+            "loss_lower": float(np.nanquantile(values, (1 - prob) / 2)),
+            "loss_upper": float(np.nanquantile(values, (1 + prob) / 2)),
+            "p_best": float(np.mean(winner == i)) if i < n_candidates else np.nan,
+            "expected_regret": float(np.nanmean(values - best_draw)),
+            "extrapolated": _outside(ranges, N=N if fit.law != "transfer_gap" else None, D_F=f,
+                                     p=p if fit.law == "transfer_gap" else None),
+            "note": "the point-estimate choice, for comparison" if name == point_name else "",
+        })
+    table = pd.DataFrame(rows)
+    candidates = table[table["plan"] != point_name]
+    best = str(candidates.loc[candidates["expected_loss"].idxmin(), "plan"])
+    if point_name is None:
+        point_choice = best
+        regret = 0.0
+    else:
+        point_choice = point_name
+        regret = float(table.loc[table["plan"] == point_name, "expected_loss"].iloc[0]
+                       - table.loc[table["plan"] == best, "expected_loss"].iloc[0])
+    laws = {"transfer": "L = L_scratch(N, D_F + D_T), D_T = k D_F^alpha N^beta - omega D_F "
+                        f"(scratch law: {form})",
+            "transfer_gap": "L = (A_p p^-alpha_p + G) f^-alpha_f + E",
+            "kaplan": "L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D",
+            "chinchilla": "L = E + A N^-alpha_N + B D^-alpha_D"}
+    held = {"transfer": f"pre-training data (at the grid's amount, {start['pretrain_tokens']:.3g} bytes)",
+            "transfer_gap": f"model size (N = {start['n_params']:.3g}, the grid's)",
+            "kaplan": "nothing else", "chinchilla": "nothing else"}[fit.law]
+    chains, n_draws = (post.sizes[d] for d in q.SAMPLE_DIMS)
+    assumptions = {
+        "budget": f"{budget:g} {currency}, spent on top of what is already done (sunk costs excluded)",
+        "cost_finetune": f"{c_f:g} {currency} per fine-tuning token (byte of target data)",
+        "cost_pretrain": ("not given" if c_p is None else
+                          f"{c_p:g} {currency} per pre-training token (byte of source data)"),
+        "cost_params": ("not given" if c_n is None else
+                        f"{c_n:g} {currency} per parameter added (the whole cost of training a model one "
+                        "parameter larger at the current data: 6 x tokens x price per FLOP)"),
+        "current": (f"N = {start['n_params']:.3g} parameters, D_F = {start['data_tokens']:.3g} bytes, "
+                    f"p = {start['pretrain_tokens']:.3g} bytes"),
+        "law": f"{fit.law}: {laws[fit.law]}" + (f"; pair {pair}" if pair else ""),
+        "held fixed": held,
+        "loss": "early-stopped validation loss on the target, nats/byte; lower is better",
+        "posterior": f"{chains} chains x {n_draws} draws; point estimates are posterior means",
+    }
+    return Recommendation(table=table, best=best, assumptions=assumptions,
+                          point_estimate_choice=point_choice, regret_of_point_estimate=regret,
+                          optimal_share=optimal_share, split_resources=split, prob=prob, notes=notes)
+
+
+def _gap_optimal_share(post, start, budget, c_p, c_f, surface) -> xr.DataArray:
+    """Per-draw optimal share of the budget on pre-training, from the closed form.
+
+    From p = 0 the law jumps (scratch branch C_0), so the all-fine-tuning end is
+    compared explicitly with the interior optimum.
+    """
+    p0, f0 = start["pretrain_tokens"], start["data_tokens"]
+    C = c_p * p0 + c_f * f0 + budget
+    p, _ = gap_optimal_pretrain(C, c_p, c_f, post["A_p"].values, post["alpha_p"].values,
+                                post["G"].values, post["alpha_f"].values,
+                                p_min=p0, p_max=p0 + budget / c_p)
+    share = np.clip((p - p0) * c_p / budget, 0.0, 1.0)
+    if p0 == 0:
+        interior = surface.isel(share=slice(1, None)).min("share").values
+        share = np.where(surface.isel(share=0).values <= interior, 0.0, share)
+    return xr.DataArray(share, dims=post["A_p"].dims, coords={d: post[d] for d in post["A_p"].dims})
+
+
+def _outside(ranges, **point) -> bool:
+    for name, value in point.items():
+        lim = ranges.get(name)
+        if value is None or lim is None:
+            continue
+        if value < lim[0] * (1 - 1e-9) or value > lim[1] * (1 + 1e-9):
+            return True
+    return False
