@@ -292,7 +292,8 @@ def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: boo
         if p is not None and np.any(np.asarray(p, dtype=float) != 0):
             raise ValueError("a 'transfer' fit has no pre-training-size dependence: "
                              "use p=None (fine-tuned) or p=0 (from scratch)")
-        post = _select_pair(fit, pair)
+        # from scratch, a target may be named instead of a pair
+        post = _select_target(fit, target) if p is not None and target is not None else _select_pair(fit, pair)
         n, d = _axis(N, "N"), _axis(D_F, "D_F")
         form = scratch_form(fit)
         if p is None:
@@ -316,18 +317,27 @@ def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: boo
     if ranges_ft is not None and ranges.get("N") is None:
         ranges["N"] = ranges_ft["N"]
     if predictive:
-        mu = _add_noise(mu, post, seed)
+        scratch = fit.law in ("kaplan", "chinchilla") or (p is not None and np.all(np.asarray(p) == 0))
+        mu = _add_noise(mu, _sigma(post, 0 if scratch else -1), post, seed)
     kind = "posterior predictive" if predictive else "expected"
     result = _finish(mu, "loss", "nats/byte", f"{kind} loss")
     return _flag(result, fit, inputs, ranges)
 
 
-def _add_noise(mu: xr.DataArray, post: xr.Dataset, seed: int) -> xr.DataArray:
+def _sigma(post: xr.Dataset, kind: int) -> xr.DataArray:
+    """The noise scale of a run kind: the fit has one per kind (scratch first, then pre-trained)."""
+    if "sigma" not in post:
+        raise ValueError("the fit has no noise scale `sigma`; posterior-predictive bands need it")
+    sigma = post["sigma"]
+    extra = [d for d in sigma.dims if d not in SAMPLE_DIMS]
+    if extra:
+        sigma = sigma.isel({extra[0]: kind if sigma.sizes[extra[0]] > 1 else 0}, drop=True)
+    return sigma
+
+
+def _add_noise(mu: xr.DataArray, sigma: xr.DataArray, post: xr.Dataset, seed: int) -> xr.DataArray:
     """Draw a new observation per draw: Student-t (or normal) noise on log-loss."""
     rng = np.random.default_rng(seed)
-    sigma = post["sigma"] if "sigma" in post else None
-    if sigma is None:
-        raise ValueError("the fit has no noise scale `sigma`; posterior-predictive bands need it")
     parts = [mu, sigma] + ([post["nu"]] if "nu" in post else [])
     parts = xr.broadcast(*parts)
     shape = parts[0].shape

@@ -286,3 +286,17 @@ def test_quantities_refuse_the_wrong_law():
         q.transferred_data(fake_fit(law="kaplan", pairs=()), 1e6, 1e6)
     with pytest.raises(ValueError, match="needs p"):
         q.predicted_loss(fake_fit(law="transfer_gap"), None, 1e6)
+
+
+def test_predictive_noise_uses_the_scale_of_the_run_kind():
+    fit = fake_fit(n_draws=4000)
+    sig = np.broadcast_to([0.01, 0.2], (2, 4000, 2))
+    fit.posterior["sigma"] = (("chain", "draw", "kind"), sig)
+    fit.posterior = fit.posterior.assign_coords(kind=["scratch", "finetuned"])
+    spread = {}
+    for p in (0, None):
+        mean = q.predicted_loss(fit, 1e6, 1e6, p=p, pair="text->python")
+        pred = q.predicted_loss(fit, 1e6, 1e6, p=p, pair="text->python", predictive=True)
+        spread[p] = float(np.log(pred / mean).std())
+    assert spread[0] == pytest.approx(0.01 * np.sqrt(5 / 3), rel=0.1)
+    assert spread[None] == pytest.approx(0.2 * np.sqrt(5 / 3), rel=0.1)
