@@ -89,6 +89,9 @@ class Recommendation:
     regret_of_point_estimate: float
     optimal_share: xr.DataArray | None = None
     split_resources: tuple[str, str] | None = None
+    # expected loss over budget shares on the second resource (chain, draw, share)
+    surface: xr.DataArray | None = None
+    shares: tuple[float, float] | None = None  # (Bayes, point-estimate) share
     prob: float = 0.9
     notes: list[str] = field(default_factory=list)
 
@@ -261,7 +264,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
 
     plans = {f"all on {name}": {name: budget} for name in prices}
     resources = list(prices)
-    optimal_share, split = None, None
+    optimal_share, split, surface, chosen = None, None, None, None
     mean_params = post.mean(q.SAMPLE_DIMS)
     if len(resources) == 2:
         a, b = resources
@@ -275,7 +278,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
         else:
             optimal_share = surface.idxmin("share")
         optimal_share = optimal_share.rename("optimal_share")
-        split = (a, b)
+        split, chosen = (a, b), (bayes_share, point_share)
         plans[f"split (Bayes): {1 - bayes_share:.1%} {a}, {bayes_share:.1%} {b}"] = {
             a: budget * (1 - bayes_share), b: budget * bayes_share}
         point_name = f"split (point estimate): {1 - point_share:.1%} {a}, {point_share:.1%} {b}"
@@ -352,7 +355,8 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
     }
     return Recommendation(table=table, best=best, assumptions=assumptions,
                           point_estimate_choice=point_choice, regret_of_point_estimate=regret,
-                          optimal_share=optimal_share, split_resources=split, prob=prob, notes=notes)
+                          optimal_share=optimal_share, split_resources=split, surface=surface,
+                          shares=chosen, prob=prob, notes=notes)
 
 
 def _gap_optimal_share(post, start, budget, c_p, c_f, surface) -> xr.DataArray:

@@ -1,0 +1,539 @@
+"""Figures of a grid, a fit and a recommendation (matplotlib, Agg backend).
+
+Every function returns a `matplotlib.figure.Figure` (or None when the fit
+has nothing to show for it). Conventions: sizes and data in bytes, loss in
+nats/byte, log axes where the laws are power laws, the Okabe-Ito palette
+(colour-blind safe), and extrapolation beyond the measured grid shaded grey
+with dashed curves.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from . import published  # noqa: E402
+from . import quantities as q  # noqa: E402
+
+# Okabe & Ito (2008), ordered for contrast on white; yellow last.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+EXTRAP = dict(color="0.85", alpha=0.5, hatch="//", linewidth=0, zorder=0)
+EXTRAP_PATCH = Patch(facecolor="0.85", alpha=0.5, hatch="//", label="extrapolated (outside the grid)")
+
+plt.rcParams.update({
+    "figure.dpi": 100, "savefig.dpi": 110, "font.size": 10, "axes.titlesize": 11,
+    "axes.grid": True, "grid.alpha": 0.25, "axes.spines.top": False, "axes.spines.right": False,
+})
+
+
+def _plain(v, _pos=None) -> str:
+    return f"{v:g}"
+
+
+def _plain_minor(v, _pos=None) -> str:
+    lead = f"{v:e}"[0]
+    return f"{v:g}" if lead in "235" else ""
+
+
+def loss_axis(ax, axis: str = "y") -> None:
+    """Plain numbers on a log loss axis (losses span less than a decade)."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(FuncFormatter(_plain))
+    target.set_minor_formatter(FuncFormatter(_plain_minor))
+
+
+def outside_legend(ax, handles) -> None:
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
+def colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _fmt_n(n: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.3g}"
+
+
+def _panels(n: int, width: float = 7.0, height: float = 4.2):
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.ravel()[:n])
+
+
+def _span(lo: float, hi: float, pad_decades: float = 0.5, n: int = 60) -> np.ndarray:
+    return np.logspace(np.log10(lo) - pad_decades, np.log10(hi) + pad_decades, n)
+
+
+def _shade_outside(ax, lo: float, hi: float, x_min: float, x_max: float) -> None:
+    if x_min < lo:
+        ax.axvspan(x_min, lo, **EXTRAP)
+    if x_max > hi:
+        ax.axvspan(hi, x_max, **EXTRAP)
+    ax.set_xlim(x_min, x_max)
+
+
+def _pair_runs(runs: pd.DataFrame, pair: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    source, target = pair.split("->", 1)
+    tuned = runs[(runs["source"] == source) & (runs["target"] == target)]
+    scratch = runs[(runs["source"] == "none") & (runs["target"] == target)]
+    return scratch, tuned
+
+
+def _band_line(ax, x, b, c, label=None, inside=None, alpha=0.18):
+    """Median line and shaded band; dashed where `inside` is False (extrapolated)."""
+    med, lo, hi = (np.asarray(b[k]) for k in ("median", "lower", "upper"))
+    ax.fill_between(x, lo, hi, color=c, alpha=alpha, linewidth=0)
+    if inside is None:
+        ax.plot(x, med, color=c, lw=1.6, label=label)
+        return
+    inside = np.asarray(inside)
+    ax.plot(x, np.where(inside, med, np.nan), color=c, lw=1.6, label=label)
+    ax.plot(x, np.where(inside, np.nan, med), color=c, lw=1.2, ls="--")
+
+
+def _legend_sizes(ax, sizes, extra=()):
+    handles = [Line2D([], [], color=colour(i), marker="o", lw=1.5, label=f"N = {_fmt_n(n)}")
+               for i, n in enumerate(sizes)]
+    outside_legend(ax, handles + list(extra))
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def plot_loss_grid(grid) -> plt.Figure:
+    """Best validation loss against data, per model size: scratch solid, fine-tuned dashed."""
+    runs = grid.runs
+    targets = sorted(runs["target"].unique())
+    fig, axes = _panels(len(targets))
+    sizes = sorted(runs["n_params"].unique())
+    for ax, target in zip(axes, targets):
+        rows = runs[runs["target"] == target]
+        sources = ["none"] + sorted(s for s in rows["source"].unique() if s != "none")
+        for si, source in enumerate(sources):
+            for ni, n in enumerate(sizes):
+                r = rows[(rows["source"] == source) & (rows["n_params"] == n)]
+                if r.empty:
+                    continue
+                mean = r.groupby(["data_tokens", "pretrain_tokens"])["loss"].mean().reset_index()
+                for _, by_p in mean.groupby("pretrain_tokens"):
+                    ax.plot(by_p["data_tokens"], by_p["loss"], color=colour(ni), marker=MARKERS[si % 8],
+                            ms=4, lw=1.2, ls="-" if source == "none" else "--")
+                ax.scatter(r["data_tokens"], r["loss"], color=colour(ni), marker=MARKERS[si % 8], s=10, alpha=0.5)
+        ax.set(xscale="log", yscale="log", xlabel="data: D (scratch) or D_F (fine-tuned), bytes",
+               ylabel="best validation loss (nats/byte)", title=f"target: {target}")
+        style = [Line2D([], [], color="0.3", marker=MARKERS[i % 8], ls="-" if s == "none" else "--",
+                        label="from scratch" if s == "none" else f"pre-trained on {s}")
+                 for i, s in enumerate(sources)]
+        loss_axis(ax)
+        _legend_sizes(ax, sizes, style)
+    fig.suptitle("The loss grid: every run's early-stopped loss")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- fitted laws
+
+
+def plot_fitted_laws(fit, prob: float = 0.9) -> plt.Figure:
+    """The data with the fitted law's median and credible band, per pair (or target)."""
+    runs = fit.grid.runs
+    if fit.law == "transfer_gap":
+        return _plot_gap_laws(fit, prob)
+    groups = q.pairs(fit) if fit.law == "transfer" else [str(t) for t in fit.posterior["target"].values]
+    fig, axes = _panels(len(groups))
+    for ax, group in zip(axes, groups):
+        if fit.law == "transfer":
+            scratch, tuned = _pair_runs(runs, group)
+        else:
+            scratch, tuned = runs[(runs["source"] == "none") & (runs["target"] == group)], runs.iloc[:0]
+        both = pd.concat([scratch, tuned])
+        sizes = sorted(both["n_params"].unique())
+        lo, hi = both["data_tokens"].min(), both["data_tokens"].max()
+        x = _span(lo, hi)
+        for ni, n in enumerate(sizes):
+            c = colour(ni)
+            kw = dict(pair=group) if fit.law == "transfer" else dict(target=group)
+            if fit.law == "transfer":
+                s_loss = q.predicted_loss(fit, n, x, p=0, **kw)
+                t_loss = q.predicted_loss(fit, n, x, **kw)
+                _band_line(ax, x, q.band(t_loss, prob), c, inside=~t_loss["extrapolated"].values)
+                _band_line(ax, x, q.band(s_loss, prob), c, inside=~s_loss["extrapolated"].values)
+                ax.scatter(tuned.loc[tuned.n_params == n, "data_tokens"], tuned.loc[tuned.n_params == n, "loss"],
+                           color=c, marker="^", s=22, zorder=3, edgecolor="white", linewidth=0.5)
+            else:
+                s_loss = q.predicted_loss(fit, n, x, **kw)
+                _band_line(ax, x, q.band(s_loss, prob), c, inside=~s_loss["extrapolated"].values)
+            ax.scatter(scratch.loc[scratch.n_params == n, "data_tokens"], scratch.loc[scratch.n_params == n, "loss"],
+                       color=c, marker="o", s=22, zorder=3, edgecolor="white", linewidth=0.5)
+        _shade_outside(ax, lo, hi, x[0], x[-1])
+        ax.set(xscale="log", yscale="log", xlabel="data: D or D_F (bytes)", ylabel="loss (nats/byte)",
+               title=f"{fit.law}: {group}")
+        extra = [Line2D([], [], color="0.3", marker="o", ls="", label="from scratch (data)")]
+        if fit.law == "transfer":
+            extra.append(Line2D([], [], color="0.3", marker="^", ls="", label="fine-tuned (data)"))
+        extra += [Patch(facecolor="0.5", alpha=0.3, label=f"{prob:.0%} credible band"), EXTRAP_PATCH]
+        loss_axis(ax)
+        _legend_sizes(ax, sizes, extra)
+    fig.suptitle("Fitted laws over the data (median, band; dashed = extrapolated)")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_gap_laws(fit, prob: float) -> plt.Figure:
+    runs = fit.grid.runs
+    groups = q.pairs(fit)
+    fig, axes = _panels(len(groups))
+    for ax, pair in zip(axes, groups):
+        scratch, tuned = _pair_runs(runs, pair)
+        both = pd.concat([scratch, tuned])
+        lo, hi = both["data_tokens"].min(), both["data_tokens"].max()
+        x = _span(lo, hi)
+        levels = [0.0] + sorted(tuned["pretrain_tokens"].unique())
+        for i, p in enumerate(levels):
+            c = colour(i)
+            loss = q.predicted_loss(fit, None, x, p=p, pair=pair)
+            _band_line(ax, x, q.band(loss, prob), c, inside=~loss["extrapolated"].values,
+                       label="from scratch" if p == 0 else f"p = {_fmt_n(p)} bytes")
+            rows = scratch if p == 0 else tuned[tuned["pretrain_tokens"] == p]
+            ax.scatter(rows["data_tokens"], rows["loss"], color=c, marker=MARKERS[i % 8], s=22, zorder=3,
+                       edgecolor="white", linewidth=0.5)
+        _shade_outside(ax, lo, hi, x[0], x[-1])
+        ax.set(xscale="log", yscale="log", xlabel="fine-tuning data f (bytes)", ylabel="loss (nats/byte)",
+               title=f"transfer gap: {pair}")
+        loss_axis(ax)
+        handles, _ = ax.get_legend_handles_labels()
+        outside_legend(ax, handles + [EXTRAP_PATCH])
+    fig.suptitle("Transfer-gap law over the data, per pre-training amount p")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- D_T and multiplier
+
+
+def plot_transferred_data(fit, prob: float = 0.9) -> plt.Figure | None:
+    """Hernandez et al.'s key figure: D_T against D_F per model size, log-log.
+
+    Points: each fine-tuned run inverted through the scratch law (two-stage, with
+    the scratch posterior's interval as error bars). Lines and bands: the jointly
+    fitted law. Runs whose D_T is not positive (ossified) or unbounded sit on
+    the bottom edge as open triangles.
+    """
+    if fit.law != "transfer":
+        return None
+    points = q.observed_transferred_data(fit, prob)
+    groups = q.pairs(fit)
+    fig, axes = _panels(len(groups))
+    for ax, pair in zip(axes, groups):
+        pts = points[points["pair"] == pair]
+        sizes = sorted(pts["n_params"].unique())
+        lo, hi = pts["data_tokens"].min(), pts["data_tokens"].max()
+        x = _span(lo, hi)
+        bottom, bad = np.inf, []
+        for ni, n in enumerate(sizes):
+            c = colour(ni)
+            d_t = q.transferred_data(fit, n, x, pair=pair)
+            b = q.band(d_t, prob)
+            _band_line(ax, x, b, c, inside=~d_t["extrapolated"].values, alpha=0.1)
+            r = pts[pts["n_params"] == n]
+            good = (r["D_T_median"] > 0) & (r["share_unbounded"] < 0.5)
+            med = r.loc[good, "D_T_median"]
+            yerr = np.vstack([med - r.loc[good, "D_T_lower"].clip(lower=med * 1e-3),
+                              r.loc[good, "D_T_upper"] - med])
+            ax.errorbar(r.loc[good, "data_tokens"], med, yerr=yerr, fmt="o", color=c, ms=5, capsize=2,
+                        mec="white", mew=0.5, zorder=3)
+            positive = np.asarray(b["median"])[np.asarray(b["median"]) > 0]
+            bottom = min(bottom, positive.min() if positive.size else np.inf, med.min() if len(med) else np.inf)
+            bad.append((r.loc[~good, "data_tokens"].to_numpy(), c))
+        ax.set(xscale="log", yscale="log")
+        if np.isfinite(bottom):
+            ax.set_ylim(bottom=bottom / 3)
+        for xs, c in bad:  # on the bottom edge: no place on a log axis
+            ax.scatter(xs, np.full(len(xs), ax.get_ylim()[0] * 1.15), marker="v", facecolor="none",
+                       edgecolor=c, s=40, zorder=4, clip_on=False)
+        _shade_outside(ax, lo, hi, x[0], x[-1])
+        ax.set(xlabel="fine-tuning data D_F (bytes)", ylabel="data transferred D_T (bytes)",
+               title=f"D_T vs D_F: {pair}")
+        extra = [Line2D([], [], color="0.3", marker="o", ls="", label="two-stage points (interval)"),
+                 Line2D([], [], color="0.3", marker="v", mfc="none", ls="", label="D_T <= 0 or unbounded"),
+                 Patch(facecolor="0.5", alpha=0.3, label=f"joint fit, {prob:.0%} band"), EXTRAP_PATCH]
+        _legend_sizes(ax, sizes, extra)
+    fig.suptitle("Effective data transferred by pre-training, D_T = k D_F^alpha N^beta - omega D_F")
+    fig.tight_layout()
+    return fig
+
+
+def plot_multiplier(fit, prob: float = 0.9) -> plt.Figure | None:
+    """The effective-data multiplier (D_F + D_T) / D_F against D_F, per model size."""
+    if fit.law != "transfer":
+        return None
+    runs = fit.grid.runs
+    groups = q.pairs(fit)
+    fig, axes = _panels(len(groups))
+    for ax, pair in zip(axes, groups):
+        _, tuned = _pair_runs(runs, pair)
+        sizes = sorted(tuned["n_params"].unique())
+        lo, hi = tuned["data_tokens"].min(), tuned["data_tokens"].max()
+        x = _span(lo, hi)
+        for ni, n in enumerate(sizes):
+            m = q.effective_multiplier(fit, n, x, pair=pair)
+            _band_line(ax, x, q.band(m, prob), colour(ni), inside=~m["extrapolated"].values)
+        ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
+        ax.text(x[0], 1.0, " no transfer", va="bottom", fontsize=8, color="0.3")
+        _shade_outside(ax, lo, hi, x[0], x[-1])
+        ax.set(xscale="log", yscale="log", xlabel="fine-tuning data D_F (bytes)",
+               ylabel="effective data multiplier (D_F + D_T) / D_F", title=f"multiplier: {pair}")
+        loss_axis(ax)
+        _legend_sizes(ax, sizes, [Patch(facecolor="0.5", alpha=0.3, label=f"{prob:.0%} band"), EXTRAP_PATCH])
+    fig.suptitle("How many times its fine-tuning data pre-training is worth")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def parameter_table(fit, prob: float = 0.9) -> pd.DataFrame:
+    """Posterior median and interval of each law parameter, per group, with the published value."""
+    post = fit.posterior
+    names = {"transfer": list(q.TRANSFER) + ["omega"], "transfer_gap": list(q.GAP)}.get(fit.law, [])
+    names = [n for n in names if n in post]
+    scratch_names = [] if fit.law == "transfer_gap" else list(
+        q.KAPLAN if q.scratch_form(fit) == "kaplan" else q.CHINCHILLA)
+    rows = []
+    lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
+    for name in scratch_names + names:
+        da = post[name]
+        group_dim = next((d for d in da.dims if d not in q.SAMPLE_DIMS), None)
+        groups = [None] if group_dim is None else [str(v) for v in da[group_dim].values]
+        for g in groups:
+            v = (da if g is None else da.sel({group_dim: g})).values.ravel()
+            pub = None
+            if name in scratch_names:
+                table = published.published_values(q.scratch_form(fit))
+            elif fit.law == "transfer" and group_dim == "pair":
+                table = published.published_values("transfer", g)
+            else:
+                table = published.published_values("transfer_gap")
+            hit = table[table["parameter"] == name]
+            if len(hit):
+                pub = (float(hit["value"].iloc[0]), str(hit["reference"].iloc[0]))
+            rows.append({"parameter": name, "group": g or "all", "median": float(np.median(v)),
+                         "lower": float(np.quantile(v, lo_q)), "upper": float(np.quantile(v, hi_q)),
+                         "published": np.nan if pub is None else pub[0],
+                         "reference": "" if pub is None else pub[1]})
+    return pd.DataFrame(rows)
+
+
+def plot_parameters(fit, prob: float = 0.9) -> plt.Figure:
+    """Each parameter's posterior median and interval per group, against published values."""
+    table = parameter_table(fit, prob)
+    names = list(dict.fromkeys(table["parameter"]))
+    fig, axes = _panels(len(names), width=4.2, height=0.6 + 0.45 * max(table.groupby("parameter").size().max(), 2))
+    logs = {"k", "N_c", "D_c", "A", "B", "A_p", "G", "C_0"}
+    for ax, name in zip(axes, names):
+        rows = table[table["parameter"] == name].reset_index(drop=True)
+        y = np.arange(len(rows))
+        ax.hlines(y, rows["lower"], rows["upper"], color=PALETTE[0], lw=2.5)
+        ax.plot(rows["median"], y, "o", color=PALETTE[0])
+        has_pub = rows["published"].notna()
+        if has_pub.any():
+            ax.plot(rows.loc[has_pub, "published"], y[has_pub], "D", color=PALETTE[1], mfc="none", ms=8, mew=1.5)
+        ax.set_yticks(y, rows["group"])
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_title(name)
+        if name in logs:
+            ax.set_xscale("log")
+    handles = [Line2D([], [], color=PALETTE[0], marker="o", lw=2.5, label=f"posterior median, {prob:.0%} interval"),
+               Line2D([], [], color=PALETTE[1], marker="D", mfc="none", ls="", ms=8, label="published (REFERENCE.md)")]
+    fig.suptitle("Fitted parameters against the published values (units differ: see the table)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    return fig
+
+
+# ---------------------------------------------------------------- ossification
+
+
+def plot_ossification_map(fit, n_grid: int = 40) -> plt.Figure | None:
+    """P(pre-training worse than scratch) over N x D_F (transfer) or p x f (transfer gap)."""
+    if fit.law not in ("transfer", "transfer_gap"):
+        return None
+    runs = fit.grid.runs
+    groups = q.pairs(fit)
+    fig, axes = _panels(len(groups), width=5.4, height=4.2)
+    for ax, pair in zip(axes, groups):
+        _, tuned = _pair_runs(runs, pair)
+        d = _span(tuned["data_tokens"].min(), tuned["data_tokens"].max(), 1.0, n_grid)
+        if fit.law == "transfer":
+            other = _span(tuned["n_params"].min(), tuned["n_params"].max(), 1.0, n_grid)
+            prob = q.ossification_probability(fit, other, d, pair=pair).transpose("N", "D_F").values
+            y_name, y_col = "model size N (parameters)", "n_params"
+        else:
+            other = _span(tuned["pretrain_tokens"].min(), tuned["pretrain_tokens"].max(), 1.0, n_grid)
+            prob = q.ossification_probability(fit, None, d, pair=pair, p=other).transpose("D_F", "p").values.T
+            y_name, y_col = "pre-training data p (bytes)", "pretrain_tokens"
+        mesh = ax.pcolormesh(d, other, prob, cmap="cividis", vmin=0, vmax=1, shading="nearest")
+        if 0 < prob.min() < 0.5 < prob.max() or (prob.min() < 0.5 < prob.max()):
+            ax.contour(d, other, prob, levels=[0.5], colors="white", linewidths=1.5)
+        x0, x1 = tuned["data_tokens"].min(), tuned["data_tokens"].max()
+        y0, y1 = tuned[y_col].min(), tuned[y_col].max()
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=PALETTE[4], lw=2, ls="--"))
+        ax.scatter(tuned["data_tokens"], tuned[y_col], s=8, color=PALETTE[4], zorder=3)
+        handles = [Line2D([], [], color=PALETTE[4], ls="--", lw=2, label="measured grid (outside: extrapolated)"),
+                   Line2D([], [], color="white", lw=1.5, label="P = 0.5")]
+        if fit.law == "transfer":
+            boundary = q.low_data_boundary(fit, other, target=pair.split("->", 1)[1])
+            ax.plot(boundary.median(q.SAMPLE_DIMS), other, color=PALETTE[5], lw=1.5, ls=":")
+            handles.append(Line2D([], [], color=PALETTE[5], ls=":", label="low-data boundary 0.1 D(N)"))
+        ax.set(xscale="log", yscale="log", xlabel="fine-tuning data D_F (bytes)", ylabel=y_name,
+               title=f"ossification: {pair}", xlim=(d[0], d[-1]), ylim=(other[0], other[-1]))
+        ax.legend(handles=handles, fontsize=7, loc="lower left", facecolor="0.4", labelcolor="white")
+        fig.colorbar(mesh, ax=ax, label="P(pre-trained worse than scratch)")
+    fig.suptitle("Ossification map: where pre-training hurts")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- diagnostics and checks
+
+
+def plot_diagnostics(fit, var_names=None) -> plt.Figure | None:
+    """Rank plots (ArviZ) of the law parameters: flat, overlapping histograms mean chains agree."""
+    import arviz as az
+
+    post = fit.posterior
+    if post.sizes.get("chain", 1) < 2 or post.sizes.get("draw", 1) < 20:
+        return None
+    if var_names is None:
+        law = {"transfer": ("k", "alpha", "beta", "omega"), "transfer_gap": ("A_p", "alpha_p", "G", "alpha_f"),
+               }.get(fit.law, ())
+        var_names = [v for v in law + ("alpha_N", "alpha_D", "sigma") if v in post]
+    axes = az.plot_rank(fit.idata, var_names=var_names, kind="vlines",
+                        colors=PALETTE[:post.sizes["chain"]] if post.sizes["chain"] <= 8 else None,
+                        figsize=(12, 1.9 * int(np.ceil(_n_panels(post, var_names) / 4))), show=False,
+                        backend_kwargs={"layout": "constrained"})
+    for ax in np.atleast_1d(axes).ravel():
+        ax.set_xlabel("rank (all chains)", fontsize=9)
+        ax.title.set_fontsize(9)
+    fig = np.atleast_1d(axes).ravel()[0].figure
+    fig.suptitle("Rank plots per chain (uniform = well mixed)")
+    return fig
+
+
+def _n_panels(post, var_names) -> int:
+    total = 0
+    for v in var_names:
+        extra = [post[v].sizes[d] for d in post[v].dims if d not in q.SAMPLE_DIMS]
+        total += int(np.prod(extra)) if extra else 1
+    return total
+
+
+def posterior_predictive_table(fit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
+    """Each run's observed loss against its posterior-predictive median and interval."""
+    runs = fit.grid.runs
+    rows = []
+    lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
+    pairs = set(q.pairs(fit))
+    targets = set(str(t) for t in fit.posterior["target"].values) if "target" in fit.posterior.dims else None
+    for i, run in enumerate(runs.itertuples(index=False)):
+        pair = f"{run.source}->{run.target}"
+        if fit.law == "transfer_gap":
+            if run.source == "none":
+                match = [p for p in pairs if p.endswith(f"->{run.target}")]
+                if not match:
+                    continue
+                pred = q.predicted_loss(fit, None, run.data_tokens, p=0, pair=match[0], predictive=True, seed=seed + i)
+            elif pair in pairs:
+                pred = q.predicted_loss(fit, None, run.data_tokens, p=run.pretrain_tokens, pair=pair,
+                                        predictive=True, seed=seed + i)
+            else:
+                continue
+        elif run.source == "none":
+            if targets is not None and run.target not in targets:
+                continue
+            kw = dict(p=0) if fit.law == "transfer" else {}
+            pred = q.predicted_loss(fit, run.n_params, run.data_tokens, target=run.target, predictive=True,
+                                    seed=seed + i, **kw)
+        elif fit.law == "transfer" and pair in pairs:
+            pred = q.predicted_loss(fit, run.n_params, run.data_tokens, pair=pair, predictive=True, seed=seed + i)
+        else:
+            continue
+        v = pred.values.ravel()
+        lo, med, hi = np.quantile(v, [lo_q, 0.5, hi_q])
+        rows.append({"source": run.source, "target": run.target, "n_params": run.n_params,
+                     "data_tokens": run.data_tokens, "loss": run.loss, "median": med, "lower": lo, "upper": hi,
+                     "inside": bool(lo <= run.loss <= hi)})
+    return pd.DataFrame(rows)
+
+
+def plot_ppc(fit, prob: float = 0.9, table: pd.DataFrame | None = None) -> plt.Figure:
+    """Observed loss against the posterior predictive (median, interval) for every run."""
+    table = posterior_predictive_table(fit, prob) if table is None else table
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    for i, (source, rows) in enumerate(table.groupby("source", sort=True)):
+        label = "from scratch" if source == "none" else f"pre-trained on {source}"
+        ax.errorbar(rows["loss"], rows["median"],
+                    yerr=[rows["median"] - rows["lower"], rows["upper"] - rows["median"]],
+                    fmt=MARKERS[i % 8], color=colour(i), ms=4, capsize=2, alpha=0.85, label=label)
+    lo = min(table["loss"].min(), table["lower"].min()) * 0.95
+    hi = max(table["loss"].max(), table["upper"].max()) * 1.05
+    ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8, ls=":", label="predicted = observed")
+    coverage = table["inside"].mean()
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="observed loss (nats/byte)",
+           ylabel=f"posterior predictive loss (nats/byte), {prob:.0%} interval",
+           title=f"Posterior predictive check: {coverage:.0%} of {len(table)} runs inside their {prob:.0%} interval")
+    ax.legend(fontsize=8, loc="upper left")
+    loss_axis(ax, "x")
+    loss_axis(ax, "y")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- recommendation
+
+
+def plot_allocation(rec) -> plt.Figure | None:
+    """Expected loss over budget splits, the Bayes and point-estimate choices, and the
+    posterior of the optimal split."""
+    if rec.surface is None:
+        return None
+    a, b = rec.split_resources
+    shares = rec.surface["share"].values
+    flat = rec.surface.stack(sample=q.SAMPLE_DIMS).transpose("share", "sample").values
+    lo_q, hi_q = (1 - rec.prob) / 2, (1 + rec.prob) / 2
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    mean = np.nanmean(flat, axis=1)
+    # loss relative to each draw's own value at the Bayes choice: the shared uncertainty cancels
+    at_bayes = flat[np.argmin(np.abs(shares - rec.shares[0]))]
+    rel = flat - at_bayes
+    ax.fill_between(shares, np.nanquantile(rel, lo_q, axis=1), np.nanquantile(rel, hi_q, axis=1),
+                    color=PALETTE[0], alpha=0.2, lw=0, label=f"{rec.prob:.0%} band over draws")
+    ax.plot(shares, mean - mean[np.argmin(np.abs(shares - rec.shares[0]))], color=PALETTE[0], lw=1.8,
+            label="expected loss")
+    ax.axvline(rec.shares[0], color=PALETTE[1], lw=1.5, label=f"Bayes choice ({rec.shares[0]:.1%})")
+    ax.axvline(rec.shares[1], color=PALETTE[2], lw=1.5, ls="--", label=f"point-estimate choice ({rec.shares[1]:.1%})")
+    ax.axhline(0, color="0.3", lw=0.6)
+    ax.set(xlabel=f"share of the budget spent on {b} (rest on {a})",
+           ylabel="loss minus loss at the Bayes choice (nats/byte)", title="Loss over budget splits")
+    ax.legend(fontsize=8)
+    ax2.hist(rec.optimal_share.values.ravel(), bins=np.linspace(0, 1, 41), color=PALETTE[0], alpha=0.8)
+    ax2.set(xlabel=f"optimal share on {b}, per posterior draw", ylabel="posterior draws",
+            title="Posterior of the optimal allocation")
+    fig.tight_layout()
+    return fig

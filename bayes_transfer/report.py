@@ -1,0 +1,369 @@
+"""A posterior report: one self-contained HTML page, its PNG figures and a Markdown summary.
+
+`report(grid_or_fit, out_dir)` fits first when given a grid (or a path to
+one), then writes `index.html` (figures embedded, no network needed),
+`summary.md` (figures linked as the PNGs beside it) and `fig_*.png`. A fit
+that did not converge is announced at the top of both, in words.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import os
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from . import plots
+from . import quantities as q
+from .allocate import _display_table, markdown_table, recommend
+
+
+def default_law(grid) -> str:
+    """'transfer_gap' if one size has several pre-training amounts, else 'transfer' with
+    fine-tuned runs, else 'kaplan'."""
+    tuned = grid.finetuned
+    if tuned.empty:
+        return "kaplan"
+    per_size = tuned.groupby(["source", "target", "n_params"])["pretrain_tokens"].nunique()
+    return "transfer_gap" if (per_size > 1).any() else "transfer"
+
+
+def gap_size(grid) -> float:
+    """The model size a transfer-gap fit uses: the one with the most pre-training amounts."""
+    tuned = grid.finetuned
+    counts = tuned.groupby("n_params")["pretrain_tokens"].nunique()
+    return float(counts.idxmax())
+
+
+def illustrative_costs(fit, pair=None) -> dict:
+    """Prices that make doubling each resource from the current point cost the same.
+
+    A neutral default for a report when the user gave no prices: the answer is then
+    which doubling (of D_F, of N, or of p) is worth most. Budget = the current
+    fine-tuning data's cost at 1e-5 per byte.
+    """
+    runs = fit.grid.runs
+    tuned = runs[runs["source"] != "none"]
+    if pair is not None:
+        source, target = pair.split("->", 1)
+        tuned = tuned[(tuned["source"] == source) & (tuned["target"] == target)]
+    rows = tuned if len(tuned) else runs
+    f0 = float(rows["data_tokens"].max())
+    cost_finetune = 1e-5
+    budget = cost_finetune * f0
+    out = {"budget": budget, "cost_finetune": cost_finetune}
+    if fit.law == "transfer_gap":
+        out["cost_pretrain"] = budget / float(rows["pretrain_tokens"].max())
+    else:
+        out["cost_params"] = budget / float(rows["n_params"].max())
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class _Page:
+    """Collects sections as HTML and Markdown side by side."""
+
+    def __init__(self, out: Path):
+        self.out, self.html, self.md, self.figures = out, [], [], []
+
+    def heading(self, text: str, level: int = 2):
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md.append(f"{'#' * level} {text}\n")
+
+    def para(self, text: str, css: str = ""):
+        cls = f' class="{css}"' if css else ""
+        self.html.append(f"<p{cls}>{html.escape(text)}</p>")
+        self.md.append(f"{text}\n")
+
+    def bullets(self, items):
+        self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+        self.md.append("\n".join(f"- {i}" for i in items) + "\n")
+
+    def banner(self, title: str, text: str, css: str):
+        self.html.append(f'<div class="banner {css}"><strong>{html.escape(title)}</strong> {html.escape(text)}</div>')
+        self.md.append(f"> **{title}** {text}\n")
+
+    def table(self, df: pd.DataFrame):
+        self.html.append(df.to_html(index=False, border=0, classes="tbl", na_rep="-", escape=True))
+        self.md.append(markdown_table(df.fillna("-")) + "\n")
+
+    def figure(self, name: str, fig, caption: str):
+        if fig is None:
+            return
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        plt.close(fig)
+        data = buf.getvalue()
+        path = self.out / f"fig_{name}.png"
+        _atomic_write(path, data)
+        self.figures.append(path)
+        b64 = base64.b64encode(data).decode("ascii")
+        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.md.append(f"![{caption}]({path.name})\n\n*{caption}*\n")
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1180px;margin:2em auto;
+padding:0 1.2em;color:#1a1a1a;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #0072B2;padding-bottom:.2em;margin-top:2em}
+.meta{color:#555;font-size:.92em}
+.banner{padding:.9em 1.1em;border-radius:6px;margin:1em 0;font-size:1.05em}
+.bad{background:#fde8e4;border:2px solid #D55E00}.warn{background:#fff4dc;border:2px solid #E69F00}
+.good{background:#e5f4ee;border:2px solid #009E73}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}
+figcaption{color:#444;font-size:.9em}
+table.tbl{border-collapse:collapse;font-size:.85em;margin:.6em 0}
+table.tbl th,table.tbl td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
+table.tbl th{background:#eef3f8}table.tbl td:first-child,table.tbl th:first-child{text-align:left}
+.answer{font-size:1.15em;font-weight:600}
+"""
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _load(grid_or_fit, law, fit_options):
+    """A Fit from a Fit, a fit file, a Grid, a table or a grid file."""
+    from .fit import Fit, fit, load_fit
+    from .grid import load_grid
+
+    if isinstance(grid_or_fit, Fit):
+        return grid_or_fit
+    if isinstance(grid_or_fit, (str, Path)) and _is_fit_file(Path(grid_or_fit)):
+        return load_fit(grid_or_fit)
+    grid = load_grid(grid_or_fit)
+    law = law or default_law(grid)
+    if law in ("transfer", "transfer_gap") and grid.finetuned.empty:
+        raise ValueError(f"a {law!r} report needs fine-tuned runs (source other than 'none'), "
+                         "and the grid has none; use law 'kaplan' or 'chinchilla' for a scratch-law report")
+    options = dict(fit_options or {})
+    if law == "transfer_gap":
+        options.setdefault("n_params", gap_size(grid))
+    return fit(grid, law=law, **options)
+
+
+def _is_fit_file(path: Path) -> bool:
+    """A netCDF fit file (posterior group) rather than a grid file."""
+    if path.suffix not in (".nc", ".nc4", ".netcdf"):
+        return False
+    import h5netcdf
+
+    try:
+        with h5netcdf.File(path, "r") as f:
+            return "posterior" in f.groups
+    except OSError:
+        return False
+
+
+def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, budget=None,
+           cost_finetune=None, cost_pretrain=None, cost_params=None, current=None,
+           currency: str = "USD", fit_options: dict | None = None) -> Path:
+    """Write the report for a fit (or a grid, fitted first) into `out_dir`; returns index.html's path.
+
+    Recommendations use the given prices; without them, `illustrative_costs` (said so in the report).
+    """
+    fit = _load(grid_or_fit, law, fit_options)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    page = _Page(out)
+    grid = fit.grid
+    diag = fit.diagnostics()
+    pairs = q.pairs(fit)
+
+    page.heading("Scaling laws for transfer: posterior report", 1)
+    page.para(f"{grid!r}", css="meta")
+    page.para(f"Law: {fit.law}" + (f" (scratch form {fit.config.get('scratch_law')})" if fit.law == "transfer" else "")
+              + f"; sampler: {_sampler_text(fit)}; bayes_transfer {_version()}; written "
+              f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", css="meta")
+    if fit.point_estimate:
+        page.banner("MAP point estimate.", "No posterior uncertainty: bands collapse to lines and "
+                    "probabilities to 0 or 1. Refit with NUTS for the answers with uncertainty.", "warn")
+    elif not diag.converged:
+        page.banner("THE FIT DID NOT CONVERGE: do not trust the numbers below.", str(diag), "bad")
+    else:
+        page.banner("Converged.", str(diag), "good")
+
+    _headline(page, fit, prob)
+
+    page.heading("The loss grid")
+    page.figure("loss_grid", plots.plot_loss_grid(grid),
+                "Early-stopped validation loss of every run: from scratch (solid) and fine-tuned (dashed), per model size.")
+    if len(grid.excluded):
+        page.para(f"{len(grid.excluded)} run(s) excluded by the loader (failed or flagged); see the grid file.")
+
+    page.heading("Fitted laws")
+    page.figure("fitted_laws", plots.plot_fitted_laws(fit, prob),
+                f"The fitted law's median and {prob:.0%} credible band over the data; dashed and grey-shaded = extrapolated.")
+
+    if fit.law == "transfer":
+        page.heading("Effective data transferred (D_T vs D_F)")
+        page.figure("transferred_data", plots.plot_transferred_data(fit, prob),
+                    "D_T against D_F per model size, log-log (Hernandez et al. Fig. 1): points are the two-stage "
+                    "inversion of each run, bands the joint fit.")
+        page.heading("Effective data multiplier")
+        page.figure("multiplier", plots.plot_multiplier(fit, prob),
+                    "(D_F + D_T) / D_F: how many times its fine-tuning data pre-training is worth.")
+
+    page.heading("Parameters against published values")
+    table = plots.parameter_table(fit, prob)
+    page.figure("parameters", plots.plot_parameters(fit, prob),
+                f"Posterior median and {prob:.0%} interval per group; diamonds: published values (REFERENCE.md).")
+    page.table(_format_params(table, prob))
+    page.para("Published scratch-law values are for BPE tokens of web text, a sanity scale only; "
+              "Hernandez et al.'s transfer fits are for characters of Python, comparable to bytes.")
+
+    if fit.law in ("transfer", "transfer_gap"):
+        page.heading("Ossification map")
+        page.figure("ossification", plots.plot_ossification_map(fit),
+                    "Posterior probability that pre-training ends worse than training from scratch; "
+                    "the dashed box is the measured grid, everything outside it extrapolation.")
+
+    page.heading("Diagnostics")
+    page.bullets(_diagnostic_lines(fit, diag))
+    page.figure("diagnostics", plots.plot_diagnostics(fit),
+                "Rank plots: each chain's ranks should be uniform; a chain whose bars lean is stuck.")
+
+    page.heading("Posterior predictive check")
+    ppc = plots.posterior_predictive_table(fit, prob)
+    page.figure("ppc", plots.plot_ppc(fit, prob, ppc),
+                f"Each run's observed loss against its {prob:.0%} posterior-predictive interval (noise included).")
+    worst = ppc.assign(z=np.abs(np.log(ppc["loss"] / ppc["median"]))).nlargest(min(5, len(ppc)), "z")
+    page.para(f"{ppc['inside'].mean():.0%} of {len(ppc)} runs lie inside their {prob:.0%} predictive interval "
+              f"(about {prob:.0%} expected). Largest misfits:")
+    page.table(worst[["source", "target", "n_params", "data_tokens", "loss", "median", "lower", "upper"]]
+               .round(4).rename(columns={"median": "predicted median"}))
+
+    page.heading("Recommendation: where the next budget should go")
+    _recommendations(page, fit, pairs, prob, dict(budget=budget, cost_finetune=cost_finetune,
+                                                   cost_pretrain=cost_pretrain, cost_params=cost_params),
+                     current, currency)
+
+    body = "\n".join(page.html)
+    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+           f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+           f"<title>bayes-transfer report</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+    _atomic_write(out / "summary.md", "\n".join(page.md).encode())
+    index = out / "index.html"
+    _atomic_write(index, doc.encode())
+    return index
+
+
+def _version() -> str:
+    import bayes_transfer
+
+    return bayes_transfer.__version__
+
+
+def _sampler_text(fit) -> str:
+    s = fit.sampler
+    if s.get("method") == "map":
+        return "MAP (optimisation)"
+    return f"NUTS, {s.get('chains')} chains x {s.get('draws')} draws after {s.get('warmup')} warm-up ({s.get('seconds', '?')} s)"
+
+
+def _headline(page: _Page, fit, prob: float) -> None:
+    """A few numbers up front: D_T and the multiplier at the grid's corners."""
+    if fit.law != "transfer":
+        return
+    page.heading("Headline numbers")
+    rows = []
+    for pair in q.pairs(fit):
+        runs = fit.grid.runs
+        source, target = pair.split("->", 1)
+        tuned = runs[(runs["source"] == source) & (runs["target"] == target)]
+        for n in sorted({tuned["n_params"].min(), tuned["n_params"].max()}):
+            for d in sorted({tuned["data_tokens"].min(), tuned["data_tokens"].max()}):
+                d_t = q.band(q.transferred_data(fit, n, d, pair=pair), prob)
+                m = q.band(q.effective_multiplier(fit, n, d, pair=pair), prob)
+                p_oss = float(q.ossification_probability(fit, n, d, pair=pair))
+                rows.append({"pair": pair, "N": f"{n:.3g}", "D_F (bytes)": f"{d:.3g}",
+                             "D_T median (bytes)": f"{float(d_t['median']):.3g}",
+                             f"D_T {prob:.0%} interval": f"{float(d_t['lower']):.3g} to {float(d_t['upper']):.3g}",
+                             "multiplier": f"{float(m['median']):.3g}",
+                             f"multiplier {prob:.0%}": f"{float(m['lower']):.3g} to {float(m['upper']):.3g}",
+                             "P(ossified)": f"{p_oss:.2f}"})
+    page.table(pd.DataFrame(rows))
+
+
+def _format_params(table: pd.DataFrame, prob: float) -> pd.DataFrame:
+    out = pd.DataFrame({"parameter": table["parameter"], "group": table["group"]})
+    out["median"] = table["median"].map(lambda v: f"{v:.4g}")
+    out[f"{prob:.0%} interval"] = [f"{a:.4g} to {b:.4g}" for a, b in zip(table["lower"], table["upper"])]
+    out["published"] = table["published"].map(lambda v: "-" if np.isnan(v) else f"{v:.4g}")
+    out["inside interval"] = [("-" if np.isnan(p) else ("yes" if lo <= p <= hi else "no"))
+                              for p, lo, hi in zip(table["published"], table["lower"], table["upper"])]
+    out["reference"] = table["reference"].replace("", "-")
+    return out
+
+
+def _diagnostic_lines(fit, diag) -> list[str]:
+    if fit.point_estimate:
+        return [str(diag)]
+    post = fit.posterior
+    lines = [f"max r_hat {diag.max_r_hat:.3f} (must be <= 1.01)",
+             f"min bulk ESS {diag.min_ess_bulk:.0f} (must be >= 400)",
+             f"divergent transitions: {diag.divergences}",
+             f"{post.sizes['chain']} chains x {post.sizes['draw']} draws"]
+    return lines + list(diag.messages)
+
+
+def _recommendations(page: _Page, fit, pairs, prob, costs, current, currency) -> None:
+    given = {k: v for k, v in costs.items() if v is not None}
+    targets = [str(t) for t in fit.posterior["target"].values] if "target" in fit.posterior.dims else [None]
+    groups = pairs if pairs else targets
+    for group in groups:
+        kw = dict(pair=group) if pairs else dict(target=group)
+        if given.get("cost_finetune") is None:
+            prices = illustrative_costs(fit, group if pairs else None)
+            prices.update(given)
+            page.para("No prices were given, so these are illustrative: each resource is priced so that "
+                      "doubling it from the current point costs the whole budget. The question answered is "
+                      "then which doubling is worth most. Pass --budget and --cost-* to price your own.",
+                      css="meta")
+        else:
+            prices = given
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rec = recommend(fit, current=current, prob=prob, currency=currency, **prices, **kw)
+        if group is not None:
+            page.heading(f"{group}", 3)
+        page.para(f"Spend the budget on: {rec.best}.", css="answer")
+        page.table(_display_table(rec.table, prob))
+        if rec.optimal_share is not None:
+            a, b = rec.split_resources
+            qs = np.quantile(rec.optimal_share.values.ravel(), [(1 - prob) / 2, 0.5, (1 + prob) / 2])
+            page.para(f"Posterior of the optimal share on {b} (the rest on {a}): median {qs[1]:.3f}, "
+                      f"{prob:.0%} interval {qs[0]:.3f} to {qs[2]:.3f}. Choosing by point estimates picks "
+                      f"'{rec.point_estimate_choice}', an expected regret of {rec.regret_of_point_estimate:.2e} "
+                      "nats/byte against the Bayes choice.")
+            page.figure(f"allocation_{_slug(group)}", plots.plot_allocation(rec),
+                        "Left: loss over budget splits relative to the Bayes choice. "
+                        "Right: each posterior draw's optimal split.")
+        page.bullets(rec.notes + [f"{k}: {v}" for k, v in rec.assumptions.items()])
+
+
+def _slug(text) -> str:
+    return "".join(c if c.isalnum() else "_" for c in str(text or "all"))
+
+
+__all__ = ["report", "default_law", "gap_size", "illustrative_costs"]
