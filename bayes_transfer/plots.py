@@ -357,10 +357,15 @@ def plot_parameters(fit, prob: float = 0.9) -> plt.Figure:
         ax.set_yticks(y, rows["group"])
         ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set_title(name)
-        if name in logs:
+        values = pd.concat([rows["lower"], rows["upper"], rows["published"]]).dropna()
+        if name in logs and values.min() > 0 and values.max() / values.min() > 20:
             ax.set_xscale("log")
-    handles = [Line2D([], [], color=PALETTE[0], marker="o", lw=2.5, label=f"posterior median, {prob:.0%} interval"),
-               Line2D([], [], color=PALETTE[1], marker="D", mfc="none", ls="", ms=8, label="published (REFERENCE.md)")]
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    handles = [Line2D([], [], color=PALETTE[0], marker="o", lw=2.5, label=f"posterior median, {prob:.0%} interval")]
+    if table["published"].notna().any():
+        handles.append(Line2D([], [], color=PALETTE[1], marker="D", mfc="none", ls="", ms=8,
+                              label="published (REFERENCE.md)"))
     fig.suptitle("Fitted parameters against the published values (units differ: see the table)")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)

@@ -309,8 +309,10 @@ def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: boo
         d, pp = _axis(D_F, "D_F"), _axis(p, "p")
         mu = _gap_loss(post, pp, d)
         n = None if N is None else _axis(N, "N")
-        inputs = {"N": n, "D_F": d, "p": pp}
         ranges = grid_ranges(fit, pair)
+        # p = 0 is the scratch branch, measured by the scratch runs: not an extrapolation in p
+        p_checked = pp.where(pp > 0, ranges["p"][0]) if ranges.get("p") else pp
+        inputs = {"N": n, "D_F": d, "p": p_checked}
         ranges_ft = grid_ranges(fit, finetuned=False)
     else:
         raise ValueError(f"unknown law {fit.law!r}")

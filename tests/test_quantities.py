@@ -300,3 +300,9 @@ def test_predictive_noise_uses_the_scale_of_the_run_kind():
         spread[p] = float(np.log(pred / mean).std())
     assert spread[0] == pytest.approx(0.01 * np.sqrt(5 / 3), rel=0.1)
     assert spread[None] == pytest.approx(0.2 * np.sqrt(5 / 3), rel=0.1)
+
+
+def test_gap_scratch_branch_is_not_extrapolation_in_p():
+    fit = fake_fit(law="transfer_gap")
+    flags = q.predicted_loss(fit, None, [1e5, 1e9], p=[0.0, 1e7], pair="text->python")["extrapolated"]
+    assert flags.transpose("D_F", "p").values.tolist() == [[False, False], [True, True]]

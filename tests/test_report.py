@@ -1,0 +1,158 @@
+"""The report: its content, its figures, its banners, and a real browser rendering it.
+
+Fits here are real `Fit` objects whose posterior is drawn around known
+parameters (no sampling), over grids simulated from those parameters.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from bayes_transfer.fit import Fit
+from bayes_transfer.grid import load_grid
+from bayes_transfer.models import design_grid, simulate_losses
+from bayes_transfer.report import default_law, report
+from test_quantities import GAP_TRUE, fake_fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import check_report  # noqa: E402
+
+# Byte-level scale: losses between ~1 and ~2.7 nats/byte, like the pilot grid (PILOT.md).
+TRUE = dict(N_c=3e6, D_c=1.4e6, alpha_N=0.15, alpha_D=0.3, k=100.0, alpha=0.18, beta=0.38, omega=0.02)
+SIZES, DATA = [1e5, 3e5, 1e6, 3e6], [6.4e4, 2.5e5, 1e6, 4e6, 1.6e7]
+
+
+def transfer_table(seed=0):
+    design = design_grid(SIZES, DATA, sources=("text",), target="python", pretrain_tokens=8e7)
+    return simulate_losses(design, "transfer", TRUE, sigma=0.02, seed=seed)
+
+
+def gap_table(seed=0):
+    parts = [design_grid([1e6], DATA, sources=("text",), target="python", pretrain_tokens=p) for p in (1e6, 1e7, 1e8)]
+    design = pd.concat(parts).drop_duplicates(["source", "data_tokens", "pretrain_tokens"]).reset_index(drop=True)
+    return simulate_losses(design, "transfer_gap", GAP_TRUE, sigma=0.02, seed=seed)
+
+
+def known_fit(law="transfer", chains=2, draws=300, stuck_chain=False, method="nuts"):
+    """A Fit whose posterior is lognormal draws around the truth (a second chain off it if stuck)."""
+    truth = TRUE if law == "transfer" else GAP_TRUE
+    table = transfer_table() if law == "transfer" else gap_table()
+    rng = np.random.default_rng(1)
+    overrides = {}
+    for name, value in truth.items():
+        v = value * np.exp(0.03 * rng.standard_normal((chains, draws, 1)))
+        if stuck_chain and name in ("k", "A_p"):
+            v[1] *= 3.0
+        overrides[name] = v
+    post = fake_fit(law=law, chains=chains, n_draws=draws, overrides=overrides).posterior
+    sigma = np.broadcast_to([0.02, 0.02], (chains, draws, 2))
+    post = post.drop_vars("sigma").assign(sigma=(("chain", "draw", "kind"), sigma)).assign_coords(
+        kind=["scratch", "pretrained" if law == "transfer_gap" else "finetuned"])
+    idata = az.InferenceData(posterior=post, sample_stats=xr.Dataset(
+        {"diverging": (("chain", "draw"), np.zeros((chains, draws), bool))}))
+    sampler = ({"method": "map", "chains": 1, "draws": 1, "optimizer_success": True} if method == "map" else
+               {"method": "nuts", "chains": chains, "draws": draws, "warmup": draws, "seconds": 1.0})
+    config = {"law": law, "scratch_law": "kaplan" if law == "transfer" else None}
+    return Fit(idata=idata, grid=load_grid(table), law=law, config=config, sampler=sampler)
+
+
+@pytest.fixture(scope="module")
+def transfer_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return report(known_fit(), out)
+
+
+def figures_of(index: Path) -> list[Path]:
+    return sorted(index.parent.glob("fig_*.png"))
+
+
+def test_report_has_every_section_and_figure(transfer_report):
+    index = transfer_report
+    page = index.read_text()
+    for heading in ("The loss grid", "Fitted laws", "Effective data transferred (D_T vs D_F)",
+                    "Effective data multiplier", "Parameters against published values", "Ossification map",
+                    "Diagnostics", "Posterior predictive check", "Recommendation: where the next budget should go"):
+        assert f">{heading}</h2>" in page, heading
+    names = {p.name for p in figures_of(index)}
+    assert {"fig_loss_grid.png", "fig_fitted_laws.png", "fig_transferred_data.png", "fig_multiplier.png",
+            "fig_parameters.png", "fig_ossification.png", "fig_diagnostics.png", "fig_ppc.png"} <= names
+    # every figure is embedded (self-contained, no network) and linked from the Markdown
+    assert page.count('src="data:image/png;base64,') == len(names)
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    summary = (index.parent / "summary.md").read_text()
+    for name in names:
+        assert f"]({name})" in summary and (index.parent / name).stat().st_size > 5000
+    assert "Converged." in page and "DID NOT CONVERGE" not in page
+
+
+def test_report_numbers_are_the_fit_s(transfer_report):
+    page = transfer_report.read_text()
+    # published values beside the posterior, and the transfer law's units
+    assert "Hernandez et al. 2021: English text -&gt; Python" in page
+    assert "nats/byte" in page and "bytes" in page
+    # the recommendation under illustrative prices says so, with costs and assumptions
+    assert "illustrative" in page and "Spend the budget on:" in page
+    assert "USD per fine-tuning token" in page and "held fixed" in page
+    # the predictive check: simulated from the posterior's centre, most runs sit inside 90% intervals
+    share = float(re.search(r"(\d+)% of 40 runs lie inside", page).group(1))
+    assert share >= 75
+
+
+def test_unconverged_fit_is_announced_at_the_top(tmp_path):
+    index = report(known_fit(stuck_chain=True), tmp_path)
+    page = index.read_text()
+    assert page.index("THE FIT DID NOT CONVERGE") < page.index("<h2>")
+    summary = (tmp_path / "summary.md").read_text().splitlines()
+    assert any("THE FIT DID NOT CONVERGE" in line for line in summary[:8])
+
+
+def test_map_fit_says_it_has_no_uncertainty(tmp_path):
+    index = report(known_fit(chains=1, draws=1, method="map"), tmp_path)
+    page = index.read_text()
+    assert "MAP point estimate." in page
+    assert not (tmp_path / "fig_diagnostics.png").exists()
+
+
+def test_transfer_gap_report(tmp_path):
+    index = report(known_fit(law="transfer_gap"), tmp_path,
+                   budget=100.0, cost_finetune=1e-4, cost_pretrain=1e-6, currency="EUR")
+    page = index.read_text()
+    names = {p.name for p in figures_of(index)}
+    assert "fig_transferred_data.png" not in names and "fig_ossification.png" in names
+    assert "0.0001 EUR per fine-tuning token" in page and "illustrative" not in page
+    assert "split (Bayes)" in page and "pre-training data" in page
+
+
+def test_a_transfer_report_needs_finetuned_runs(tmp_path):
+    scratch_only = transfer_table()
+    scratch_only = scratch_only[scratch_only["source"] == "none"]
+    with pytest.raises(ValueError, match="needs fine-tuned runs"):
+        report(scratch_only, tmp_path, law="transfer")
+
+
+def test_default_law_follows_the_grid():
+    table = transfer_table()
+    assert default_law(load_grid(table)) == "transfer"
+    assert default_law(load_grid(table[table["source"] == "none"])) == "kaplan"
+    assert default_law(load_grid(gap_table())) == "transfer_gap"
+
+
+@pytest.mark.skipif(check_report.find_chromium() is None, reason="chromium is not installed")
+def test_report_renders_in_chromium(transfer_report, tmp_path):
+    png = check_report.screenshot(transfer_report, tmp_path / "shot.png", height=3000)
+    assert not check_report.is_blank(png)
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(png)
+    assert pixels.shape[:2] == (3000, 1280)
+    # figures render: a good share of the page is neither white nor text-grey
+    colourful = (pixels[..., :3].max(axis=-1) - pixels[..., :3].min(axis=-1)) > 0.2
+    assert colourful.mean() > 0.01
