@@ -26,7 +26,7 @@ from trainer.corpora.store import (DOC_END, SPLITS, CorpusError, _split_stats, a
                                    atomic_write_json, check_name, documents, open_split)
 
 SCHEMA_VERSION = 1
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 VAL_BYTES = 1_500_000
 CODE_HEAVY = 0.5
 MARKER = ".complete"
@@ -38,7 +38,8 @@ def build_params(name: str) -> dict:
         "pipeline_version": PIPELINE_VERSION,
         "sources": [s.package for s in dist.sources],
         "min_doc_bytes": clean.MIN_DOC_BYTES, "max_doc_bytes": MAX_DOC_BYTES,
-        "boilerplate": {"min_docs": 20, "min_line_chars": 10, "comment_lines_only": dist.code},
+        "boilerplate": {"min_docs": 20, "min_line_chars": dist.boilerplate_min_len,
+                        "comment_lines_only": dist.code},
         "minhash": {"shingle_words": clean.SHINGLE, "permutations": clean.NUM_PERM,
                     "bands": clean.BANDS, "rows": clean.ROWS, "jaccard": 0.8},
         "drop_code_heavy_above": CODE_HEAVY if dist.drop_code_heavy else None,
@@ -117,7 +118,8 @@ def clean_docs(name: str, docs: list[Doc], log: Callable[[str], None]) -> tuple[
     docs, stats["exact_dups_removed"] = clean.dedup_exact(docs)
     log(f"exact dedup: {stats['exact_dups_removed']} removed ({time.time() - t:.1f} s)")
     t = time.time()
-    docs, stats["boilerplate_bytes_removed"] = clean.remove_boilerplate(docs, comments_only=dist.code)
+    docs, stats["boilerplate_bytes_removed"] = clean.remove_boilerplate(
+        docs, min_len=dist.boilerplate_min_len, comments_only=dist.code)
     docs = [d for d in docs if len(d.text.encode()) >= clean.MIN_DOC_BYTES]
     log(f"boilerplate: {stats['boilerplate_bytes_removed'] / 1e6:.2f} MB removed ({time.time() - t:.1f} s)")
     t = time.time()

@@ -74,9 +74,9 @@ def remove_boilerplate(docs: list[Doc], min_docs: int = 20, min_len: int = 10,
                        comments_only: bool = False) -> tuple[list[Doc], int]:
     """Drop lines that recur in >= `min_docs` documents of one source.
 
-    Short lines (< `min_len` characters once stripped: headings, braces) are
-    structure, not boilerplate, and stay. For code (`comments_only`), only
-    comment lines count (licence headers); a recurring statement is code.
+    Lines shorter than `min_len` characters (once stripped) stay. For code
+    (`comments_only`), only comment lines count (licence headers); a
+    recurring statement is code.
     Returns the documents and the number of bytes removed.
     """
     def candidates(text):

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trainer.corpora import build as build_mod
@@ -14,7 +15,7 @@ from trainer.corpora.sources import DISTRIBUTIONS
 from trainer.corpora.store import CorpusError, default_root, pack as pack_fn
 
 app = typer.Typer(help="Offline byte-level corpora: build, list, pack, sample.", no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 RootOpt = typer.Option(None, "--root", help="corpus root (default: $TRANSFER_CORPORA or <repo>/corpora)")
 OnlyOpt = typer.Option(None, "--only", help="comma-separated distribution names")
@@ -25,12 +26,12 @@ def _names(only: Optional[str]) -> Optional[list[str]]:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
     raise typer.Exit(1)
 
 
 def _log(msg: str) -> None:
-    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}", highlight=False)
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {escape(msg)}", highlight=False)
 
 
 @app.command()

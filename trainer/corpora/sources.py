@@ -336,6 +336,10 @@ def _no_translations(rel: str) -> bool:
 class Distribution:
     sources: tuple[Source, ...]
     code: bool                   # boilerplate = recurring comment lines only
+    # Lines shorter than this never count as boilerplate. Prose pages use 1:
+    # their navigation ("Contents", "Index") is short. Code and metamath use
+    # 10, since their short recurring lines ("}", "$)") are syntax.
+    boilerplate_min_len: int = 10
     drop_code_heavy: bool = False  # prose: leave out pages that are mostly code
     max_bytes: int | None = None   # cap on cleaned bytes before dedup, by whole groups
     note: str = ""
@@ -367,7 +371,7 @@ DISTRIBUTIONS: dict[str, Distribution] = {
             Source("manpages-dev", "deb", "various free (see copyright)", "man pages rendered with groff -Tutf8",
                    _man_pages("usr/share/man/man*/*.gz")),
         ),
-        code=False, drop_code_heavy=True,
+        code=False, boilerplate_min_len=1, drop_code_heavy=True,
         note="python3.11-doc is left out on purpose: its examples leak Python"),
     "python": Distribution(
         sources=(
@@ -396,7 +400,7 @@ DISTRIBUTIONS: dict[str, Distribution] = {
             Source("manpages-de", "deb", "GPL-3.0+", "man pages rendered with groff -Tutf8",
                    _man_pages("usr/share/man/de/man*/*.gz")),
         ),
-        code=False, drop_code_heavy=True),
+        code=False, boilerplate_min_len=1, drop_code_heavy=True),
     "maths": Distribution(
         sources=(Source("metamath-databases", "deb", "CC0-1.0",
                         "*.mm with $= ... $. proofs stripped, cut at section headers", _metamath),),
