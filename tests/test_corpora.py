@@ -326,3 +326,12 @@ def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(store.CorpusError, match="download of package somepkg .*interrupted"):
         sources.fetch_deb(tmp_path / "cache", "somepkg")
     assert list((tmp_path / "cache" / "debs").iterdir()) == []
+
+
+def test_build_removes_leftovers_of_killed_builds_only(tmp_path, fake_dist):
+    dead, live = tmp_path / ".tmp-python-999999999", tmp_path / f".tmp-go-{os.getpid()}"
+    part = tmp_path / ".cache" / "debs" / ".part-foo-999999999"
+    for d in (dead, live, part):
+        d.mkdir(parents=True)
+    build.build(tmp_path, ["python"], log=lambda m: None)
+    assert not dead.exists() and not part.exists() and live.exists()

@@ -22,7 +22,7 @@ from typing import Callable
 from trainer.corpora import clean
 from trainer.corpora.clean import Doc
 from trainer.corpora.sources import DISTRIBUTIONS, MAX_DOC_BYTES, ensure_free, load_source
-from trainer.corpora.store import (DOC_END, SPLITS, CorpusError, _split_stats, atomic_write_bytes,
+from trainer.corpora.store import (DOC_END, SPLITS, split_stats, atomic_write_bytes,
                                    atomic_write_json, check_name, documents, open_split)
 
 SCHEMA_VERSION = 1
@@ -168,7 +168,7 @@ def build_distribution(root: Path, name: str, log: Callable[[str], None] = print
     blobs = {"train": encode_split(train), "val": encode_split(val)}
     ensure_free(root, 2 * sum(map(len, blobs.values())) + 50_000_000, f"writing corpus {name}")
     entry = {"sources": sources, "dedup": stats, "params": build_params(name),
-             "splits": {s: _split_stats(blobs[s]) for s in SPLITS}, "note": dist.note,
+             "splits": {s: split_stats(blobs[s]) for s in SPLITS}, "note": dist.note,
              "build_seconds": None}
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -187,6 +187,25 @@ def build_distribution(root: Path, name: str, log: Callable[[str], None] = print
     log(f"[{name}] train {len(blobs['train']) / 1e6:.1f} MB ({len(train)} docs), "
         f"val {len(blobs['val']) / 1e6:.2f} MB ({len(val)} docs), {entry['build_seconds']} s")
     return entry
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_stale(root: Path) -> None:
+    """Delete temporary folders left by killed builds (their pid is gone)."""
+    for pattern in (".tmp-*", ".old-*", ".cache/*/.part-*"):
+        for p in root.glob(pattern):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def tool_versions() -> dict:
@@ -217,6 +236,7 @@ def build(root: Path, names: list[str] | None = None, log: Callable[[str], None]
     for n in names:
         check_name(n, DISTRIBUTIONS)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale(root)
     for n in names:
         build_distribution(root, n, log)
     entries = {n: json.loads((root / n / "manifest.json").read_text())
@@ -249,7 +269,7 @@ def sample(root: Path, out: Path, train_bytes: int = 150_000, val_bytes: int = 4
                     size += len(doc) + 1
             blob = b"".join(d + DOC_END for d in kept)
             atomic_write_bytes(tmp / n / f"{s}.bin", blob)
-            entry["splits"][s] = _split_stats(blob)
+            entry["splits"][s] = split_stats(blob)
         entry["sample_of"] = {s: src["splits"][s]["sha256"] for s in SPLITS}
         entry["dedup"] = src["dedup"]
         entries[n] = entry
@@ -258,10 +278,26 @@ def sample(root: Path, out: Path, train_bytes: int = 150_000, val_bytes: int = 4
            "sample": {"train_bytes": train_bytes, "val_bytes": val_bytes,
                       "how": "whole documents from the start of each split of the full build"}}
     atomic_write_json(tmp / "manifest.json", man)
+    atomic_write_bytes(tmp / "README.md", _sample_readme(man).encode())
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return man
+
+
+def _sample_readme(man: dict) -> str:
+    lines = ["# Corpus sample", "",
+             "A small corpus root in the same format as a full build (`manifest.json`,",
+             "`<name>/train.bin`, `<name>/val.bin`; bytes, each document followed by NUL),",
+             "cut from a full build by `transfer-train corpora sample OUT` (whole documents",
+             "from the start of each split). Regenerate it with:", "",
+             "    transfer-train corpora build && transfer-train corpora sample tests/data/corpus_sample", "",
+             "Sources and licences (see trainer/corpora/LICENSES.md):", "",
+             "| distribution | package | version | licence |", "|---|---|---|---|"]
+    for n, d in sorted(man["distributions"].items()):
+        for s in d["sources"]:
+            lines.append(f"| {n} | {s['package']} | {s['version']} | {s['licence']} |")
+    return "\n".join(lines) + "\n"
 
 
 def list_rows(root: Path) -> list[dict]:

@@ -7,6 +7,7 @@ holding ``manifest.json`` and ``<name>/<split>.bin.xz``.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import io
@@ -171,8 +172,9 @@ def pack(root: Path, out: Path, max_mb: float, only: list[str] | None = None,
         log(f"  {key[0]}/{key[1]}: {len(raw[key]) / 1e6:.1f} MB -> {len(comp[key]) / 1e6:.1f} MB "
             f"({time.time() - t0:.1f} s)")
 
-    for key in raw:
-        compress(key)
+    # liblzma releases the GIL: two threads use both cores.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        list(pool.map(compress, raw))
     overhead = 64 * 1024
     total = sum(map(len, comp.values())) + overhead
     truncated = {}
@@ -192,8 +194,9 @@ def pack(root: Path, out: Path, max_mb: float, only: list[str] | None = None,
         for n in names:
             full = raw[(n, "train")]
             raw[(n, "train")] = _truncate_at_doc(full, int(len(full) * frac))
-            compress((n, "train"))
             truncated[n] = {"train_bytes_full": len(full), "train_bytes_kept": len(raw[(n, "train")])}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(compress, [(n, "train") for n in names]))
         total = sum(map(len, comp.values())) + overhead
         if total > limit:
             raise CorpusError(f"truncated pack still {total / 2**20:.1f} MiB > --max-mb {max_mb:g}")
@@ -203,7 +206,7 @@ def pack(root: Path, out: Path, max_mb: float, only: list[str] | None = None,
         d = json.loads(json.dumps(man["distributions"][n]))
         for s in SPLITS:
             data = raw[(n, s)]
-            d["splits"][s].update(_split_stats(data))
+            d["splits"][s].update(split_stats(data))
         if n in truncated:
             d["truncated"] = truncated[n]
         packed["distributions"][n] = d
@@ -227,6 +230,6 @@ def pack(root: Path, out: Path, max_mb: float, only: list[str] | None = None,
     return packed
 
 
-def _split_stats(data: bytes) -> dict:
+def split_stats(data: bytes) -> dict:
     return {"bytes": len(data), "documents": data.count(DOC_END),
             "sha256": hashlib.sha256(data).hexdigest()}
