@@ -1,0 +1,310 @@
+"""The `bayes-transfer` command: fit, report, recommend, demo.
+
+Exit codes scripts can rely on:
+  0  success
+  1  user error (bad input, missing file, wrong law for the grid): one line on stderr, no traceback
+  2  usage error (unknown option, missing argument)
+  3  the fit did not converge (r_hat, ESS or divergences); `fit` and `report` still write
+     their outputs, which say so; pass --allow-unconverged to exit 0 anyway
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.markup import escape
+from rich.table import Table
+
+EXIT_USER, EXIT_UNCONVERGED = 1, 3
+GRIDS_DIR = Path("data") / "grids"
+# Sampler settings for `demo`: enough draws for bulk ESS >= 400 over 4 chains,
+# small enough that all shipped grids fit in minutes on a 2-core CPU.
+DEMO_SAMPLER = dict(chains=4, draws=400, warmup=400)
+FAST_SAMPLER = dict(chains=2, draws=100, warmup=100)
+
+app = typer.Typer(
+    name="bayes-transfer",
+    help="Scaling laws for transfer with honest uncertainty: fit loss grids, report, and recommend "
+         "where the next budget should go.\n\nExit codes: 0 ok, 1 user error, 2 usage error, "
+         "3 fit did not converge (unless --allow-unconverged).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class UserError(Exception):
+    """An error in what the user asked for: reported in one line, exit 1."""
+
+
+def _user_errors(func):
+    """Turn input errors into one line on stderr and exit 1 (bugs still show a traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (UserError, ValueError, FileNotFoundError, OSError) as e:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USER) from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- shared options
+
+LAW_HELP = ("law to fit: transfer (scratch + fine-tuned jointly), transfer_gap (several pre-training "
+            "amounts at one size), kaplan or chinchilla (scratch runs only). Default: transfer_gap when "
+            "one size has several pretrain_tokens, else transfer when fine-tuned runs exist, else kaplan")
+Law = typer.Option(None, "--law", help=LAW_HELP)
+ScratchLaw = typer.Option("kaplan", "--scratch-law", help="scratch-law form inside the transfer law: kaplan or chinchilla")
+Method = typer.Option("nuts", "--method", help="nuts (full posterior) or map (quick point estimate)")
+Chains = typer.Option(4, "--chains", min=1, help="NUTS chains")
+Draws = typer.Option(1000, "--draws", min=1, help="NUTS draws per chain after warm-up")
+Warmup = typer.Option(1000, "--warmup", min=1, help="NUTS warm-up steps per chain")
+Seed = typer.Option(0, "--seed", help="random seed")
+Allow = typer.Option(False, "--allow-unconverged", help="exit 0 even when the fit did not converge")
+Budget = typer.Option(None, "--budget", help="money to spend, in your currency")
+CostFinetune = typer.Option(None, "--cost-finetune", help="price of one fine-tuning token (byte of target data)")
+CostPretrain = typer.Option(None, "--cost-pretrain", help="price of one pre-training token (byte of source data)")
+CostParams = typer.Option(None, "--cost-params", help="price of one more parameter: the whole cost of training a "
+                                                      "model one parameter larger at the current data")
+PricePerFlop = typer.Option(None, "--price-per-flop", help="alternative to --cost-params: price of one training "
+                                                           "FLOP (a parameter then costs 6 x (p + D_F) FLOPs)")
+Currency = typer.Option("USD", "--currency", help="currency name shown with the costs")
+
+
+def _laws():
+    from bayes_transfer.models import LAWS
+
+    return LAWS
+
+
+def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed, progress=True):
+    from bayes_transfer.fit import fit
+    from bayes_transfer.grid import load_grid
+    from bayes_transfer.report import default_law, gap_size
+
+    if law is not None and law not in _laws():
+        raise typer.BadParameter(f"unknown law {law!r}; choose from {', '.join(_laws())}", param_hint="--law")
+    if method not in ("nuts", "map"):
+        raise typer.BadParameter(f"unknown method {method!r}; choose nuts or map", param_hint="--method")
+    grid = load_grid(path)
+    law = law or default_law(grid)
+    if law in ("transfer", "transfer_gap") and grid.finetuned.empty:
+        raise UserError(f"law {law!r} needs fine-tuned runs (source other than 'none') and {path} has none; "
+                        "use --law kaplan or chinchilla")
+    options = dict(method=method, chains=chains, draws=draws, warmup=warmup, seed=seed, progress=progress)
+    if law == "transfer":
+        options["scratch_law"] = scratch_law
+    if law == "transfer_gap":
+        options["n_params"] = gap_size(grid)
+    label = "MAP" if method == "map" else f"NUTS {chains} chains x {draws} draws (+{warmup} warm-up)"
+    err.print(f"[bold]fitting[/] {law} to {escape(repr(grid))}: {label}", highlight=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*did not converge.*")
+        return fit(grid, law=law, **options)
+
+
+def _converged_or_exit(fit, allow: bool, what: str) -> None:
+    diag = fit.diagnostics()
+    if fit.point_estimate:
+        err.print(f"[yellow]note:[/] {escape(str(diag))}", highlight=False)
+        return
+    if diag.converged:
+        err.print(f"[green]{escape(str(diag))}[/]", highlight=False)
+        return
+    err.print(f"[bold red]THE FIT DID NOT CONVERGE[/] ({what}): {escape(str(diag))}", highlight=False)
+    if not allow:
+        err.print("exit 3: rerun with more --draws/--warmup, or pass --allow-unconverged", highlight=False)
+        raise typer.Exit(EXIT_UNCONVERGED)
+
+
+def _summary_table(fit) -> Table:
+    summary = fit.summary()
+    table = Table(title=f"posterior of the {fit.law} law", show_lines=False)
+    for col in ["parameter", "mean", "sd", "5%", "95%", "r_hat", "ess_bulk"]:
+        table.add_column(col, justify="left" if col == "parameter" else "right")
+    for name, row in summary.iterrows():
+        table.add_row(escape(str(name)), *[f"{row[c]:.4g}" for c in ["mean", "sd", "5%", "95%", "r_hat", "ess_bulk"]])
+    return table
+
+
+# ---------------------------------------------------------------- commands
+
+
+@app.command("fit")
+@_user_errors
+def fit_cmd(
+    grid: Path = typer.Argument(..., help="loss grid: the trainer's netCDF, or a CSV table with n_params, "
+                                          "data_tokens, loss (and source, target, pretrain_tokens, seed)"),
+    law: Optional[str] = Law,
+    out_path: Optional[Path] = typer.Option(None, "--out", help="fit file to write (default: GRID_STEM.LAW.fit.nc)"),
+    scratch_law: str = ScratchLaw,
+    method: str = Method,
+    chains: int = Chains,
+    draws: int = Draws,
+    warmup: int = Warmup,
+    seed: int = Seed,
+    allow_unconverged: bool = Allow,
+):
+    """Fit a law to a loss grid and save the posterior as a netCDF fit file."""
+    fit = _fit_grid(grid, law, scratch_law, method, chains, draws, warmup, seed)
+    path = out_path or Path(f"{grid.stem}.{fit.law}.fit.nc")
+    fit.save(path)
+    out.print(_summary_table(fit))
+    err.print(f"wrote {escape(str(path))}", highlight=False)
+    _converged_or_exit(fit, allow_unconverged, f"saved to {path} anyway")
+
+
+@app.command("report")
+@_user_errors
+def report_cmd(
+    source: Path = typer.Argument(..., help="a fit file (from `fit`) or a loss grid (fitted first)"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for index.html, summary.md and the figures"),
+    law: Optional[str] = Law,
+    budget: Optional[float] = Budget,
+    cost_finetune: Optional[float] = CostFinetune,
+    cost_pretrain: Optional[float] = CostPretrain,
+    cost_params: Optional[float] = CostParams,
+    currency: str = Currency,
+    scratch_law: str = ScratchLaw,
+    method: str = Method,
+    chains: int = Chains,
+    draws: int = Draws,
+    warmup: int = Warmup,
+    seed: int = Seed,
+    allow_unconverged: bool = Allow,
+):
+    """Write the posterior report (HTML + PNG + Markdown) of a fit, or of a grid after fitting it.
+
+    Without prices the recommendation uses illustrative ones and says so."""
+    from bayes_transfer.fit import load_fit
+    from bayes_transfer.report import _is_fit_file, report
+
+    if (budget is None) != (cost_finetune is None):
+        raise UserError("give --budget and --cost-finetune together (or neither, for illustrative prices)")
+    if _is_fit_file(source):
+        if law is not None:
+            raise UserError(f"{source} is a fit file (law fixed when fitted); drop --law")
+        fit = load_fit(source)
+    elif source.exists():
+        fit = _fit_grid(source, law, scratch_law, method, chains, draws, warmup, seed)
+    else:
+        raise UserError(f"no such file: {source}")
+    with err.status("writing the report"):
+        index = report(fit, out_dir, budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
+                       cost_params=cost_params, currency=currency)
+    out.print(str(index))
+    _converged_or_exit(fit, allow_unconverged, "the report says so at the top")
+
+
+@app.command("recommend")
+@_user_errors
+def recommend_cmd(
+    fit_file: Path = typer.Argument(..., help="a fit file written by `bayes-transfer fit`"),
+    budget: float = typer.Option(..., "--budget", help="money to spend, in your currency"),
+    cost_finetune: float = typer.Option(..., "--cost-finetune", help="price of one fine-tuning token (byte)"),
+    cost_pretrain: Optional[float] = CostPretrain,
+    cost_params: Optional[float] = CostParams,
+    price_per_flop: Optional[float] = PricePerFlop,
+    n_params: Optional[float] = typer.Option(None, "--n-params", help="current model size (default: the grid's largest)"),
+    data_tokens: Optional[float] = typer.Option(None, "--data-tokens", help="current fine-tuning data in bytes (default: the grid's largest)"),
+    pretrain_tokens: Optional[float] = typer.Option(None, "--pretrain-tokens", help="current pre-training data in bytes"),
+    pair: Optional[str] = typer.Option(None, "--pair", help="source->target pair, when the fit has several"),
+    currency: str = Currency,
+    allow_unconverged: bool = Allow,
+):
+    """Should the next budget go to fine-tuning data, pre-training data or a bigger model?"""
+    from bayes_transfer.allocate import _positive, cost_params_from_flops, recommend
+    from bayes_transfer.fit import load_fit
+
+    if cost_params is not None and price_per_flop is not None:
+        raise UserError("give --cost-params or --price-per-flop, not both")
+    for name, value in (("budget", budget), ("cost_finetune", cost_finetune), ("cost_pretrain", cost_pretrain),
+                        ("cost_params", cost_params), ("price_per_flop", price_per_flop)):
+        if value is not None:
+            _positive(name, value)  # before the fit file is read: bad prices fail fast
+    fit = load_fit(fit_file)
+    _converged_or_exit(fit, allow_unconverged, "recommendations from it would not be trustworthy")
+    current = {k: v for k, v in (("n_params", n_params), ("data_tokens", data_tokens),
+                                 ("pretrain_tokens", pretrain_tokens)) if v is not None}
+    if price_per_flop is not None:
+        from bayes_transfer.allocate import _current, _resolve_pair
+
+        start = _current(fit, _resolve_pair(fit, pair), current)
+        cost_params = cost_params_from_flops(price_per_flop, start["pretrain_tokens"], start["data_tokens"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rec = recommend(fit, budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
+                        cost_params=cost_params, current=current or None, pair=pair, currency=currency)
+    text = rec.to_markdown()
+    if sys.stdout.isatty():
+        out.print(Markdown(text))
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("demo")
+@_user_errors
+def demo_cmd(
+    out_dir: Path = typer.Option(Path("demo-report"), "--out", help="folder for the report(s)"),
+    grids_dir: Path = typer.Option(GRIDS_DIR, "--grids", help="folder of shipped loss grids (*.nc)"),
+    fast: bool = typer.Option(False, "--fast", help="tiny sampler settings (a smoke test, will not converge)"),
+    allow_unconverged: bool = Allow,
+):
+    """Fit every grid shipped in data/grids/ and write the report(s): the main job, in minutes."""
+    from bayes_transfer.report import report
+
+    grids = sorted(grids_dir.glob("*.nc")) if grids_dir.is_dir() else []
+    if not grids:
+        raise UserError(f"no loss grid shipped in {grids_dir}/ (real grids arrive from the GPU as "
+                        "text_to_python.nc, textcode_to_python.nc, transfer_gap.nc); nothing to demo")
+    sampler = FAST_SAMPLER if fast else DEMO_SAMPLER
+    fits, failed = [], []
+    for path in grids:
+        fit = _fit_grid(path, None, "kaplan", "nuts", sampler["chains"], sampler["draws"], sampler["warmup"], 0)
+        target = out_dir if len(grids) == 1 else out_dir / path.stem
+        with err.status(f"writing the report for {path.name}"):
+            index = report(fit, target)
+        converged = fit.diagnostics().converged
+        if not converged:
+            failed.append(path.name)
+        fits.append((path, fit, index, converged))
+        out.print(escape(f"{path.name}: {fit.law} -> {index}") + ("" if converged else "  [bold red](NOT CONVERGED)[/]"))
+    if len(grids) > 1:
+        _write_demo_index(out_dir, fits)
+        out.print(str(out_dir / "index.html"))
+    if failed and not allow_unconverged:
+        err.print(f"[bold red]THE FIT DID NOT CONVERGE[/] for {', '.join(failed)} (the reports say so); exit 3",
+                  highlight=False)
+        raise typer.Exit(EXIT_UNCONVERGED)
+
+
+def _write_demo_index(out_dir: Path, fits) -> None:
+    """A landing page linking one report per grid."""
+    import html
+
+    from bayes_transfer.report import CSS, _atomic_write
+
+    items = "".join(
+        f'<li><a href="{index.parent.name}/index.html">{html.escape(path.name)}</a>: law {fit.law}, '
+        f"{html.escape(repr(fit.grid))}{'' if ok else ' <strong>(NOT CONVERGED)</strong>'}</li>"
+        for path, fit, index, ok in fits)
+    doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>bayes-transfer demo</title>'
+           f"<style>{CSS}</style></head><body><h1>bayes-transfer demo</h1><ul>{items}</ul></body></html>\n")
+    _atomic_write(out_dir / "index.html", doc.encode())
+
+
+if __name__ == "__main__":
+    app()
