@@ -458,6 +458,7 @@ def _n_params(size: str) -> int:
 def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: float | None = None,
              device=None, compile=None, log=print) -> dict:
     """Run every pending group; stop starting new ones past time_limit seconds."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     t0 = time.monotonic()
@@ -469,7 +470,7 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
     n_runs = sum(len(g) for g in cgroups)
     finished, stopped = 0, False
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=False) as bar:
+                  console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(f"{spec.name}", total=n_runs + sum(len(g) for g in pgroups))
         for g in pgroups:
             if deadline is not None and time.monotonic() > deadline:

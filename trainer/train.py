@@ -178,9 +178,12 @@ def train_group(
     sampler = Sampler([m.stream for m in members], [m.seed for m in members], T, B, device)
     evals = torch.from_numpy(np.stack([_eval_windows(m.val, T, s.eval_seqs, m.seed) for m in members])).to(device)
 
-    loss_fn = model.member_losses
+    # Only the training step is compiled: evaluation is a small share of the
+    # work and a second graph per shape would double compile time.
+    loss_fn = eval_fn = model.member_losses
     if compile:
-        loss_fn = torch.compile(loss_fn)
+        _raise_recompile_limit()
+        loss_fn = torch.compile(model.member_losses)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     total_steps = math.ceil(s.total_tokens / (B * T)) if pretrain else s.max_steps
@@ -191,6 +194,10 @@ def train_group(
     ]
     step = 0
     pending_ckpt = [sorted(m.checkpoints) for m in members]
+    active = list(range(M))  # indices into members of the rows still in the model
+    lr_live = torch.ones(M, device=device)
+    train_sum = torch.zeros(M, device=device)
+    train_n = 0
     if resume_path is not None and resume_path.exists():
         st = torch.load(resume_path, map_location=device, weights_only=False)
         with torch.no_grad():
@@ -199,17 +206,13 @@ def train_group(
         opt.load(st["opt"])
         sampler.set_state(st["rng"])
         rec, step, pending_ckpt = st["rec"], st["step"], st["pending"]
-
-    active = list(range(M))  # indices into members of the rows still in the model
-    lr_live = torch.ones(M, device=device)
-    train_sum = torch.zeros(M, device=device)
-    train_n = 0
+        train_sum, train_n = st["train_sum"], st["train_n"]
 
     def save_resume() -> None:
         if resume_path is None:
             return
         st = dict(params={n: p.detach() for n, p in model.named_parameters()}, opt=opt.state(),
-                  rng=sampler.state(), rec=rec, step=step, pending=pending_ckpt)
+                  rng=sampler.state(), rec=rec, step=step, pending=pending_ckpt, train_sum=train_sum, train_n=train_n)
         _atomic_torch_save(st, resume_path)
 
     @torch.no_grad()
@@ -220,7 +223,7 @@ def train_group(
         for i in range(0, rows.shape[1], chunk):
             w = rows[:, i:i + chunk].long()
             with amp:
-                out += loss_fn(w[..., :-1], w[..., 1:]) * w.shape[1]
+                out += eval_fn(w[..., :-1], w[..., 1:]) * w.shape[1]
         return (out / rows.shape[1]).tolist()
 
     while step < total_steps and active:
@@ -288,6 +291,9 @@ def train_group(
                 break
             keep = torch.tensor(live, device=device)
             model.select(live)
+            loss_fn = eval_fn = model.member_losses
+            if compile:
+                loss_fn = torch.compile(model.member_losses)
             opt.select(keep)
             sampler.select(live)
             lr_live = lr_live[keep]
@@ -320,6 +326,17 @@ def train_group(
             device=device_name(device),
         ))
     return results
+
+
+def _raise_recompile_limit() -> None:
+    """Each model size and ensemble width is a new graph; torch's default
+    limit (8) would silently fall back to eager in a long grid."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, 256)
 
 
 def device_name(device: torch.device) -> str:

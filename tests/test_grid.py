@@ -1,0 +1,179 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from trainer.grid import SpecError, export, load_spec, parse_spec, run_grid, status
+from _trainer_corpus import corpus_root
+
+# Tiny models gain nothing from intra-op threads, and CI's few cores are shared.
+torch.set_num_threads(1)
+
+MICRO = Path(__file__).parents[1] / "trainer" / "specs" / "micro.toml"
+ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+
+
+def spec_dict(**grid):
+    g = dict(sizes=["25k"], targets=["python"], sources=["none"], data_tokens=[4096], seeds=[0])
+    g.update(grid)
+    return {"grid": g, "train": {"batch": 2, "eval_interval": 3, "eval_seqs": 4, "patience": 1, "max_steps": 9}}
+
+
+@pytest.mark.parametrize("grid,msg", [
+    (dict(sizes=["1b"]), "unknown model size '1b'"),
+    (dict(targets=["klingon"]), "unknown corpus 'klingon'"),
+    (dict(sources=["none", "poetry"]), "unknown source 'poetry'"),
+    (dict(data_tokens=[0]), "at least one sequence"),
+    (dict(data_tokens=[-5]), "at least one sequence"),
+    (dict(data_tokens=[4096, 4096]), "duplicate cells"),
+    (dict(seeds=[1.5]), "not a whole number"),
+    (dict(sources=["text"]), "missing `pretrain_tokens`"),
+    (dict(sources=["text"], pretrain_tokens=[0]), "no positive value"),
+])
+def test_bad_specs_are_refused_with_a_clear_error(grid, msg):
+    with pytest.raises(SpecError, match=msg):
+        parse_spec(spec_dict(**grid))
+
+
+def test_unknown_keys_and_budget_are_checked():
+    d = spec_dict()
+    d["train"]["patienc"] = 3
+    with pytest.raises(SpecError, match="unknown key.*patienc"):
+        parse_spec(d)
+    d = spec_dict(sources=["text"], pretrain_tokens=[10**6])
+    d["pretrain"] = {"tokens": 1000}
+    with pytest.raises(SpecError, match="at least the largest pretrain_tokens"):
+        parse_spec(d)
+
+
+def test_micro_spec_expands():
+    sp = load_spec(MICRO)
+    assert len(sp.pretrain_jobs) == 1 and sp.pretrain_jobs[0].checkpoints == (32768, 65536)
+    # 2 targets x (D_F 4096: 2 seeds, 16384: 1 seed) x (scratch + text)
+    assert len(sp.cells) == 2 * 3 * 2
+    assert len({c.run_id for c in sp.cells}) == len(sp.cells)
+    assert {c.source for c in sp.cells} == {"none", "text"}
+
+
+def test_grid_runs_exports_and_is_not_redone(tmp_path):
+    root = corpus_root(tmp_path)
+    sp = load_spec(MICRO)
+    out = tmp_path / "out"
+    summary = run_grid(sp, out, root)
+    assert summary["complete"] and summary["finished_runs"] == 12
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    again = run_grid(sp, out, root)
+    assert again["finished_runs"] == 0 and again["complete"]
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert status(out)[0]["total"] == 12
+
+    info = export(out, tmp_path / "g.nc")
+    assert info["runs"] == 12
+    ds = xr.open_dataset(tmp_path / "g.nc", engine="h5netcdf")
+    assert dict(ds.sizes)["run"] == 12
+    for c in ("target", "source", "n_params", "n_layer", "d_model", "pretrain_tokens", "data_tokens", "seed"):
+        assert ds[c].dims == ("run",), c
+    for v in ("curve_tokens", "curve_loss", "train_loss"):
+        assert ds[v].dims == ("run", "eval")
+    assert set(ds.status.values) <= {"ok", "capped", "failed"}
+    assert ds.attrs["loss_units"] == "nats" and ds.attrs["token"] == "byte" and ds.attrs["vocab_size"] == 256
+    assert ds.attrs["spec"] == MICRO.read_text()
+    man = json.loads(ds.attrs["corpus_manifest"])
+    assert len(man["python"]["train"]) == 64  # a sha256
+    scratch = ds.where(ds.source == "none", drop=True)
+    assert (scratch.pretrain_tokens == 0).all() and (ds.where(ds.source == "text", drop=True).pretrain_tokens == 32768).all()
+    # The best loss is the curve's minimum; padding is NaN.
+    np.testing.assert_allclose(ds.loss.values, np.nanmin(ds.curve_loss.values, axis=1))
+    ds.close()
+
+
+def test_time_limit_starts_nothing_new(tmp_path):
+    summary = run_grid(load_spec(MICRO), tmp_path / "out", corpus_root(tmp_path), time_limit=0)
+    assert not summary["complete"] and summary["finished_runs"] == 0
+    assert summary["remaining_runs"] == 12 and summary["remaining_pretrain"] == 1
+
+
+def test_mismatched_checkpoint_is_an_error_before_training(tmp_path):
+
+    from trainer.grid import Grid
+    from trainer.model import EnsembleGPT, config_for
+    from trainer.train import save_checkpoint
+
+    root = corpus_root(tmp_path)
+    sp = load_spec(MICRO)
+    g = Grid(sp, tmp_path / "out", root)
+    job = sp.pretrain_jobs[0]
+    cfg = config_for("100k")
+    save_checkpoint(g.ckpt_path(job.job_id, 32768), cfg, EnsembleGPT(cfg, [0]).member_state(0), {})
+    with pytest.raises(ValueError, match="is for model"):
+        run_grid(sp, tmp_path / "out", root)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "trainer.cli", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigkill_midway_then_resume_equals_uninterrupted(tmp_path):
+    root = corpus_root(tmp_path)
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    p = _cli("grid", "run", str(MICRO), "--out", str(ref), "--corpora", str(root))
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+
+    p = _cli("grid", "run", str(MICRO), "--out", str(cut), "--corpora", str(root))
+    t0 = time.time()
+    while not list((cut / "runs").glob("*.json")) and time.time() - t0 < 200:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    n_before = len(list((cut / "runs").glob("*.json")))
+    assert 0 < n_before < 12
+    # Nothing half-written: every result file parses.
+    for f in (cut / "runs").glob("*.json"):
+        json.loads(f.read_text())
+    p = _cli("grid", "run", str(MICRO), "--out", str(cut), "--corpora", str(root))
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert json.loads(p.stdout.read())["finished_runs"] == 12 - n_before
+
+    export(ref, tmp_path / "ref.nc")
+    export(cut, tmp_path / "cut.nc")
+    a = xr.open_dataset(tmp_path / "ref.nc", engine="h5netcdf")
+    b = xr.open_dataset(tmp_path / "cut.nc", engine="h5netcdf")
+    assert list(a.run.values) == list(b.run.values)
+    for v in ("loss", "best_step", "curve_loss", "train_loss", "curve_tokens"):
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    a.close(), b.close()
+
+
+def test_run_command_trains_one_cell(tmp_path):
+    root = corpus_root(tmp_path)
+    out = tmp_path / "one.json"
+    p = _cli("run", "--size", "25k", "--target", "python", "--data-tokens", "4096", "--out", str(out),
+             "--corpora", str(root))
+    # The default settings stop a tiny run by early stopping well within the cap.
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    r = json.loads(out.read_text())["result"]
+    assert r["status"] in ("ok", "capped") and r["loss"] > 0
+    bad = _cli("run", "--size", "9z", "--target", "python", "--data-tokens", "4096", "--out", str(out),
+               "--corpora", str(root))
+    assert bad.wait(timeout=120) == 2 and "unknown model size '9z'" in bad.stderr.read()
+
+
+def test_export_needs_a_spec_name_when_dir_holds_several(tmp_path):
+    out = tmp_path / "out"
+    (out / "specs").mkdir(parents=True)
+    for n in ("a", "b"):
+        (out / "specs" / f"{n}.json").write_text(json.dumps({"name": n, "text": "", "run_ids": []}))
+    with pytest.raises(SpecError, match="choose one with --spec"):
+        export(out, tmp_path / "x.nc")
+    with pytest.raises(SpecError, match="no finished runs"):
+        export(out, tmp_path / "x.nc", "a")
