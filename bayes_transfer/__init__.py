@@ -14,5 +14,33 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 from bayes_transfer.grid import Grid, GridError, load_grid  # noqa: E402
+from bayes_transfer.fit import Diagnostics, Fit, NotIdentifiedError, TwoStage, fit, load_fit, two_stage  # noqa: E402
 
-__all__ = ["Grid", "GridError", "load_grid", "__version__"]
+__all__ = [
+    "Diagnostics",
+    "Fit",
+    "Grid",
+    "GridError",
+    "NotIdentifiedError",
+    "TwoStage",
+    "__version__",
+    "fit",
+    "load_fit",
+    "load_grid",
+    "two_stage",
+]
+
+# Answers for users: posterior quantities, recommendations, reports.
+from bayes_transfer.allocate import Recommendation, recommend  # noqa: E402
+from bayes_transfer.quantities import (  # noqa: E402
+    band,
+    effective_multiplier,
+    low_data_boundary,
+    ossification_probability,
+    predicted_loss,
+    transferred_data,
+)
+from bayes_transfer.report import report  # noqa: E402
+
+__all__ += ["Recommendation", "recommend", "band", "effective_multiplier", "low_data_boundary",
+            "ossification_probability", "predicted_loss", "transferred_data", "report"]

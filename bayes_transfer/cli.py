@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.markup import escape
@@ -131,12 +132,18 @@ def _converged_or_exit(fit, allow: bool, what: str) -> None:
 
 
 def _summary_table(fit) -> Table:
-    summary = fit.summary()
-    table = Table(title=f"posterior of the {fit.law} law", show_lines=False)
-    for col in ["parameter", "mean", "sd", "5%", "95%", "r_hat", "ess_bulk"]:
-        table.add_column(col, justify="left" if col == "parameter" else "right")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # r_hat of a fixed parameter (nu) is 0/0
+        summary = fit.summary()
+    table = Table(title=f"posterior of the {fit.law} law", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = {"mean": "{:.3g}", "sd": "{:.2g}", "5%": "{:.3g}", "95%": "{:.3g}", "r_hat": "{:.3f}",
+               "ess_bulk": "{:.0f}"}
+    names = {"ess_bulk": "ESS"}
+    table.add_column("parameter", no_wrap=True)
+    for col in columns:
+        table.add_column(names.get(col, col), justify="right", no_wrap=True)
     for name, row in summary.iterrows():
-        table.add_row(escape(str(name)), *[f"{row[c]:.4g}" for c in ["mean", "sd", "5%", "95%", "r_hat", "ess_bulk"]])
+        table.add_row(escape(str(name)), *[fmt.format(row[c]) for c, fmt in columns.items()])
     return table
 
 

@@ -1,7 +1,8 @@
-"""Figures of a grid, a fit and a recommendation (matplotlib, Agg backend).
+"""Figures of a grid, a fit and a recommendation (matplotlib).
 
 Every function returns a `matplotlib.figure.Figure` (or None when the fit
-has nothing to show for it). Conventions: sizes and data in bytes, loss in
+has nothing to show for it), built without pyplot: it renders with Agg
+whatever the session's backend, and a notebook shows it as a cell's value. Conventions: sizes and data in bytes, loss in
 nats/byte, log axes where the laws are power laws, the Okabe-Ito palette
 (colour-blind safe), and extrapolation beyond the measured grid shaded grey
 with dashed curves.
@@ -9,19 +10,18 @@ with dashed curves.
 
 from __future__ import annotations
 
+import functools
+
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FuncFormatter
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-
-from . import published  # noqa: E402
-from . import quantities as q  # noqa: E402
+from . import published
+from . import quantities as q
 
 # Okabe & Ito (2008), ordered for contrast on white; yellow last.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
@@ -29,10 +29,22 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 EXTRAP = dict(color="0.85", alpha=0.5, hatch="//", linewidth=0, zorder=0)
 EXTRAP_PATCH = Patch(facecolor="0.85", alpha=0.5, hatch="//", label="extrapolated (outside the grid)")
 
-plt.rcParams.update({
+# Applied while a figure is built (not globally: importing this module changes nothing).
+STYLE = {
     "figure.dpi": 100, "savefig.dpi": 110, "font.size": 10, "axes.titlesize": 11,
     "axes.grid": True, "grid.alpha": 0.25, "axes.spines.top": False, "axes.spines.right": False,
-})
+}
+
+
+def styled(func):
+    """Build the figure under this module's style."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def _plain(v, _pos=None) -> str:
@@ -69,7 +81,8 @@ def _fmt_n(n: float) -> str:
 def _panels(n: int, width: float = 7.0, height: float = 4.2):
     cols = min(n, 3)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig = Figure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     return fig, list(axes.ravel()[:n])
@@ -115,7 +128,8 @@ def _legend_sizes(ax, sizes, extra=()):
 # ---------------------------------------------------------------- the grid
 
 
-def plot_loss_grid(grid) -> plt.Figure:
+@styled
+def plot_loss_grid(grid) -> Figure:
     """Best validation loss against data, per model size: scratch solid, fine-tuned dashed."""
     runs = grid.runs
     targets = sorted(runs["target"].unique())
@@ -149,7 +163,8 @@ def plot_loss_grid(grid) -> plt.Figure:
 # ---------------------------------------------------------------- fitted laws
 
 
-def plot_fitted_laws(fit, prob: float = 0.9) -> plt.Figure:
+@styled
+def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
     """The data with the fitted law's median and credible band, per pair (or target)."""
     runs = fit.grid.runs
     if fit.law == "transfer_gap":
@@ -194,7 +209,7 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> plt.Figure:
     return fig
 
 
-def _plot_gap_laws(fit, prob: float) -> plt.Figure:
+def _plot_gap_laws(fit, prob: float) -> Figure:
     runs = fit.grid.runs
     groups = q.pairs(fit)
     fig, axes = _panels(len(groups))
@@ -226,7 +241,8 @@ def _plot_gap_laws(fit, prob: float) -> plt.Figure:
 # ---------------------------------------------------------------- D_T and multiplier
 
 
-def plot_transferred_data(fit, prob: float = 0.9) -> plt.Figure | None:
+@styled
+def plot_transferred_data(fit, prob: float = 0.9) -> Figure | None:
     """Hernandez et al.'s key figure: D_T against D_F per model size, log-log.
 
     Points: each fine-tuned run inverted through the scratch law (two-stage, with
@@ -278,7 +294,8 @@ def plot_transferred_data(fit, prob: float = 0.9) -> plt.Figure | None:
     return fig
 
 
-def plot_multiplier(fit, prob: float = 0.9) -> plt.Figure | None:
+@styled
+def plot_multiplier(fit, prob: float = 0.9) -> Figure | None:
     """The effective-data multiplier (D_F + D_T) / D_F against D_F, per model size."""
     if fit.law != "transfer":
         return None
@@ -340,7 +357,8 @@ def parameter_table(fit, prob: float = 0.9) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_parameters(fit, prob: float = 0.9) -> plt.Figure:
+@styled
+def plot_parameters(fit, prob: float = 0.9) -> Figure:
     """Each parameter's posterior median and interval per group, against published values."""
     table = parameter_table(fit, prob)
     names = list(dict.fromkeys(table["parameter"]))
@@ -375,7 +393,8 @@ def plot_parameters(fit, prob: float = 0.9) -> plt.Figure:
 # ---------------------------------------------------------------- ossification
 
 
-def plot_ossification_map(fit, n_grid: int = 40) -> plt.Figure | None:
+@styled
+def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
     """P(pre-training worse than scratch) over N x D_F (transfer) or p x f (transfer gap)."""
     if fit.law not in ("transfer", "transfer_gap"):
         return None
@@ -418,7 +437,8 @@ def plot_ossification_map(fit, n_grid: int = 40) -> plt.Figure | None:
 # ---------------------------------------------------------------- diagnostics and checks
 
 
-def plot_diagnostics(fit, var_names=None) -> plt.Figure | None:
+@styled
+def plot_diagnostics(fit, var_names=None) -> Figure | None:
     """Rank plots (ArviZ) of the law parameters: flat, overlapping histograms mean chains agree."""
     import arviz as az
 
@@ -487,10 +507,12 @@ def posterior_predictive_table(fit, prob: float = 0.9, seed: int = 0) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def plot_ppc(fit, prob: float = 0.9, table: pd.DataFrame | None = None) -> plt.Figure:
+@styled
+def plot_ppc(fit, prob: float = 0.9, table: pd.DataFrame | None = None) -> Figure:
     """Observed loss against the posterior predictive (median, interval) for every run."""
     table = posterior_predictive_table(fit, prob) if table is None else table
-    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    fig = Figure(figsize=(6.2, 5.4))
+    ax = fig.subplots()
     for i, (source, rows) in enumerate(table.groupby("source", sort=True)):
         label = "from scratch" if source == "none" else f"pre-trained on {source}"
         ax.errorbar(rows["loss"], rows["median"],
@@ -513,7 +535,8 @@ def plot_ppc(fit, prob: float = 0.9, table: pd.DataFrame | None = None) -> plt.F
 # ---------------------------------------------------------------- recommendation
 
 
-def plot_allocation(rec) -> plt.Figure | None:
+@styled
+def plot_allocation(rec) -> Figure | None:
     """Expected loss over budget splits, the Bayes and point-estimate choices, and the
     posterior of the optimal split."""
     if rec.surface is None:
@@ -522,7 +545,8 @@ def plot_allocation(rec) -> plt.Figure | None:
     shares = rec.surface["share"].values
     flat = rec.surface.stack(sample=q.SAMPLE_DIMS).transpose("share", "sample").values
     lo_q, hi_q = (1 - rec.prob) / 2, (1 + rec.prob) / 2
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    ax, ax2 = fig.subplots(1, 2)
     mean = np.nanmean(flat, axis=1)
     # loss relative to each draw's own value at the Bayes choice: the shared uncertainty cancels
     at_bayes = flat[np.argmin(np.abs(shares - rec.shares[0]))]
