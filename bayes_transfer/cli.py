@@ -10,10 +10,12 @@ Exit codes scripts can rely on:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import typer
@@ -91,7 +93,25 @@ def _laws():
     return LAWS
 
 
-def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed, progress=True):
+@contextlib.contextmanager
+def _rich_progress():
+    """NumPyro draws its sampling bars with tqdm; have tqdm render them with rich."""
+    import numpyro.util
+    from tqdm import TqdmExperimentalWarning
+    from tqdm.rich import tqdm as rich_tqdm
+    from tqdm.rich import trange as rich_trange
+
+    saved = numpyro.util.tqdm, numpyro.util.tqdm_auto
+    numpyro.util.tqdm, numpyro.util.tqdm_auto = SimpleNamespace(trange=rich_trange), rich_tqdm
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TqdmExperimentalWarning)
+            yield
+    finally:
+        numpyro.util.tqdm, numpyro.util.tqdm_auto = saved
+
+
+def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed):
     from bayes_transfer.fit import fit
     from bayes_transfer.grid import load_grid
     from bayes_transfer.report import default_law, gap_size
@@ -105,6 +125,8 @@ def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed,
     if law in ("transfer", "transfer_gap") and grid.finetuned.empty:
         raise UserError(f"law {law!r} needs fine-tuned runs (source other than 'none') and {path} has none; "
                         "use --law kaplan or chinchilla")
+    # progress bars on a terminal only: in logs they are noise
+    progress = sys.stderr.isatty()
     options = dict(method=method, chains=chains, draws=draws, warmup=warmup, seed=seed, progress=progress)
     if law == "transfer":
         options["scratch_law"] = scratch_law
@@ -112,7 +134,7 @@ def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed,
         options["n_params"] = gap_size(grid)
     label = "MAP" if method == "map" else f"NUTS {chains} chains x {draws} draws (+{warmup} warm-up)"
     err.print(f"[bold]fitting[/] {law} to {escape(repr(grid))}: {label}", highlight=False)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), (_rich_progress() if progress else contextlib.nullcontext()):
         warnings.filterwarnings("ignore", message=".*did not converge.*")
         return fit(grid, law=law, **options)
 
