@@ -177,3 +177,16 @@ def test_export_needs_a_spec_name_when_dir_holds_several(tmp_path):
         export(out, tmp_path / "x.nc")
     with pytest.raises(SpecError, match="no finished runs"):
         export(out, tmp_path / "x.nc", "a")
+
+
+def test_worker_processes_give_the_same_grid(tmp_path):
+    root = corpus_root(tmp_path)
+    sp = load_spec(MICRO)
+    one = run_grid(sp, tmp_path / "one", root)
+    two = run_grid(sp, tmp_path / "two", root, device="cpu", workers=2)
+    assert one["complete"] and two["complete"] and two["finished_runs"] == 12
+    a = {p.name: json.loads(p.read_text())["result"] for p in (tmp_path / "one" / "runs").glob("*.json")}
+    b = {p.name: json.loads(p.read_text())["result"] for p in (tmp_path / "two" / "runs").glob("*.json")}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k]["curve_loss"] == b[k]["curve_loss"], k

@@ -69,24 +69,38 @@ def naive_loop(size: str, members: int, batch: int, steps: int, device) -> dict:
 
 
 def run_bench(sizes: list[str], large: str, members: int, steps: int, device, peak: float | None = None,
-              batch: int = 32, large_members: tuple[int, ...] = (1, 2, 4), large_batch: int = 64) -> str:
+              batch: int = 32, large_members: tuple[int, ...] = (1, 2, 4), large_batch: int = 64,
+              log=print) -> str:
+    """The Markdown table; each row is also passed to `log` as soon as it is measured."""
     name = device_name(device)
     peak = peak or peak_tflops(name)
-    rows = [f"Device: {name}; {members} cells per size, batch {batch} x 256 bytes, {steps} timed steps per cell.",
+    rows = _Rows(log)
+    rows += [f"Device: {name}; {members} cells per size, batch {batch} x 256 bytes, {steps} timed steps per cell.",
             "", "| size | N | naive eager loop (tok/s) | packed (tok/s) | speed-up |", "|---|---|---|---|---|"]
     compile = device.type == "cuda"
     for size in sizes:
         nv = naive_loop(size, members, batch, steps, device)
         pk = timed_group(size, members, batch, steps, device, compile=compile)
-        rows.append(f"| {size} | {pk['n_params']:.3g} | {nv['tokens_per_s']:.3g} | {pk['tokens_per_s']:.3g} | "
-                    f"{pk['tokens_per_s'] / nv['tokens_per_s']:.1f}x |")
+        rows += [f"| {size} | {pk['n_params']:.3g} | {nv['tokens_per_s']:.3g} | {pk['tokens_per_s']:.3g} | "
+                    f"{pk['tokens_per_s'] / nv['tokens_per_s']:.1f}x |"]
     rows += ["", "| size | N | members x batch | tok/s | model TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
     for m in large_members:
         r = timed_group(large, m, large_batch, steps, device, compile=compile)
         tf = 6 * r["n_params"] * r["tokens_per_s"] / 1e12
         mfu = f"{100 * tf / peak:.1f}%" if peak else "n/a (give --peak-tflops)"
-        rows.append(f"| {large} | {r['n_params']:.3g} | {m} x {large_batch} | {r['tokens_per_s']:.3g} | {tf:.1f} | {mfu} |")
-    rows.append("")
-    rows.append(f"MFU = 6 * N * tokens/s / peak dense bf16 ({peak} TFLOP/s); N non-embedding. "
-                f"Packed: one ensemble, {'bf16 autocast + torch.compile' if compile else 'fp32 eager'}.")
+        rows += [f"| {large} | {r['n_params']:.3g} | {m} x {large_batch} | {r['tokens_per_s']:.3g} | {tf:.1f} | {mfu} |"]
+    rows += ["", f"MFU = 6 * N * tokens/s / peak dense bf16 ({peak} TFLOP/s); N non-embedding. "
+                f"Packed: one ensemble, {'bf16 autocast + torch.compile' if compile else 'fp32 eager'}."]
     return "\n".join(rows)
+
+
+class _Rows(list):
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def __iadd__(self, new):
+        for r in new:
+            self.log(r)
+        self.extend(new)
+        return self

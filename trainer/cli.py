@@ -88,6 +88,7 @@ def grid_run(
     executor: Optional[str] = typer.Option(None, help="run through submitit: slurm, local or inprocess"),
     chunk: int = typer.Option(4, help="with --executor: groups per array task"),
     partition: Optional[str] = typer.Option(None, help="with --executor slurm: the partition"),
+    workers: int = typer.Option(1, help="groups trained at once, each in its own process (shares one GPU)"),
 ):
     """Run every pending run of a grid (resumable: finished runs are kept)."""
     from trainer.grid import SpecError, load_spec, run_grid
@@ -107,7 +108,7 @@ def grid_run(
                                   log=lambda m: console.print(m, highlight=False))
         else:
             summary = run_grid(sp, out, corpora, time_limit=time_limit, device=_device(device), compile=compile,
-                               log=lambda m: console.print(m, highlight=False))
+                               workers=workers, log=lambda m: console.print(m, highlight=False))
     except (SpecError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary))
@@ -179,8 +180,7 @@ def bench(
     """Aggregate tokens/s: packed scheduler vs a naive eager loop, and MFU on a large size."""
     from trainer.bench import run_bench
 
-    text = run_bench(sizes.split(","), large, members, steps, _device(device), peak_tflops)
-    typer.echo(text)
+    text = run_bench(sizes.split(","), large, members, steps, _device(device), peak_tflops, log=typer.echo)
     if out:
         out.write_text(text + "\n")
 

@@ -264,21 +264,22 @@ def _expand(spec: Spec, ft_sources: list[str], p_pos: list[int]) -> None:
 
 # --- groups ---
 def cell_groups(spec: Spec) -> list[list[Cell]]:
-    """Same-size, same-D_F cells of one kind (scratch or fine-tuned) train as
-    one ensemble: they early-stop at similar steps, so few members idle."""
-    pack = int(spec.train.get("pack", 16))
+    """Cells of one size, kind (scratch or fine-tuned) and batch train as one
+    ensemble, up to `pack` members, ordered by D_F so that each pack holds
+    runs of similar length (stopped members are dropped as the pack thins)."""
+    pack = int(spec.train.get("pack", 32))
     by: dict[tuple, list[Cell]] = {}
     for c in spec.cells:
-        by.setdefault((SIZES[c.size], c.size, c.data_tokens, c.source == "none"), []).append(c)
+        by.setdefault((SIZES[c.size], c.size, c.source == "none", c.settings["batch"]), []).append(c)
     groups = []
     for key in sorted(by):
-        cs = sorted(by[key], key=lambda c: c.run_id)
+        cs = sorted(by[key], key=lambda c: (c.data_tokens, c.run_id))
         groups += [cs[i:i + pack] for i in range(0, len(cs), pack)]
     return groups
 
 
 def pretrain_groups(spec: Spec) -> list[list[PretrainJob]]:
-    pack = int(spec.train.get("pack", 16))
+    pack = int(spec.train.get("pack", 32))
     by: dict[str, list[PretrainJob]] = {}
     for j in spec.pretrain_jobs:
         by.setdefault(j.size, []).append(j)
@@ -426,7 +427,8 @@ class Grid:
             # Scratch and fine-tuned runs of one seed see the same data and
             # (for scratch) the same init across D_F.
             members.append(Member(c.run_id, stable_int("run", c.seed, size, c.target), Stream([sub], [1.0]),
-                                  self.val_for(c.target), init=init, data_tokens=c.data_tokens))
+                                  self.val_for(c.target), init=init, data_tokens=c.data_tokens,
+                                  eval_interval=c.settings["eval_interval"]))
         s = Settings(lr=st["lr"], batch=st["batch"], eval_interval=st["eval_interval"], patience=st["patience"],
                      warmup=st["warmup"], eval_seqs=st["eval_seqs"], max_steps=st["max_steps"],
                      max_epochs=st["max_epochs"])
@@ -455,48 +457,108 @@ def _n_params(size: str) -> int:
     return _N_CACHE[size]
 
 
+def _run_task(spec: Spec, out: Path, corpora: Path | None, kind: str, idx: int, device, compile,
+              deadline: float | None) -> tuple[bool, int]:
+    """Run one group (the pending members of group idx); in a worker process
+    or in-process. Returns (finished, runs finished)."""
+    import torch
+
+    if device is not None and torch.device(device).type == "cpu":
+        torch.set_num_threads(1)  # workers share the cores; tiny models gain nothing from threads
+    grid = Grid(spec, out, corpora)
+    if kind == "pre":
+        jobs = [j for j in pretrain_groups(spec)[idx] if not grid.job_done(j)]
+        return grid.run_pretrain_group(jobs, device=device, compile=compile, deadline=deadline), 0
+    cells = [c for c in cell_groups(spec)[idx] if not grid.done(c)]
+    grid.run_cell_group(cells, device=device, compile=compile)
+    return True, len(cells)
+
+
+class _InProcess:
+    """The executor interface, running each task at submit (workers=1)."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        f = Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as e:  # re-raised by f.result()
+            f.set_exception(e)
+        return f
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
 def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: float | None = None,
-             device=None, compile=None, log=print) -> dict:
-    """Run every pending group; stop starting new ones past time_limit seconds."""
+             device=None, compile=None, workers: int = 1, log=print) -> dict:
+    """Run every pending group, `workers` at a time (separate processes when
+    more than one, e.g. to share a GPU); start no new group past time_limit
+    seconds. Fine-tuning groups start once their checkpoints exist."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import multiprocessing
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     t0 = time.monotonic()
     deadline = t0 + time_limit if time_limit is not None else None
     grid = Grid(spec, out, corpora)
     grid.validate()
     grid.save_spec()
-    pgroups, cgroups = grid.pending()
-    n_runs = sum(len(g) for g in cgroups)
-    finished, stopped = 0, False
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(f"{spec.name}", total=n_runs + sum(len(g) for g in pgroups))
-        for g in pgroups:
-            if deadline is not None and time.monotonic() > deadline:
-                stopped = True
-                break
-            bar.update(task, description=f"pre-train {g[0].size} x{len(g)}")
-            if not grid.run_pretrain_group(g, device=device, compile=compile, deadline=deadline, log=log):
-                stopped = True
-                break
-            bar.advance(task, len(g))
-        if not stopped:
-            for g in cgroups:
-                if deadline is not None and time.monotonic() > deadline:
-                    stopped = True
+    pgs, cgs = pretrain_groups(spec), cell_groups(spec)
+    tasks = [("pre", i) for i, g in enumerate(pgs) if any(not grid.job_done(j) for j in g)]
+    tasks += [("cell", i) for i, g in enumerate(cgs) if any(not grid.done(c) for c in g)]
+
+    def ready(task) -> bool:
+        return task[0] == "pre" or all(
+            c.pretrain_job is None or grid.ckpt_path(c.pretrain_job, c.pretrain_tokens).exists() for c in cgs[task[1]])
+
+    pool = _InProcess() if workers == 1 else ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"))
+    finished, stopped, blocked = 0, False, False
+    n_total = sum(len(cgs[i]) if k == "cell" else len(pgs[i]) for k, i in tasks)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=False) as bar:
+            task_bar = bar.add_task(spec.name, total=n_total)
+            in_flight: dict = {}
+            while True:
+                while len(in_flight) < workers and not stopped:
+                    if deadline is not None and time.monotonic() > deadline:
+                        stopped = True
+                        break
+                    nxt = next((t for t in tasks if ready(t)), None)
+                    if nxt is None:
+                        break
+                    tasks.remove(nxt)
+                    g = pgs[nxt[1]] if nxt[0] == "pre" else cgs[nxt[1]]
+                    bar.update(task_bar, description=f"{nxt[0]} {g[0].size} x{len(g)}")
+                    in_flight[pool.submit(_run_task, spec, out, corpora, nxt[0], nxt[1], device, compile,
+                                          deadline)] = (nxt, len(g))
+                if not in_flight:
+                    blocked = bool(tasks) and not stopped
                     break
-                if any(c.pretrain_job and not grid.ckpt_path(c.pretrain_job, c.pretrain_tokens).exists() for c in g):
-                    continue
-                bar.update(task, description=f"{g[0].size} D_F={g[0].data_tokens} x{len(g)}")
-                grid.run_cell_group(g, device=device, compile=compile)
-                finished += len(g)
-                bar.advance(task, len(g))
+                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for f in done:
+                    (kind, idx), n = in_flight.pop(f)
+                    ok, runs = f.result()
+                    finished += runs
+                    if not ok:
+                        log(f"pre-training {pgs[idx][0].size} stopped at the time limit; it resumes on the next call")
+                        stopped = True
+                    bar.advance(task_bar, n)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if blocked:
+        log("some runs wait for pre-training checkpoints that were not made")
     pg, cg = grid.pending()
-    summary = dict(spec=spec.name, finished_runs=finished, remaining_runs=sum(len(g) for g in cg),
-                   remaining_pretrain=sum(len(g) for g in pg), wall_s=round(time.monotonic() - t0, 1),
-                   complete=not pg and not cg)
-    return summary
+    return dict(spec=spec.name, finished_runs=finished, remaining_runs=sum(len(g) for g in cg),
+                remaining_pretrain=sum(len(g) for g in pg), wall_s=round(time.monotonic() - t0, 1),
+                complete=not pg and not cg)
 
 
 def status(out: Path) -> list[dict]:

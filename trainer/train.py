@@ -2,9 +2,9 @@
 
 A fine-tuning/scratch group trains each member on its own D_F bytes
 (repeated for as many epochs as needed), evaluates the target validation
-loss every `eval_interval` steps and early-stops each member on it; a member
-that reaches the safety cap is marked `capped`, one whose loss is not finite
-is marked `failed` and frozen. A pre-training group trains on its sources for
+loss every `eval_interval` steps (its own, or the group's) and early-stops
+each member on it; a member that reaches the safety cap is marked `capped`,
+one whose loss is not finite is marked `failed` and frozen. A pre-training group trains on its sources for
 a fixed token budget and saves member checkpoints at given token counts.
 Members that have stopped are dropped from the ensemble once half of it has.
 """
@@ -82,6 +82,7 @@ class Member:
     init: dict[str, torch.Tensor] | None = None
     data_tokens: int | None = None  # D_F; None for pre-training
     checkpoints: list[int] = field(default_factory=list)  # pre-training token counts
+    eval_interval: int | None = None  # steps; None: the group's
 
 
 def device_default() -> torch.device:
@@ -162,7 +163,7 @@ def train_group(
     (in order). Pre-training groups (s.total_tokens set) save resume state to
     resume_path at each checkpoint, and return None if `deadline`
     (time.monotonic()) passes before they finish: re-running resumes them."""
-    device = device or device_default()
+    device = torch.device(device) if device is not None else device_default()
     cuda = device.type == "cuda"
     compile = cuda if compile is None else compile
     pretrain = s.total_tokens is not None
@@ -197,7 +198,9 @@ def train_group(
     active = list(range(M))  # indices into members of the rows still in the model
     lr_live = torch.ones(M, device=device)
     train_sum = torch.zeros(M, device=device)
-    train_n = 0
+    train_n = torch.zeros(M, device=device)
+    # Members may evaluate on their own schedules (e.g. different D_F in one pack).
+    every = [m.eval_interval or s.eval_interval for m in members]
     if resume_path is not None and resume_path.exists():
         st = torch.load(resume_path, map_location=device, weights_only=False)
         with torch.no_grad():
@@ -253,13 +256,15 @@ def train_group(
                     save_resume()
 
         last = step == total_steps
-        if step % s.eval_interval and not last:
+        due = [j for j, i in enumerate(active) if last or step % every[i] == 0]
+        if not due:
             continue
         vals = evaluate()
         tl = (train_sum / train_n).tolist()
-        train_sum.zero_()
-        train_n = 0
-        for j, i in enumerate(active):
+        for j in due:
+            i = active[j]
+            train_sum[j] = 0.0
+            train_n[j] = 0
             r = rec[i]
             if r["status"] is not None:
                 continue
@@ -297,7 +302,7 @@ def train_group(
             opt.select(keep)
             sampler.select(live)
             lr_live = lr_live[keep]
-            train_sum = train_sum[keep]
+            train_sum, train_n = train_sum[keep], train_n[keep]
             active = [active[j] for j in live]
 
     if pretrain:
@@ -306,7 +311,7 @@ def train_group(
                 rec[i]["status"] = "ok"
     wall = time.time() - t0
     results = []
-    for m, r in zip(members, rec):
+    for k, (m, r) in enumerate(zip(members, rec)):
         ok = r["status"] != "failed"
         results.append(dict(
             run_id=m.run_id,
@@ -321,7 +326,7 @@ def train_group(
             curve_tokens=r["curve_tokens"],
             curve_loss=r["curve_loss"],
             train_loss=r["train_loss"],
-            batch=B, lr=s.lr, eval_interval=s.eval_interval,
+            batch=B, lr=s.lr, eval_interval=every[k],
             group_size=M, group_wall_s=wall,
             device=device_name(device),
         ))
