@@ -163,7 +163,7 @@ def _positive(name: str, value) -> float:
 
 def _current(fit, pair, current) -> dict:
     """The starting point: given, or the largest fine-tuned cell the grid measured."""
-    runs = fit.grid.runs
+    runs = q.fit_runs(fit)
     rows = runs[runs["source"] != "none"] if fit.law in ("transfer", "transfer_gap") else runs
     if pair is not None and fit.law in ("transfer", "transfer_gap"):
         source, target = pair.split("->", 1)

@@ -166,7 +166,7 @@ def plot_loss_grid(grid) -> Figure:
 @styled
 def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
     """The data with the fitted law's median and credible band, per pair (or target)."""
-    runs = fit.grid.runs
+    runs = q.fit_runs(fit)
     if fit.law == "transfer_gap":
         return _plot_gap_laws(fit, prob)
     groups = q.pairs(fit) if fit.law == "transfer" else [str(t) for t in fit.posterior["target"].values]
@@ -210,7 +210,7 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
 
 
 def _plot_gap_laws(fit, prob: float) -> Figure:
-    runs = fit.grid.runs
+    runs = q.fit_runs(fit)
     groups = q.pairs(fit)
     fig, axes = _panels(len(groups))
     for ax, pair in zip(axes, groups):
@@ -299,7 +299,7 @@ def plot_multiplier(fit, prob: float = 0.9) -> Figure | None:
     """The effective-data multiplier (D_F + D_T) / D_F against D_F, per model size."""
     if fit.law != "transfer":
         return None
-    runs = fit.grid.runs
+    runs = q.fit_runs(fit)
     groups = q.pairs(fit)
     fig, axes = _panels(len(groups))
     for ax, pair in zip(axes, groups):
@@ -398,7 +398,7 @@ def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
     """P(pre-training worse than scratch) over N x D_F (transfer) or p x f (transfer gap)."""
     if fit.law not in ("transfer", "transfer_gap"):
         return None
-    runs = fit.grid.runs
+    runs = q.fit_runs(fit)
     groups = q.pairs(fit)
     fig, axes = _panels(len(groups), width=5.4, height=4.2)
     for ax, pair in zip(axes, groups):
@@ -471,7 +471,7 @@ def _n_panels(post, var_names) -> int:
 
 def posterior_predictive_table(fit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
     """Each run's observed loss against its posterior-predictive median and interval."""
-    runs = fit.grid.runs
+    runs = q.fit_runs(fit)
     rows = []
     lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
     pairs = set(q.pairs(fit))

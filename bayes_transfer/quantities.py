@@ -153,9 +153,18 @@ def _range(values) -> tuple[float, float] | None:
     return (float(values.min()), float(values.max())) if values.size else None
 
 
+def fit_runs(fit) -> pd.DataFrame:
+    """The grid's runs the fit describes: a transfer-gap fit is at one model size."""
+    runs: pd.DataFrame = fit.grid.runs
+    size = (getattr(fit, "config", None) or {}).get("n_params")
+    if fit.law == "transfer_gap" and size is not None:
+        runs = runs[np.isclose(runs["n_params"], float(size), rtol=1e-9)]
+    return runs
+
+
 def grid_ranges(fit, pair: str | None = None, finetuned: bool = True) -> dict:
     """The measured ranges of N, D_F and p: fine-tuned runs (of `pair`) or scratch runs."""
-    runs: pd.DataFrame = fit.grid.runs
+    runs = fit_runs(fit)
     if finetuned:
         rows = runs[runs["source"] != "none"]
         if pair is not None and "->" in pair:
@@ -355,7 +364,7 @@ def observed_transferred_data(fit, prob: float = 0.9) -> pd.DataFrame:
     scratch floor (D_E unbounded, reported, not dropped).
     """
     form = scratch_form(fit)
-    runs = fit.grid.runs
+    runs = fit_runs(fit)
     ft = runs[runs["source"] != "none"].reset_index(drop=True)
     post = fit.posterior
     rows = []

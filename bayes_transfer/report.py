@@ -49,7 +49,7 @@ def illustrative_costs(fit, pair=None) -> dict:
     which doubling (of D_F, of N, or of p) is worth most. Budget = the current
     fine-tuning data's cost at 1e-5 per byte.
     """
-    runs = fit.grid.runs
+    runs = q.fit_runs(fit)
     tuned = runs[runs["source"] != "none"]
     if pair is not None:
         source, target = pair.split("->", 1)
@@ -288,7 +288,7 @@ def _headline(page: _Page, fit, prob: float) -> None:
     page.heading("Headline numbers")
     rows = []
     for pair in q.pairs(fit):
-        runs = fit.grid.runs
+        runs = q.fit_runs(fit)
         source, target = pair.split("->", 1)
         tuned = runs[(runs["source"] == source) & (runs["target"] == target)]
         for n in sorted({tuned["n_params"].min(), tuned["n_params"].max()}):

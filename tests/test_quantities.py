@@ -306,3 +306,12 @@ def test_gap_scratch_branch_is_not_extrapolation_in_p():
     fit = fake_fit(law="transfer_gap")
     flags = q.predicted_loss(fit, None, [1e5, 1e9], p=[0.0, 1e7], pair="text->python")["extrapolated"]
     assert flags.transpose("D_F", "p").values.tolist() == [[False, False], [True, True]]
+
+
+def test_a_gap_fit_describes_only_its_model_size():
+    runs = runs_table(sizes=[1e6, 1e8], pretrain=(1e6, 1e7, 1e8), data=[1e5, 1e6])
+    fit = fake_fit(law="transfer_gap", runs=runs)
+    fit.config = {"n_params": 1e6}
+    assert set(q.fit_runs(fit)["n_params"]) == {1e6}
+    assert q.grid_ranges(fit)["N"] == (1e6, 1e6)
+    assert bool(q.predicted_loss(fit, 1e8, 1e5, p=1e7)["extrapolated"])
