@@ -335,3 +335,20 @@ def test_build_removes_leftovers_of_killed_builds_only(tmp_path, fake_dist):
         d.mkdir(parents=True)
     build.build(tmp_path, ["python"], log=lambda m: None)
     assert not dead.exists() and not part.exists() and live.exists()
+
+
+def test_cli_list_and_one_line_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from trainer.corpora.cli import app
+    runner = CliRunner()
+    res = runner.invoke(app, ["list", "--root", str(SAMPLE)])
+    assert res.exit_code == 0
+    for name in NAMES:
+        assert name in res.output
+    assert corpora.manifest(SAMPLE)["distributions"]["python"]["splits"]["train"]["sha256"][:8] in res.output
+    res = runner.invoke(app, ["build", "--only", "python,klingon", "--root", str(tmp_path)])
+    assert res.exit_code == 1
+    assert "error: unknown corpus 'klingon'; known: c, english, german, go, maths, python" in res.output
+    res = runner.invoke(app, ["pack", str(tmp_path / "x.tar"), "--max-mb", "0.1", "--root", str(SAMPLE)])
+    assert res.exit_code == 1 and "--truncate" in res.output

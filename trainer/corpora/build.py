@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-
 from trainer.corpora import clean
 from trainer.corpora.clean import Doc
 from trainer.corpora.sources import DISTRIBUTIONS, MAX_DOC_BYTES, ensure_free, load_source
@@ -26,7 +25,7 @@ from trainer.corpora.store import (DOC_END, SPLITS, split_stats, atomic_write_by
                                    atomic_write_json, check_name, documents, open_split)
 
 SCHEMA_VERSION = 1
-PIPELINE_VERSION = 3
+PIPELINE_VERSION = 4
 VAL_BYTES = 1_500_000
 CODE_HEAVY = 0.5
 MARKER = ".complete"
@@ -89,8 +88,7 @@ def split_docs(docs: list[Doc], val_bytes: int | None = None) -> tuple[list[Doc]
             size += gb
         else:
             train += groups[g]
-    order = lambda d: _h(d.key)  # noqa: E731
-    return sorted(train, key=order), sorted(val, key=order)
+    return sorted(train, key=lambda d: _h(d.key)), sorted(val, key=lambda d: _h(d.key))
 
 
 def encode_split(docs: list[Doc]) -> bytes:
@@ -98,7 +96,8 @@ def encode_split(docs: list[Doc]) -> bytes:
 
 
 def clean_docs(name: str, docs: list[Doc], log: Callable[[str], None]) -> tuple[list[Doc], dict]:
-    """Normalise, filter, dedup and strip boilerplate; returns the documents and statistics."""
+    """Normalise, filter by size (and code share for prose), cap, exact
+    dedup, strip boilerplate, near dedup; returns the documents and statistics."""
     dist = DISTRIBUTIONS[name]
     stats = {"documents_in": len(docs), "bytes_in": _nbytes(docs)}
     docs = [Doc(d.source, d.key, d.group, clean.normalise(d.text)) for d in docs]
@@ -120,7 +119,9 @@ def clean_docs(name: str, docs: list[Doc], log: Callable[[str], None]) -> tuple[
     t = time.time()
     docs, stats["boilerplate_bytes_removed"] = clean.remove_boilerplate(
         docs, min_len=dist.boilerplate_min_len, comments_only=dist.code)
-    docs = [d for d in docs if len(d.text.encode()) >= clean.MIN_DOC_BYTES]
+    kept = [d for d in docs if len(d.text.encode()) >= clean.MIN_DOC_BYTES]
+    stats["emptied_by_boilerplate"] = len(docs) - len(kept)
+    docs = kept
     log(f"boilerplate: {stats['boilerplate_bytes_removed'] / 1e6:.2f} MB removed ({time.time() - t:.1f} s)")
     t = time.time()
     docs, near = clean.dedup_near(docs)
@@ -168,8 +169,7 @@ def build_distribution(root: Path, name: str, log: Callable[[str], None] = print
     blobs = {"train": encode_split(train), "val": encode_split(val)}
     ensure_free(root, 2 * sum(map(len, blobs.values())) + 50_000_000, f"writing corpus {name}")
     entry = {"sources": sources, "dedup": stats, "params": build_params(name),
-             "splits": {s: split_stats(blobs[s]) for s in SPLITS}, "note": dist.note,
-             "build_seconds": None}
+             "splits": {s: split_stats(blobs[s]) for s in SPLITS}, "note": dist.note}
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -237,11 +237,14 @@ def build(root: Path, names: list[str] | None = None, log: Callable[[str], None]
         check_name(n, DISTRIBUTIONS)
     root.mkdir(parents=True, exist_ok=True)
     remove_stale(root)
+    man = None
     for n in names:
         build_distribution(root, n, log)
-    entries = {n: json.loads((root / n / "manifest.json").read_text())
-               for n in DISTRIBUTIONS if is_complete(root, n)}
-    return write_manifest(root, entries)
+        # After each distribution, so an interrupted build leaves a manifest
+        # that matches the splits on disk.
+        man = write_manifest(root, {d: json.loads((root / d / "manifest.json").read_text())
+                                    for d in DISTRIBUTIONS if is_complete(root, d)})
+    return man
 
 
 def sample(root: Path, out: Path, train_bytes: int = 150_000, val_bytes: int = 40_000,
