@@ -65,7 +65,7 @@ def run(
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     st = cell_settings({}, size, data_tokens)
-    s = Settings(**{k: st[k] for k in ("lr", "batch", "eval_interval", "patience", "warmup", "eval_seqs",
+    s = Settings(**{k: st[k] for k in ("lr", "batch", "eval_interval", "patience", "min_delta", "warmup", "eval_seqs",
                                        "max_steps", "max_epochs")})
     m = Member(f"{target}.{size}.d{data_tokens}.s{seed}", stable_int("run", seed, size, target),
                Stream([sub], [1.0]), val, init=state, data_tokens=data_tokens)
@@ -84,7 +84,8 @@ def grid_run(
     time_limit: Optional[float] = typer.Option(None, help="seconds: start no new work past this, then exit 0"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the runs and an estimated cost, train nothing"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if present)"),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on CUDA)"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                           help="torch.compile (default: on CUDA for N >= 2e6)"),
     executor: Optional[str] = typer.Option(None, help="run through submitit: slurm, local or inprocess"),
     chunk: int = typer.Option(4, help="with --executor: groups per array task"),
     partition: Optional[str] = typer.Option(None, help="with --executor slurm: the partition"),
@@ -129,8 +130,8 @@ def _print_dry_run(sp, out: Path) -> None:
         t.add_row(f"G{i}", grp[0].size, kind, f"{grp[0].data_tokens:.3g}", str(len(grp)),
                   str(sum(g.done(c) for c in grp)))
     Console().print(t)
-    e = estimate(sp)
-    typer.echo(f"estimated cost on one H100: pre-training {e['pretrain_s']:.0f} s + runs {e['runs_s']:.0f} s "
+    e = estimate(sp, g)
+    typer.echo(f"estimated cost of what remains, on one H100: pre-training {e['pretrain_s']:.0f} s + runs {e['runs_s']:.0f} s "
                f"= {e['total_s'] / 60:.1f} min (rough; runs end by early stopping)")
 
 

@@ -32,9 +32,10 @@ from trainer.train import (
 
 CTX = 256
 _TOP_KEYS = {"name", "description", "grid", "pretrain", "train"}
-_GRID_KEYS = {"sizes", "targets", "sources", "data_tokens", "pretrain_tokens", "seeds", "multi_seed_max_data_tokens"}
+_GRID_KEYS = {"sizes", "targets", "sources", "data_tokens", "pretrain_tokens", "seeds", "multi_seed_max_data_tokens",
+              "data_tokens_max_by_size"}
 _PRE_KEYS = {"tokens", "eval_interval", "seed", "eval_seqs"}
-_TRAIN_KEYS = {"patience", "eval_seqs", "max_steps", "max_epochs", "warmup", "pack", "lr", "batch", "eval_interval"}
+_TRAIN_KEYS = {"patience", "min_delta", "eval_seqs", "max_steps", "max_epochs", "warmup", "pack", "lr", "batch", "eval_interval"}
 
 
 class SpecError(ValueError):
@@ -99,6 +100,7 @@ class Spec:
     pretrain_tokens: list[int]
     seeds: list[int]
     multi_seed_max: int | None
+    data_max_by_size: dict[str, int]
     pretrain: dict
     train: dict
     pretrain_jobs: list[PretrainJob] = field(default_factory=list)
@@ -189,6 +191,9 @@ def parse_spec(raw: dict, text: str = "", default_name: str = "grid") -> Spec:
     if multi is not None and (not isinstance(multi, int) or multi <= 0):
         raise SpecError("[grid].multi_seed_max_data_tokens must be a positive whole number")
 
+    dmax = g.get("data_tokens_max_by_size", {})
+    if not isinstance(dmax, dict) or any(k not in sizes or not isinstance(v, int) or v <= 0 for k, v in dmax.items()):
+        raise SpecError("[grid].data_tokens_max_by_size must map sizes of the grid to positive whole numbers")
     ft_sources = [s for s in sources if s != "none"]
     p_pos = sorted(p for p in p_list if p > 0)
     budget = pre.get("tokens", max(p_pos) if p_pos else 0)
@@ -205,6 +210,7 @@ def parse_spec(raw: dict, text: str = "", default_name: str = "grid") -> Spec:
 
     spec = Spec(name=raw.get("name", default_name), text=text, sizes=sizes, targets=targets, sources=sources,
                 data_tokens=data_tokens, pretrain_tokens=p_list, seeds=seeds, multi_seed_max=multi,
+                data_max_by_size=dmax,
                 pretrain=dict(tokens=int(budget), eval_interval=int(pre.get("eval_interval", 250)),
                               seed=int(pre.get("seed", 0)), eval_seqs=int(pre.get("eval_seqs", 256))),
                 train=tr)
@@ -219,6 +225,7 @@ def cell_settings(train: dict, size: str, data_tokens: int | None) -> dict:
         batch=batch,
         eval_interval=int(train.get("eval_interval", eval_interval_for(data_tokens, batch, CTX))) if data_tokens else 0,
         patience=int(train.get("patience", 5)),
+        min_delta=float(train.get("min_delta", 1e-3)),
         warmup=int(train.get("warmup", 100)),
         eval_seqs=int(train.get("eval_seqs", 256)),
         max_steps=int(train.get("max_steps", 20_000)),
@@ -231,7 +238,7 @@ def pretrain_settings(spec: Spec, size: str) -> dict:
     st = cell_settings(spec.train, size, None)
     st.update(eval_interval=spec.pretrain["eval_interval"], eval_seqs=spec.pretrain["eval_seqs"],
               seed=spec.pretrain["seed"])
-    for k in ("patience", "max_steps", "max_epochs"):
+    for k in ("patience", "min_delta", "max_steps", "max_epochs"):
         st.pop(k)
     return st
 
@@ -248,6 +255,8 @@ def _expand(spec: Spec, ft_sources: list[str], p_pos: list[int]) -> None:
     for size in spec.sizes:
         for target in spec.targets:
             for D in spec.data_tokens:
+                if D > spec.data_max_by_size.get(size, D):
+                    continue
                 st = cell_settings(spec.train, size, D)
                 seeds = spec.seeds if spec.multi_seed_max is None or D <= spec.multi_seed_max else spec.seeds[:1]
                 for seed in seeds:
@@ -288,17 +297,22 @@ def pretrain_groups(spec: Spec) -> list[list[PretrainJob]]:
 
 
 # --- cost estimate (for --dry-run) ---
-# Sustained tokens/s of one packed group by size, measured on one H100 with
-# `transfer-train bench` (trainer/BENCH.md); sizes not measured scale as 1/N.
-THROUGHPUT_H100: dict[str, float] = {}
-_FALLBACK_TOKENS_PER_S_AT_1M = 2.0e7
+# Not yet measured on a GPU (trainer/BENCH.md says how to): an H100 model of
+# an effective 2e14 FLOP/s (20% of dense bf16 peak) for the model FLOPs, and a
+# ceiling of 2.5e7 tokens/s for a pack of tiny models, whose steps are bound
+# by kernel launches rather than arithmetic.
+EFFECTIVE_FLOPS = 2.0e14
+SMALL_MODEL_TOKENS_PER_S = 2.5e7
 
 
-def tokens_per_s(size: str) -> float:
-    if size in THROUGHPUT_H100:
-        return THROUGHPUT_H100[size]
-    n = 12 * SIZES[size][0] * SIZES[size][1] ** 2
-    return _FALLBACK_TOKENS_PER_S_AT_1M * min(10.0, 1e6 / n)
+def flops_per_token(size: str) -> float:
+    """Training FLOPs per token: 6N plus causal attention and the output head."""
+    L, d = SIZES[size]
+    return 6 * 12 * L * d * d + 6 * L * CTX * d + 6 * d * 256
+
+
+def seconds_per_token(size: str) -> float:
+    return max(flops_per_token(size) / EFFECTIVE_FLOPS, 1 / SMALL_MODEL_TOKENS_PER_S)
 
 
 def expected_tokens(c: Cell) -> float:
@@ -309,9 +323,10 @@ def expected_tokens(c: Cell) -> float:
     return scratch if c.source == "none" else max(2e6, 3.0 * c.data_tokens)
 
 
-def estimate(spec: Spec) -> dict:
-    pre = sum(j.tokens / tokens_per_s(j.size) for j in spec.pretrain_jobs)
-    runs = sum(expected_tokens(c) / tokens_per_s(c.size) for c in spec.cells)
+def estimate(spec: Spec, grid: "Grid | None" = None) -> dict:
+    """Seconds on one H100 for what is still to do (everything without a grid dir)."""
+    pre = sum(j.tokens * seconds_per_token(j.size) for j in spec.pretrain_jobs if not (grid and grid.job_done(j)))
+    runs = sum(expected_tokens(c) * seconds_per_token(c.size) for c in spec.cells if not (grid and grid.done(c)))
     return dict(pretrain_s=pre, runs_s=runs, total_s=pre + runs)
 
 
@@ -430,6 +445,7 @@ class Grid:
                                   self.val_for(c.target), init=init, data_tokens=c.data_tokens,
                                   eval_interval=c.settings["eval_interval"]))
         s = Settings(lr=st["lr"], batch=st["batch"], eval_interval=st["eval_interval"], patience=st["patience"],
+                     min_delta=st["min_delta"],
                      warmup=st["warmup"], eval_seqs=st["eval_seqs"], max_steps=st["max_steps"],
                      max_epochs=st["max_epochs"])
         res = train_group(cfg, members, s, device=device, compile=compile)

@@ -43,6 +43,11 @@ LR_TABLE: dict[str, float] = {
 }
 
 
+# torch.compile (CUDA only) from this N up: below it steps are bound by kernel
+# launches and short runs would spend more time compiling than they save.
+COMPILE_MIN_PARAMS = 2e6
+
+
 def batch_for(data_tokens: int | None) -> int:
     """Sequences per step: 32 (the pilot's) up to 1 MB of D_F, 64 up to 8 MB,
     128 beyond and for pre-training (the pilot's pre-training batch)."""
@@ -63,6 +68,7 @@ class Settings:
     batch: int
     eval_interval: int
     patience: int = 5  # evaluations without improvement before stopping
+    min_delta: float = 1e-3  # nats: smaller gains do not reset patience (a plateau ends the run)
     warmup: int = 100
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -165,7 +171,8 @@ def train_group(
     (time.monotonic()) passes before they finish: re-running resumes them."""
     device = torch.device(device) if device is not None else device_default()
     cuda = device.type == "cuda"
-    compile = cuda if compile is None else compile
+    if compile is None:
+        compile = cuda and 12 * cfg.n_layer * cfg.d_model**2 >= COMPILE_MIN_PARAMS
     pretrain = s.total_tokens is not None
     t0 = time.time()
     M, T, B = len(members), cfg.ctx, s.batch
@@ -274,10 +281,12 @@ def train_group(
             r["train_loss"].append(tl[j])
             if not (math.isfinite(vals[j]) and math.isfinite(tl[j])):
                 r["status"], r["reason"] = "failed", f"non-finite loss by step {step}"
-            elif vals[j] < r["best"]:
-                r["best"], r["best_step"], r["since"] = vals[j], step, 0
             else:
-                r["since"] += 1
+                # The best loss is the minimum; only a real gain resets patience.
+                gain = r["best"] - vals[j]
+                if gain > 0:
+                    r["best"], r["best_step"] = vals[j], step
+                r["since"] = 0 if gain > s.min_delta else r["since"] + 1
             if r["status"] is None and not pretrain:
                 if r["since"] >= s.patience:
                     r["status"] = "ok"
