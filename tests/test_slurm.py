@@ -101,6 +101,13 @@ def slurm(tmp_path_factory):
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)
     yield d
+    # Let the jobs' steps end while the controller is still up, else srun waits on it forever.
+    t0 = time.time()
+    while subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip():
+        if time.time() - t0 > 30:
+            subprocess.run(["scancel", "--full", "--user=root"], env=env)
+            break
+        time.sleep(0.5)
     if old is None:
         os.environ.pop("SLURM_CONF")
     else:
