@@ -27,7 +27,7 @@ from trainer.corpora.store import (DOC_END, SPLITS, split_stats, atomic_write_by
 SCHEMA_VERSION = 1
 PIPELINE_VERSION = 4
 VAL_BYTES = 1_500_000
-CODE_HEAVY = 0.5
+CODE_HEAVY = 0.3
 MARKER = ".complete"
 
 
