@@ -265,7 +265,16 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
     plans = {f"all on {name}": {name: budget} for name in prices}
     resources = list(prices)
     optimal_share, split, surface, chosen = None, None, None, None
+    point_plan = None  # (name, spend) of the point-estimate choice when no candidate plan is it
     mean_params = post.mean(q.SAMPLE_DIMS)
+
+    def split_plan(share, kind):
+        """A split on the budget line; the end points are the all-on plans."""
+        if share <= 0 or share >= 1:
+            return f"all on {resources[int(share >= 1)]}", None
+        return (f"split ({kind}): {1 - share:.1%} {resources[0]}, {share:.1%} {resources[1]}",
+                {resources[0]: budget * (1 - share), resources[1]: budget * share})
+
     if len(resources) == 2:
         a, b = resources
         shares = xr.DataArray(SHARES, dims="share", coords={"share": SHARES})
@@ -279,29 +288,25 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
             optimal_share = surface.idxmin("share")
         optimal_share = optimal_share.rename("optimal_share")
         split, chosen = (a, b), (bayes_share, point_share)
-        plans[f"split (Bayes): {1 - bayes_share:.1%} {a}, {bayes_share:.1%} {b}"] = {
-            a: budget * (1 - bayes_share), b: budget * bayes_share}
-        point_name = f"split (point estimate): {1 - point_share:.1%} {a}, {point_share:.1%} {b}"
-        point_spend = {a: budget * (1 - point_share), b: budget * point_share}
+        name, spend = split_plan(bayes_share, "Bayes")
+        if spend is not None:
+            plans[name] = spend
+        if point_share != bayes_share:
+            point_plan = split_plan(point_share, "point estimate")
+        point_choice = name if point_share == bayes_share else point_plan[0]
     else:
-        point_name, point_spend = None, None
+        point_choice = None
 
-    draws = {}
-    for name, spend in plans.items():
-        draws[name] = loss(*point(spend)).transpose(*q.SAMPLE_DIMS).values.ravel()
-    stacked = np.vstack(list(draws.values()))
+    n_candidates = len(plans)
+    if point_plan is not None and point_plan[1] is not None:
+        plans[point_plan[0]] = point_plan[1]
+    draws = {name: loss(*point(spend)).transpose(*q.SAMPLE_DIMS).values.ravel() for name, spend in plans.items()}
+    stacked = np.vstack(list(draws.values())[:n_candidates])
     best_draw = np.nanmin(stacked, axis=0)
     winner = np.nanargmin(stacked, axis=0)
-    rows = []
-    names = list(plans)
-    n_candidates = len(names)
-    if point_name is not None:
-        draws[point_name] = loss(*point(point_spend)).transpose(*q.SAMPLE_DIMS).values.ravel()
-        names.append(point_name)
-        plans[point_name] = point_spend
     ranges = q.grid_ranges(fit, pair, finetuned=fit.law in ("transfer", "transfer_gap"))
-    for i, name in enumerate(names):
-        spend = plans[name]
+    rows = []
+    for i, (name, spend) in enumerate(plans.items()):
         N, f, p = point(spend)
         values = draws[name]
         rows.append({
@@ -317,18 +322,17 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
             "expected_regret": float(np.nanmean(values - best_draw)),
             "extrapolated": _outside(ranges, N=N if fit.law != "transfer_gap" else None, D_F=f,
                                      p=p if fit.law == "transfer_gap" else None),
-            "note": "the point-estimate choice, for comparison" if name == point_name else "",
         })
     table = pd.DataFrame(rows)
-    candidates = table[table["plan"] != point_name]
+    candidates = table.iloc[:n_candidates]
     best = str(candidates.loc[candidates["expected_loss"].idxmin(), "plan"])
-    if point_name is None:
-        point_choice = best
-        regret = 0.0
-    else:
-        point_choice = point_name
-        regret = float(table.loc[table["plan"] == point_name, "expected_loss"].iloc[0]
-                       - table.loc[table["plan"] == best, "expected_loss"].iloc[0])
+    point_choice = point_choice or best
+    expected = table.set_index("plan")["expected_loss"]
+    regret = float(expected[point_choice] - expected[best])
+    table["note"] = [", ".join(filter(None, ["Bayes choice" if n == best else "",
+                                             "point-estimate choice" if n == point_choice else "",
+                                             "" if i < n_candidates else "for comparison"]))
+                     for i, n in enumerate(table["plan"])]
     laws = {"transfer": "L = L_scratch(N, D_F + D_T), D_T = k D_F^alpha N^beta - omega D_F "
                         f"(scratch law: {form})",
             "transfer_gap": "L = (A_p p^-alpha_p + G) f^-alpha_f + E",

@@ -29,7 +29,7 @@ EXIT_USER, EXIT_UNCONVERGED = 1, 3
 GRIDS_DIR = Path("data") / "grids"
 # Sampler settings for `demo`: enough draws for bulk ESS >= 400 over 4 chains,
 # small enough that all shipped grids fit in minutes on a 2-core CPU.
-DEMO_SAMPLER = dict(chains=4, draws=400, warmup=400)
+DEMO_SAMPLER = dict(chains=4, draws=500, warmup=400)
 FAST_SAMPLER = dict(chains=2, draws=100, warmup=100)
 
 app = typer.Typer(

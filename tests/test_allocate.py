@@ -59,6 +59,10 @@ def test_gap_from_scratch_compares_the_scratch_branch():
                     current=dict(data_tokens=1e6, pretrain_tokens=0))
     assert np.all(rec.optimal_share.values == 0.0)
     assert rec.best == f"all on {FINETUNE}"
+    # an optimum at the end of the budget line is that all-on plan, not a duplicate split row
+    assert not rec.table.plan.str.startswith("split").any()
+    assert rec.point_estimate_choice == rec.best and rec.regret_of_point_estimate == 0
+    assert rec.table.set_index("plan").loc[rec.best, "note"] == "Bayes choice, point-estimate choice"
 
 
 def test_transfer_recommendation_matches_numeric_optimum_of_expected_loss():
