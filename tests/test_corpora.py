@@ -108,10 +108,14 @@ def test_boilerplate_lines_removed_only_when_frequent():
 
 def test_boilerplate_for_code_removes_comments_not_statements():
     lic = "# Licensed under the Apache License, Version 2.0"
-    stmt = "        return super().forward(x)"
-    docs = [Doc("pkg", f"f{i}", "dir", f"{lic}\ndef f{i}(x):\n{stmt}\n") for i in range(30)]
+    c_lic = " * This program is free software; you can redistribute it"
+    code = ["        return super().forward(x)", "#include <linux/module.h>", "\t*ppos += count;"]
+    body = "\n".join(code)
+    docs = [Doc("pkg", f"f{i}", "dir", f"{lic}\n{c_lic}\ndef f{i}(x):\n{body}\n") for i in range(30)]
     out, _ = clean.remove_boilerplate(docs, comments_only=True)
-    assert all(lic not in d.text and stmt in d.text for d in out)
+    for d in out:
+        assert lic not in d.text and c_lic not in d.text
+        assert all(line in d.text for line in code)
 
 
 def test_code_fraction_separates_prose_from_code():

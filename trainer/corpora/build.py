@@ -25,7 +25,7 @@ from trainer.corpora.store import (DOC_END, SPLITS, split_stats, atomic_write_by
                                    atomic_write_json, check_name, documents, open_split)
 
 SCHEMA_VERSION = 1
-PIPELINE_VERSION = 4
+PIPELINE_VERSION = 5
 VAL_BYTES = 1_500_000
 CODE_HEAVY = 0.3
 MARKER = ".complete"

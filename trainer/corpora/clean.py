@@ -67,7 +67,8 @@ def dedup_exact(docs: list[Doc]) -> tuple[list[Doc], int]:
 
 
 def _is_comment(line: str) -> bool:
-    return line.startswith(("#", "//", "/*", "*", "--", '"""', "'''"))
+    # "# " and "* " need the space: "#include" and "*ptr = 0;" are code.
+    return line == "*" or line.startswith(("# ", "#!", "//", "/*", "* ", "*/", '"""', "'''"))
 
 
 def remove_boilerplate(docs: list[Doc], min_docs: int = 20, min_len: int = 10,
