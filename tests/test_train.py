@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.data import Corpora, Sampler, Stream
-from trainer.model import config_for
+from trainer.model import EnsembleGPT, config_for
 from trainer.train import (
     Member, Settings, _AdamW, _clip, load_checkpoint, save_checkpoint, train_group,
 )
@@ -60,7 +60,7 @@ def test_cap_marks_run_capped():
 
 def test_nan_member_fails_without_poisoning_the_group():
     s = settings(max_steps=40, patience=100)
-    bad_state = train_group.__globals__["EnsembleGPT"](CFG, [9]).member_state(0)
+    bad_state = EnsembleGPT(CFG, [9]).member_state(0)
     bad_state["w_fc"][0, 0, 0] = float("nan")
     res = train_group(CFG, [member(0), member(9, init=bad_state), member(2)], s, device=torch.device("cpu"))
     clean = train_group(CFG, [member(0), member(2)], s, device=torch.device("cpu"))
@@ -149,3 +149,18 @@ def test_sampler_batches_do_not_depend_on_the_pack():
     x2, y2 = s2.next()
     assert torch.equal(x1[1], x2[0]) and torch.equal(y1[1], y2[0])
     assert torch.equal(x1[1, :, 1:], y1[1, :, :-1])
+
+
+def test_a_failing_compiler_falls_back_to_eager():
+    from trainer.train import _Compiled
+
+    c = _Compiled(lambda x: x * 2)
+
+    def broken(x):
+        raise RuntimeError("backend exploded")
+
+    c.fn = broken
+    with pytest.warns(UserWarning, match="torch.compile failed .*backend exploded"):
+        out = c(torch.ones(2))
+    assert torch.equal(out, torch.full((2,), 2.0))
+    assert torch.equal(c(torch.ones(1)), torch.full((1,), 2.0))

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -191,7 +192,7 @@ def train_group(
     loss_fn = eval_fn = model.member_losses
     if compile:
         _raise_recompile_limit()
-        loss_fn = torch.compile(model.member_losses)
+        loss_fn = _Compiled(model.member_losses)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     total_steps = math.ceil(s.total_tokens / (B * T)) if pretrain else s.max_steps
@@ -307,7 +308,7 @@ def train_group(
             model.select(live)
             loss_fn = eval_fn = model.member_losses
             if compile:
-                loss_fn = torch.compile(model.member_losses)
+                loss_fn = _Compiled(model.member_losses)
             opt.select(keep)
             sampler.select(live)
             lr_live = lr_live[keep]
@@ -340,6 +341,28 @@ def train_group(
             device=device_name(device),
         ))
     return results
+
+
+class _Compiled:
+    """torch.compile of the training step that falls back to eager (with a
+    warning) if compilation itself fails, so a compiler problem on some torch
+    version costs speed, not the grid."""
+
+    def __init__(self, fn):
+        self.eager, self.fn, self.tried = fn, torch.compile(fn), False
+
+    def __call__(self, *args):
+        if self.tried:
+            return self.fn(*args)
+        self.tried = True
+        try:
+            return self.fn(*args)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any compiler failure
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eager instead")
+            self.fn = self.eager
+            return self.fn(*args)
 
 
 def _raise_recompile_limit() -> None:
