@@ -190,3 +190,25 @@ def test_worker_processes_give_the_same_grid(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert a[k]["curve_loss"] == b[k]["curve_loss"], k
+
+
+def test_a_pretraining_run_whose_checkpoints_are_gone_is_redone_for_pending_runs(tmp_path):
+    from trainer.grid import Grid
+
+    root = corpus_root(tmp_path)
+    sp = load_spec(MICRO)
+    out = tmp_path / "out"
+    run_grid(sp, out, root, time_limit=0)  # records the spec only
+    g = Grid(sp, out, root)
+    job = sp.pretrain_jobs[0]
+    # As if only the results travelled back: a result file, no checkpoints.
+    from trainer.grid import atomic_write_json
+
+    atomic_write_json(g.job_dir(job) / "result.json", {"job_id": job.job_id})
+    assert g.job_needed(job)
+    summary = run_grid(sp, out, root)
+    assert summary["complete"] and summary["finished_runs"] == 12
+    # Once every run that needs it is done, missing checkpoints need nothing.
+    for p in g.job_dir(job).glob("*.pt"):
+        p.unlink()
+    assert not g.job_needed(job)

@@ -78,10 +78,11 @@ def run(
 
 @grid_app.command("run")
 def grid_run(
-    spec: Path = typer.Argument(..., help="grid spec (TOML)"),
+    specs: list[Path] = typer.Argument(..., help="grid spec(s) (TOML), run in order into the same directory"),
     out: Path = typer.Option(..., help="output directory (shared by specs whose runs overlap)"),
     corpora: Optional[Path] = typer.Option(None, help="corpus root dir or packed .tar"),
-    time_limit: Optional[float] = typer.Option(None, help="seconds: start no new work past this, then exit 0"),
+    time_limit: Optional[float] = typer.Option(None, help="seconds (all specs together): start no new work past "
+                                               "this, then exit 0"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the runs and an estimated cost, train nothing"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if present)"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
@@ -91,28 +92,34 @@ def grid_run(
     partition: Optional[str] = typer.Option(None, help="with --executor slurm: the partition"),
     workers: int = typer.Option(1, help="groups trained at once, each in its own process (shares one GPU)"),
 ):
-    """Run every pending run of a grid (resumable: finished runs are kept)."""
+    """Run every pending run of one or more grids (resumable: finished runs are kept)."""
+    import time
+
     from trainer.grid import SpecError, load_spec, run_grid
 
     try:
-        sp = load_spec(spec)
+        sps = [load_spec(s) for s in specs]
     except SpecError as e:
         _fail(str(e))
     if dry_run:
-        _print_dry_run(sp, out)
+        for sp in sps:
+            _print_dry_run(sp, out)
         return
-    try:
-        if executor:
-            from trainer.slurm import submit_grid
+    t0 = time.monotonic()
+    log = lambda m: console.print(m, highlight=False)  # noqa: E731
+    for sp in sps:
+        try:
+            if executor:
+                from trainer.slurm import submit_grid
 
-            summary = submit_grid(sp, out, corpora, executor=executor, chunk=chunk, partition=partition,
-                                  log=lambda m: console.print(m, highlight=False))
-        else:
-            summary = run_grid(sp, out, corpora, time_limit=time_limit, device=_device(device), compile=compile,
-                               workers=workers, log=lambda m: console.print(m, highlight=False))
-    except (SpecError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
-    typer.echo(json.dumps(summary))
+                summary = submit_grid(sp, out, corpora, executor=executor, chunk=chunk, partition=partition, log=log)
+            else:
+                left = None if time_limit is None else max(0.0, time_limit - (time.monotonic() - t0))
+                summary = run_grid(sp, out, corpora, time_limit=left, device=_device(device), compile=compile,
+                                   workers=workers, log=log)
+        except (SpecError, ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+        typer.echo(json.dumps(summary))
 
 
 def _print_dry_run(sp, out: Path) -> None:

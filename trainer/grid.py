@@ -360,6 +360,14 @@ class Grid:
     def job_done(self, j: PretrainJob) -> bool:
         return (self.job_dir(j) / "result.json").exists()
 
+    def job_needed(self, j: PretrainJob) -> bool:
+        """Not run yet, or a pending run needs one of its checkpoints and it
+        is gone (checkpoints may be left behind when only results travel)."""
+        if not self.job_done(j):
+            return True
+        return any(c.pretrain_job == j.job_id and not self.done(c)
+                   and not self.ckpt_path(j.job_id, c.pretrain_tokens).exists() for c in self.spec.cells)
+
     def validate(self) -> None:
         """Everything that can be checked before training starts."""
         names = set(self.corpora.manifest["distributions"])
@@ -393,7 +401,7 @@ class Grid:
         return dict(corpora=Path(self.corpora.root).name, manifest=hashes)
 
     def pending(self) -> tuple[list[list[PretrainJob]], list[list[Cell]]]:
-        pg = [[j for j in g if not self.job_done(j)] for g in pretrain_groups(self.spec)]
+        pg = [[j for j in g if self.job_needed(j)] for g in pretrain_groups(self.spec)]
         cg = [[c for c in g if not self.done(c)] for g in cell_groups(self.spec)]
         return [g for g in pg if g], [g for g in cg if g]
 
@@ -483,7 +491,7 @@ def _run_task(spec: Spec, out: Path, corpora: Path | None, kind: str, idx: int, 
         torch.set_num_threads(1)  # workers share the cores; tiny models gain nothing from threads
     grid = Grid(spec, out, corpora)
     if kind == "pre":
-        jobs = [j for j in pretrain_groups(spec)[idx] if not grid.job_done(j)]
+        jobs = [j for j in pretrain_groups(spec)[idx] if grid.job_needed(j)]
         return grid.run_pretrain_group(jobs, device=device, compile=compile, deadline=deadline), 0
     cells = [c for c in cell_groups(spec)[idx] if not grid.done(c)]
     grid.run_cell_group(cells, device=device, compile=compile)
@@ -526,7 +534,7 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
     grid.validate()
     grid.save_spec()
     pgs, cgs = pretrain_groups(spec), cell_groups(spec)
-    tasks = [("pre", i) for i, g in enumerate(pgs) if any(not grid.job_done(j) for j in g)]
+    tasks = [("pre", i) for i, g in enumerate(pgs) if any(grid.job_needed(j) for j in g)]
     tasks += [("cell", i) for i, g in enumerate(cgs) if any(not grid.done(c) for c in g)]
 
     def ready(task) -> bool:

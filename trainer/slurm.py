@@ -47,7 +47,7 @@ def submit_grid(spec: Spec, out: Path, corpora: Path | None = None, executor: st
         params["slurm_partition"] = partition
     ex.update_parameters(**params)
 
-    pre = [("pre", i) for i, g in enumerate(pretrain_groups(spec)) if any(not grid.job_done(j) for j in g)]
+    pre = [("pre", i) for i, g in enumerate(pretrain_groups(spec)) if any(grid.job_needed(j) for j in g)]
     cells = [("cell", i) for i, g in enumerate(cell_groups(spec)) if any(not grid.done(c) for c in g)]
     finished = 0
     for name, tasks in (("pre-training", pre), ("runs", cells)):
