@@ -30,7 +30,7 @@ GRIDS_DIR = Path("data") / "grids"
 # Sampler settings for `demo`: enough draws for bulk ESS >= 400 over 4 chains,
 # small enough that all shipped grids fit in minutes on a 2-core CPU.
 DEMO_SAMPLER = dict(chains=4, draws=500, warmup=400)
-FAST_SAMPLER = dict(chains=2, draws=100, warmup=100)
+FAST_SAMPLER = dict(chains=2, draws=50, warmup=50)
 
 app = typer.Typer(
     name="bayes-transfer",
