@@ -413,7 +413,7 @@ def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
             prob = q.ossification_probability(fit, None, d, pair=pair, p=other).transpose("D_F", "p").values.T
             y_name, y_col = "pre-training data p (bytes)", "pretrain_tokens"
         mesh = ax.pcolormesh(d, other, prob, cmap="cividis", vmin=0, vmax=1, shading="nearest")
-        if 0 < prob.min() < 0.5 < prob.max() or (prob.min() < 0.5 < prob.max()):
+        if prob.min() < 0.5 < prob.max():
             ax.contour(d, other, prob, levels=[0.5], colors="white", linewidths=1.5)
         x0, x1 = tuned["data_tokens"].min(), tuned["data_tokens"].max()
         y0, y1 = tuned[y_col].min(), tuned[y_col].max()
