@@ -101,6 +101,9 @@ def _rich_progress():
     from tqdm.rich import tqdm as rich_tqdm
     from tqdm.rich import trange as rich_trange
 
+    if not (hasattr(numpyro.util, "tqdm") and hasattr(numpyro.util, "tqdm_auto")):
+        yield  # another NumPyro layout: its own tqdm bars, unchanged
+        return
     saved = numpyro.util.tqdm, numpyro.util.tqdm_auto
     numpyro.util.tqdm, numpyro.util.tqdm_auto = SimpleNamespace(trange=rich_trange), rich_tqdm
     try:
