@@ -126,8 +126,8 @@ class Fit:
     def save(self, path) -> Path:
         """Write the fit (results, grid, configs, version) as netCDF, atomically."""
         path = Path(path)
-        idata = self.idata.copy()
-        idata.posterior.attrs.update(
+        posterior = self.idata.posterior.copy()
+        posterior.attrs.update(
             {
                 "bayes_transfer_version": bayes_transfer.__version__,
                 "law": self.law,
@@ -137,6 +137,9 @@ class Fit:
                 "grid_attrs": json.dumps(self.grid.attrs, default=str),
             }
         )
+        groups = {g: getattr(self.idata, g) for g in self.idata.groups() if g not in ("posterior", "constant_data")}
+        # the run table travels with the fit, so reports can be made from the file alone
+        idata = az.InferenceData(posterior=posterior, constant_data=runs_to_dataset(self.grid), **groups)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             idata.to_netcdf(str(tmp), engine="h5netcdf")
@@ -268,11 +271,11 @@ def fit(
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     data = prepare(grid, law, scratch_law, ossification, n_params)
-    if law in ("kaplan", "chinchilla") and len(grid.finetuned):
-        warnings.warn(f"law {law!r} fits scratch runs only; {len(grid.finetuned)} fine-tuned run(s) not used", stacklevel=2)
     overrides = dict(priors or {})
     prior_set = resolve_priors(law, scratch_law, overrides)
     check_identifiable(data, overrides)
+    if law in ("kaplan", "chinchilla") and len(grid.finetuned):
+        warnings.warn(f"law {law!r} fits scratch runs only; {len(grid.finetuned)} fine-tuned run(s) not used", stacklevel=2)
     model = model_for(law)
     config = {
         "law": law,
@@ -309,7 +312,7 @@ def fit(
         sample_stats = {"diverging": np.zeros((1, 1), dtype=bool)}
         sampler = {"method": "map", "chains": 1, "draws": 1, "seed": seed, "map_steps": map_steps, "optimizer_success": success}
     sampler["seconds"] = round(time.perf_counter() - t0, 3)
-    idata = _to_idata(model, data, prior_set, samples, sample_stats, grid, jax.random.fold_in(key, 1))
+    idata = _to_idata(model, data, prior_set, samples, sample_stats, jax.random.fold_in(key, 1))
     result = Fit(idata=idata, grid=grid, law=law, config=config, sampler=sampler)
     if method == "nuts":
         diag = result.diagnostics()
@@ -336,7 +339,7 @@ def _map(model, data, priors, key, steps):
     return samples, success
 
 
-def _to_idata(model, data: ModelData, priors, samples, sample_stats, grid: Grid, key) -> az.InferenceData:
+def _to_idata(model, data: ModelData, priors, samples, sample_stats, key) -> az.InferenceData:
     """InferenceData with named dims from grouped-by-chain samples."""
     nchain, ndraw = next(iter(samples.values())).shape[:2]
     flat = {k: jnp.reshape(v, (nchain * ndraw, *v.shape[2:])) for k, v in samples.items()}
@@ -354,16 +357,14 @@ def _to_idata(model, data: ModelData, priors, samples, sample_stats, grid: Grid,
             dims[name] = [_dim_of(name)]
     dims["sigma"] = ["kind"]
     dims["log_loss"] = ["run"]
-    constant = runs_to_dataset(grid)
     idata = az.from_dict(
         posterior={k: np.asarray(v) for k, v in samples.items()},
         posterior_predictive={"log_loss": grouped(pp)},
         log_likelihood={"log_loss": grouped(ll)},
         observed_data={"log_loss": data.y},
         sample_stats=sample_stats,
-        constant_data={name: constant[name].values for name in constant.data_vars},
-        coords={**coords, "grid_run": np.arange(len(grid.runs))},
-        dims={**dims, **{name: ["grid_run"] for name in constant.data_vars}},
+        coords=coords,
+        dims=dims,
     )
     for group in ("posterior", "posterior_predictive", "log_likelihood", "observed_data"):
         ds = getattr(idata, group)
@@ -412,11 +413,13 @@ def _diagnostics(idata: az.InferenceData, params: list[str]) -> Diagnostics:
 class TwoStage:
     """Hernandez et al.'s procedure: per-run D_T from the inverted scratch law, then a regression.
 
-    ``runs``: each fine-tuned run with D_E, D_T and whether the regression
-    used it (D_T must be finite and > 0). ``params``: per pair, the least
-    squares k, alpha, beta of log D_T = log k + alpha log D_F + beta log N
-    with bootstrap (over runs) 5% and 95% quantiles. ``scratch``: the
-    scratch-law fit (its posterior mean is the point used to invert).
+    ``runs``: each fine-tuned run with D_E, D_T, ``low_data`` (D_F at most
+    ``low_data_fraction`` of the data its size needs to come within 1% of
+    its infinite-data loss, the regime the paper fitted) and ``used`` (low
+    data, D_T finite and > 0). ``params``: per pair, the least-squares k,
+    alpha, beta of log D_T = log k + alpha log D_F + beta log N with
+    bootstrap (over runs) 5% and 95% quantiles. ``scratch``: the scratch-law
+    fit (its posterior mean is the point used to invert).
     """
 
     runs: pd.DataFrame
@@ -424,8 +427,15 @@ class TwoStage:
     scratch: Fit
 
 
-def two_stage(grid, *, scratch_law: str = "kaplan", method: str = "map", n_boot: int = 1000, seed: int = 0, **fit_kwargs) -> TwoStage:
-    """The paper's two-stage fit: scratch law, invert each fine-tuned run, regress log D_T per pair."""
+def two_stage(
+    grid, *, scratch_law: str = "kaplan", method: str = "map", low_data_fraction: float | None = 0.1, n_boot: int = 1000, seed: int = 0, **fit_kwargs
+) -> TwoStage:
+    """The paper's two-stage fit: scratch law, invert each fine-tuned run, regress log D_T per pair.
+
+    ``low_data_fraction=None`` regresses on every run with a positive D_T;
+    in the high-data regime D_T is a small difference of large numbers and
+    the inversion amplifies noise, which is why the paper left it out.
+    """
     grid = load_grid(grid)
     if grid.finetuned.empty:
         raise ValueError("two_stage needs fine-tuned runs, and the grid has none")
@@ -434,37 +444,40 @@ def two_stage(grid, *, scratch_law: str = "kaplan", method: str = "map", n_boot:
         scratch = fit(grid, law=scratch_law, method=method, seed=seed, **fit_kwargs)
     point = scratch.posterior[list(PARAMS[scratch_law])].mean(SAMPLE_DIMS)
     ft = grid.finetuned.copy()
-    known = set(point["target"].values.tolist())
-    missing = sorted(set(ft["target"]) - known)
+    missing = sorted(set(ft["target"]) - set(point["target"].values.tolist()))
     if missing:
         raise ValueError(f"two_stage needs from-scratch runs of each target; none for {missing}")
-    params = [point[n].sel(target=xr.DataArray(ft["target"].to_numpy(), dims="r")).values for n in PARAMS[scratch_law]]
-    D_E = np.asarray(laws.effective_data(scratch_law, ft["n_params"].to_numpy(), ft["loss"].to_numpy(), **dict(zip(PARAMS[scratch_law], params))))
+    theta = {n: point[n].sel(target=xr.DataArray(ft["target"].to_numpy(), dims="r")).values for n in PARAMS[scratch_law]}
+    N, D_F = ft["n_params"].to_numpy(), ft["data_tokens"].to_numpy()
+    D_E = np.asarray(laws.effective_data(scratch_law, N, ft["loss"].to_numpy(), **theta))
+    law_fn = laws.kaplan if scratch_law == "kaplan" else laws.chinchilla
+    floor = np.asarray(law_fn(N, np.inf, **theta))
+    D_near = np.asarray(laws.effective_data(scratch_law, N, 1.01 * floor, **theta))
     ft["D_E"] = D_E
-    ft["D_T"] = D_E - ft["data_tokens"].to_numpy()
-    ft["used"] = np.isfinite(ft["D_T"]) & (ft["D_T"] > 0)
-    dropped = int((~ft["used"]).sum())
-    if dropped:
+    ft["D_T"] = D_E - D_F
+    ft["low_data"] = D_F <= low_data_fraction * D_near if low_data_fraction is not None else True
+    ft["used"] = ft["low_data"] & np.isfinite(ft["D_T"]) & (ft["D_T"] > 0)
+    bad = int((ft["low_data"] & ~ft["used"]).sum())
+    if bad:
         warnings.warn(
-            f"two_stage: {dropped} fine-tuned run(s) left out of the regression: D_T <= 0 (pre-training hurt) "
+            f"two_stage: {bad} low-data fine-tuned run(s) left out of the regression: D_T <= 0 (pre-training hurt) "
             "or infinite (loss at or below the scratch law's floor); see TwoStage.runs['used']",
             stacklevel=2,
         )
     rng = np.random.default_rng(seed)
     rows = []
     for (s, t), g in ft[ft["used"]].groupby(["source", "target"]):
-        X = np.column_stack([np.ones(len(g)), np.log(g["data_tokens"]), np.log(g["n_params"])])
-        yv = np.log(g["D_T"].to_numpy())
         if len(g) < 4 or g["data_tokens"].nunique() < 2 or g["n_params"].nunique() < 2:
             warnings.warn(f"two_stage: pair {pair_name(s, t)!r} has too few usable runs ({len(g)}) to regress", stacklevel=2)
             continue
+        X = np.column_stack([np.ones(len(g)), np.log(g["data_tokens"]), np.log(g["n_params"])])
+        yv = np.log(g["D_T"].to_numpy())
         coef = np.linalg.lstsq(X, yv, rcond=None)[0]
         boot = []
         for _ in range(n_boot):
             idx = rng.integers(0, len(g), len(g))
-            Xb = X[idx]
-            if np.linalg.matrix_rank(Xb) == 3:
-                boot.append(np.linalg.lstsq(Xb, yv[idx], rcond=None)[0])
+            if np.linalg.matrix_rank(X[idx]) == 3:
+                boot.append(np.linalg.lstsq(X[idx], yv[idx], rcond=None)[0])
         boot = np.asarray(boot)
         row = {"pair": pair_name(s, t), "source": s, "target": t, "n_runs": len(g)}
         for i, name in enumerate(("k", "alpha", "beta")):

@@ -1,0 +1,222 @@
+"""Fitting: recovery of known parameters from simulated grids, diagnostics, MAP, save/load, two-stage."""
+
+import warnings
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from scipy import stats
+
+import bayes_transfer
+from bayes_transfer import Fit, fit, load_fit, two_stage
+from bayes_transfer.models import design_grid, simulate_grid
+
+SIZES, DATA = np.geomspace(1e5, 3e6, 4), np.geomspace(6e4, 3e7, 4)
+FAST = dict(chains=2, draws=300, warmup=300, progress=False, seed=0)
+KAPLAN = dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3)
+TEXT, CODE = ("text", "python"), ("code", "python")
+TRANSFER = dict(KAPLAN, k={TEXT: 30.0, CODE: 3000.0}, alpha={TEXT: 0.3, CODE: 0.08}, beta=0.38, omega=0.0)
+
+
+def quiet_fit(*args, **kwargs):
+    """Small test fits fall short of ESS 400; that warning is tested on its own below."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="fit of law .* did not converge")
+        return fit(*args, **kwargs)
+
+
+def assert_covers(f, truth, names):
+    """True values inside the posterior's 90% intervals.
+
+    With m checks a calibrated posterior misses Binomial(m, 0.1) of them at
+    90%: more misses than that distribution's 99th percentile fail, as does
+    any truth outside its 99% interval.
+    """
+    post = f.posterior
+    misses, checks = [], 0
+    for name in names:
+        da = post[name]
+        for label, value in (truth[name].items() if isinstance(truth[name], dict) else [(None, truth[name])]):
+            if isinstance(label, tuple):
+                sel = da.sel(pair=f"{label[0]}->{label[1]}")
+            elif "target" in da.dims:
+                sel = da.isel(target=0)
+            else:
+                sel = da.isel(pair=0)
+            lo, hi, lo99, hi99 = np.quantile(sel.values, [0.05, 0.95, 0.005, 0.995])
+            checks += 1
+            assert lo99 <= value <= hi99, f"{name}[{label}]: truth {value} outside 99% interval [{lo99:.4g}, {hi99:.4g}]"
+            if not lo <= value <= hi:
+                misses.append(f"{name}[{label}]: truth {value} outside 90% interval [{lo:.4g}, {hi:.4g}]")
+    assert len(misses) <= stats.binom.ppf(0.99, checks, 0.1), "; ".join(misses)
+
+
+@pytest.fixture(scope="module")
+def transfer_grid():
+    design = design_grid(SIZES, DATA, sources=("text", "code"), target="python")
+    return simulate_grid(design, "transfer", TRANSFER, sigma=0.01, seed=1)
+
+
+FIT_WARNINGS = []
+
+
+@pytest.fixture(scope="module")
+def transfer_fit(transfer_grid):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(transfer_grid, "transfer", **FAST)
+    FIT_WARNINGS.extend(str(w.message) for w in caught)
+    return result
+
+
+def test_kaplan_recovery():
+    g = simulate_grid(design_grid(np.geomspace(1e5, 3e6, 5), np.geomspace(6e4, 3e7, 5)), "kaplan", KAPLAN, sigma=0.01, seed=2)
+    f = quiet_fit(g, "kaplan", **FAST)
+    assert_covers(f, KAPLAN, ["N_c", "D_c", "alpha_N", "alpha_D"])
+    assert f.posterior["alpha_N"].dims == ("chain", "draw", "target")
+    assert f.diagnostics().divergences == 0
+
+
+def test_chinchilla_recovery():
+    truth = dict(E=0.7, A=60.0, B=40.0, alpha_N=0.3, alpha_D=0.25)
+    g = simulate_grid(design_grid(np.geomspace(1e5, 1e7, 5), np.geomspace(1e5, 1e9, 5)), "chinchilla", truth, sigma=0.005, seed=3)
+    f = quiet_fit(g, "chinchilla", **FAST)
+    assert_covers(f, truth, ["E", "A", "B", "alpha_N", "alpha_D"])
+
+
+def test_transfer_recovery_and_per_pair_differences(transfer_fit):
+    f = transfer_fit
+    post = f.posterior
+    assert list(post["pair"].values) == ["code->python", "text->python"]
+    assert list(post["pair_source"].values) == ["code", "text"] and list(post["pair_target"].values) == ["python"] * 2
+    assert_covers(f, TRANSFER, ["N_c", "D_c", "alpha_N", "alpha_D", "k", "alpha", "beta"])
+    # the two sources differ, and the model says so
+    d_alpha = (post["alpha"].sel(pair="text->python") - post["alpha"].sel(pair="code->python")).values
+    assert (d_alpha > 0).mean() > 0.95
+    # beta is shared: pooled tightly
+    d_beta = (post["beta"].sel(pair="text->python") - post["beta"].sel(pair="code->python")).values
+    assert np.abs(d_beta).mean() < 0.05
+
+
+def test_fit_result_structure(transfer_fit):
+    f = transfer_fit
+    idata = f.idata
+    for group in ("posterior", "sample_stats", "observed_data", "log_likelihood", "posterior_predictive"):
+        assert hasattr(idata, group), group
+    n_runs = len(f.grid)
+    assert idata.log_likelihood["log_loss"].shape == (2, 300, n_runs)
+    assert idata.posterior_predictive["log_loss"].shape == (2, 300, n_runs)
+    assert list(f.posterior["sigma"].coords["kind"].values) == ["scratch", "finetuned"]
+    s = f.summary()
+    assert list(s.columns) == ["mean", "sd", "5%", "95%", "r_hat", "ess_bulk", "ess_tail"]
+    assert "alpha[text->python]" in s.index and "N_c[python]" in s.index and "nu" in s.index
+    assert (s.loc["alpha[text->python]", "5%"] < s.loc["alpha[text->python]", "95%"])
+    d = f.diagnostics()
+    assert d.max_r_hat < 1.05 and d.divergences == 0
+    assert f.config["scratch_law"] == "kaplan" and f.config["ossification"] is True
+    assert f.sampler["chains"] == 2 and f.sampler["draws"] == 300
+
+
+def test_observed_data_are_the_grid_losses(transfer_fit):
+    obs = transfer_fit.idata.observed_data
+    runs = transfer_fit.grid.runs.set_index("run")
+    np.testing.assert_allclose(np.exp(obs["log_loss"].values), runs.loc[obs["run"].values, "loss"].to_numpy())
+
+
+def test_save_load_round_trip(transfer_fit, tmp_path):
+    path = transfer_fit.save(tmp_path / "fit.nc")
+    assert path.exists() and not list(tmp_path.glob(".*tmp*"))
+    g = load_fit(path)
+    assert g.law == "transfer" and g.grid.sha256 == transfer_fit.grid.sha256
+    pd.testing.assert_frame_equal(
+        g.grid.runs[["target", "source", "n_params", "data_tokens", "loss"]], transfer_fit.grid.runs[["target", "source", "n_params", "data_tokens", "loss"]]
+    )
+    np.testing.assert_array_equal(g.posterior["alpha"].values, transfer_fit.posterior["alpha"].values)
+    assert list(g.posterior["pair_source"].values) == ["code", "text"]
+    assert g.config == transfer_fit.config and g.sampler == transfer_fit.sampler
+    assert g.diagnostics() == transfer_fit.diagnostics()
+    for group in ("log_likelihood", "posterior_predictive", "observed_data", "sample_stats"):
+        assert hasattr(g.idata, group)
+
+
+def test_load_checks_version(transfer_fit, tmp_path, monkeypatch):
+    path = transfer_fit.save(tmp_path / "fit.nc")
+    monkeypatch.setattr(bayes_transfer, "__version__", "99.0")
+    with pytest.raises(ValueError, match=r"written by bayes_transfer 0\.1\.0, this is 99\.0"):
+        load_fit(path)
+    assert load_fit(path, allow_version_mismatch=True).law == "transfer"
+    with pytest.raises(FileNotFoundError):
+        load_fit(tmp_path / "missing.nc")
+
+
+def test_convergence_is_judged_and_announced(transfer_fit):
+    f = transfer_fit
+    warned = any("did not converge" in m for m in FIT_WARNINGS)
+    assert warned == (not f.converged)
+    # a chain stuck elsewhere: r_hat must catch it
+    post = f.posterior.copy()
+    post["alpha"] = post["alpha"] + xr.DataArray([0.0, 0.5], dims="chain")
+    stuck = Fit(az.InferenceData(posterior=post, sample_stats=f.idata.sample_stats), f.grid, f.law, f.config, f.sampler)
+    d = stuck.diagnostics()
+    assert not stuck.converged and d.max_r_hat > 1.5 and any("r_hat" in m and "alpha" in m for m in d.messages)
+    # divergences alone make a fit untrustworthy
+    stats = f.idata.sample_stats.copy()
+    stats["diverging"] = stats["diverging"] | (stats["draw"] == 7)
+    divergent = Fit(az.InferenceData(posterior=f.posterior, sample_stats=stats), f.grid, f.law, f.config, f.sampler)
+    assert divergent.diagnostics().divergences == 2 and not divergent.converged
+    assert any("divergent" in m for m in divergent.diagnostics().messages)
+
+
+def test_too_short_a_run_warns(transfer_grid):
+    small = transfer_grid.runs[transfer_grid.runs["source"] == "none"]
+    with pytest.warns(UserWarning, match="did not converge.*ESS"):
+        f = fit(small, "kaplan", chains=2, draws=15, warmup=15, progress=False)
+    assert f.converged is False
+
+
+def test_map_is_a_point_estimate_near_the_truth(transfer_grid):
+    with pytest.warns(UserWarning, match="32 fine-tuned run\\(s\\) not used"):
+        f = fit(transfer_grid, "kaplan", method="map", progress=False)
+    assert f.point_estimate and f.posterior.sizes["chain"] == 1 and f.posterior.sizes["draw"] == 1
+    assert f.converged and "MAP" in f.diagnostics().messages[0]
+    for name in ("alpha_N", "alpha_D"):
+        assert f.posterior[name].values.item() == pytest.approx(KAPLAN[name], rel=0.1)
+    assert f.posterior["D_c"].values.item() == pytest.approx(KAPLAN["D_c"], rel=0.3)
+
+
+def test_fit_rejects_bad_options(transfer_grid):
+    with pytest.raises(ValueError, match="unknown law"):
+        fit(transfer_grid, "power")
+    with pytest.raises(ValueError, match="unknown method"):
+        fit(transfer_grid, "kaplan", method="vi")
+    with pytest.raises(ValueError, match="draws must be a positive integer"):
+        fit(transfer_grid, "kaplan", draws=0)
+    with pytest.raises(ValueError, match="unknown prior 'gamma'"):
+        fit(transfer_grid, "kaplan", priors={"gamma": 1.0})
+
+
+def test_transfer_gap_recovery():
+    sources = {"text": dict(A_p=50.0, alpha_p=0.35, G=3.0), "code": dict(A_p=20.0, alpha_p=0.25, G=0.5)}
+    target = dict(alpha_f=0.2, E=0.6, C_0=40.0)
+    rows = [dict(target="python", source="none", n_params=1e6, data_tokens=f, pretrain_tokens=0.0) for f in np.geomspace(1e5, 1e8, 4)]
+    rows += [dict(target="python", source=s, n_params=1e6, data_tokens=f, pretrain_tokens=p) for s in sources for p in np.geomspace(1e6, 1e9, 4) for f in np.geomspace(1e5, 1e8, 4)]
+    truth = {**target, **{k: {(s, "python"): v[k] for s, v in sources.items()} for k in ("A_p", "alpha_p", "G")}}
+    g = simulate_grid(pd.DataFrame(rows), "transfer_gap", truth, sigma=0.005, seed=4)
+    f = quiet_fit(g, "transfer_gap", **FAST)
+    assert_covers(f, truth, ["alpha_f", "E", "C_0", "A_p", "alpha_p", "G"])
+    assert f.posterior["G"].dims == ("chain", "draw", "pair") and f.posterior["E"].dims == ("chain", "draw", "target")
+
+
+def test_two_stage_recovers_the_transfer_law(transfer_grid):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts = two_stage(transfer_grid, n_boot=200)
+    assert set(ts.params.index) == {"text->python", "code->python"}
+    assert len(ts.runs) == len(transfer_grid.finetuned) and {"D_E", "D_T", "used"} <= set(ts.runs.columns)
+    for pair, key in (("text->python", TEXT), ("code->python", CODE)):
+        row = ts.params.loc[pair]
+        assert row["alpha"] == pytest.approx(TRANSFER["alpha"][key], abs=0.1)
+        assert row["beta"] == pytest.approx(0.38, abs=0.1)
+        assert row["alpha_5%"] < row["alpha"] < row["alpha_95%"]
