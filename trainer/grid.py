@@ -297,12 +297,12 @@ def pretrain_groups(spec: Spec) -> list[list[PretrainJob]]:
 
 
 # --- cost estimate (for --dry-run) ---
-# Not yet measured on a GPU (trainer/BENCH.md says how to): an H100 model of
-# an effective 2e14 FLOP/s (20% of dense bf16 peak) for the model FLOPs, and a
-# ceiling of 2.5e7 tokens/s for a pack of tiny models, whose steps are bound
-# by kernel launches rather than arithmetic.
+# Not yet measured on a GPU (trainer/BENCH.md says how to). A pack's step
+# takes the longer of its arithmetic, at an effective 2e14 FLOP/s (20% of an
+# H100's dense bf16 peak), and a floor of 4 ms for the ~200 kernel launches
+# and the Python of one eager step; a pack lasts as long as its longest run.
 EFFECTIVE_FLOPS = 2.0e14
-SMALL_MODEL_TOKENS_PER_S = 2.5e7
+STEP_FLOOR_S = 4e-3
 
 
 def flops_per_token(size: str) -> float:
@@ -311,22 +311,38 @@ def flops_per_token(size: str) -> float:
     return 6 * 12 * L * d * d + 6 * L * CTX * d + 6 * d * 256
 
 
-def seconds_per_token(size: str) -> float:
-    return max(flops_per_token(size) / EFFECTIVE_FLOPS, 1 / SMALL_MODEL_TOKENS_PER_S)
-
-
 def expected_tokens(c: Cell) -> float:
-    """Rough tokens to early stopping, from PILOT.md: scratch runs stop after
-    ~300-2,200 steps of 8K tokens on small D_F and need several epochs on large
-    ones; fine-tuned runs stop 3-5x sooner."""
-    scratch = max(8e6, 6.0 * c.data_tokens)
-    return scratch if c.source == "none" else max(2e6, 3.0 * c.data_tokens)
+    """Rough tokens to early stopping: PILOT.md's scratch runs stopped after
+    300-2,200 steps of 8K tokens on small D_F, fine-tuned ones 3-5x sooner (a
+    CPU check on real data: 25k fine-tuned on 16K and 128K bytes stopped after
+    2.5M and 16M tokens); large D_F takes several epochs."""
+    if c.source == "none":
+        return max(16e6, 6.0 * c.data_tokens)
+    return max(4e6, 4.0 * c.data_tokens)
+
+
+def _step_s(size: str, tokens_per_step: float) -> float:
+    return max(STEP_FLOOR_S, tokens_per_step * flops_per_token(size) / EFFECTIVE_FLOPS)
 
 
 def estimate(spec: Spec, grid: "Grid | None" = None) -> dict:
-    """Seconds on one H100 for what is still to do (everything without a grid dir)."""
-    pre = sum(j.tokens * seconds_per_token(j.size) for j in spec.pretrain_jobs if not (grid and grid.job_done(j)))
-    runs = sum(expected_tokens(c) * seconds_per_token(c.size) for c in spec.cells if not (grid and grid.done(c)))
+    """Seconds on one H100 for what is still to do (everything without a grid
+    dir), with packs run one after another (--workers 1)."""
+    pre = 0.0
+    for g in pretrain_groups(spec):
+        g = [j for j in g if not (grid and grid.job_done(j))]
+        if g:
+            b = g[0].settings["batch"] * CTX
+            pre += math.ceil(g[0].tokens / b) * _step_s(g[0].size, b * len(g))
+    runs = 0.0
+    for g in cell_groups(spec):
+        g = [c for c in g if not (grid and grid.done(c))]
+        if g:
+            b = g[0].settings["batch"] * CTX
+            steps = [min(expected_tokens(c) / b, g[0].settings["max_steps"]) for c in g]
+            # Stopped members leave the pack as it thins: charge each run's own steps
+            # at the width of the pack, but at least the longest run's steps.
+            runs += max(max(steps), sum(steps) / len(g)) * _step_s(g[0].size, b * len(g))
     return dict(pretrain_s=pre, runs_s=runs, total_s=pre + runs)
 
 
