@@ -164,3 +164,12 @@ def test_a_failing_compiler_falls_back_to_eager():
         out = c(torch.ones(2))
     assert torch.equal(out, torch.full((2,), 2.0))
     assert torch.equal(c(torch.ones(1)), torch.full((1,), 2.0))
+
+
+def test_a_mix_is_sampled_in_its_proportions():
+    parts = [np.full(5000, k, dtype=np.uint8) for k in (1, 2, 3)]
+    s = Sampler([Stream(parts, [0.5, 0.25, 0.25])], [0], 8, 4000, torch.device("cpu"))
+    x, _ = s.next()
+    share = [(x[0, :, 0] == k).float().mean().item() for k in (1, 2, 3)]
+    np.testing.assert_allclose(share, [0.5, 0.25, 0.25], atol=0.03)
+    assert all(torch.all(row == row[0]) for row in x[0])  # a window never straddles two parts
