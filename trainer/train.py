@@ -146,7 +146,7 @@ def _clip(params: dict[str, torch.nn.Parameter], max_norm: float) -> None:
         p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))).to(p.grad.dtype))
 
 
-def _eval_windows(val: Stream, ctx: int, n: int, seed: int) -> np.ndarray:
+def _eval_windows(val: Stream, ctx: int, n: int) -> np.ndarray:
     """Fixed eval windows for one member: split across a mix's components by weight."""
     w = np.asarray(val.weights, dtype=np.float64) / sum(val.weights)
     counts = np.floor(w * n).astype(int)
@@ -185,7 +185,7 @@ def train_group(
     model.to(device)
     opt = _AdamW(dict(model.named_parameters()), s)
     sampler = Sampler([m.stream for m in members], [m.seed for m in members], T, B, device)
-    evals = torch.from_numpy(np.stack([_eval_windows(m.val, T, s.eval_seqs, m.seed) for m in members])).to(device)
+    evals = torch.from_numpy(np.stack([_eval_windows(m.val, T, s.eval_seqs) for m in members])).to(device)
 
     # Only the training step is compiled: evaluation is a small share of the
     # work and a second graph per shape would double compile time.
@@ -298,9 +298,10 @@ def train_group(
         if progress is not None:
             done = sum(r["status"] is not None for r in rec)
             progress(f"step {step}/{total_steps if pretrain else '?'} done {done}/{M}")
-        # Drop stopped members once half of the ensemble has stopped.
+        # Drop stopped members once half of the ensemble has stopped (not in
+        # pre-training, whose resume state keeps the whole ensemble).
         live = [j for j, i in enumerate(active) if rec[i]["status"] is None]
-        if len(live) <= len(active) // 2 or not live:
+        if not pretrain and (len(live) <= len(active) // 2 or not live):
             if not live:
                 active = []
                 break
