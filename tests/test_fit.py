@@ -220,3 +220,20 @@ def test_two_stage_recovers_the_transfer_law(transfer_grid):
         assert row["alpha"] == pytest.approx(TRANSFER["alpha"][key], abs=0.1)
         assert row["beta"] == pytest.approx(0.38, abs=0.1)
         assert row["alpha_5%"] < row["alpha"] < row["alpha_95%"]
+
+
+def test_ossification_is_detected_and_can_be_switched_off():
+    # at large D_F the loss is nearly flat in D, so only a large omega shows
+    truth = dict(TRANSFER, omega={TEXT: 0.5, CODE: 0.0})
+    g = simulate_grid(design_grid(SIZES, DATA, sources=("text", "code"), target="python"), "transfer", truth, sigma=0.01, seed=5)
+    f = quiet_fit(g, "transfer", **FAST)
+    omega = f.posterior["omega"]
+    assert float(omega.sel(pair="text->python").quantile(0.05)) > 0.2
+    assert float(omega.sel(pair="code->python").quantile(0.95)) < float(omega.sel(pair="text->python").quantile(0.05))
+    # pre-training hurts the smallest model on the most data: D_T = D_E - D_F < 0
+    p = f.posterior.sel(pair="text->python")
+    N, D_F = SIZES[0], DATA[-1]
+    D_T = p["k"] * D_F ** p["alpha"] * N ** p["beta"] - p["omega"] * D_F
+    assert float((D_T < 0).mean()) > 0.95
+    plain = fit(g, "transfer", ossification=False, method="map", map_steps=500)
+    assert plain.config["ossification"] is False and (plain.posterior["omega"] == 0).all()
