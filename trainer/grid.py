@@ -591,6 +591,10 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
                         log(f"pre-training {pgs[idx][0].size} stopped at the time limit; it resumes on the next call")
                         stopped = True
                     bar.advance(task_bar, n)
+                    # one line per group as well: the bar alone shows nothing in a log file
+                    g = pgs[idx] if kind == "pre" else cgs[idx]
+                    log(f"{'pre-training' if kind == 'pre' else 'runs'} {g[0].size} x{n} done: "
+                        f"{bar.tasks[0].completed:.0f}/{n_total} runs, {time.monotonic() - t0:.0f} s")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if blocked:
