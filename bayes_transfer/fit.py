@@ -281,7 +281,7 @@ def fit(
         "law": law,
         "scratch_law": scratch_law if law == "transfer" else (law if law in laws.SCRATCH_LAWS else None),
         "ossification": bool(ossification) if law == "transfer" else None,
-        "n_params": n_params,
+        "n_params": None if n_params is None else float(n_params),
         "priors": {k: describe(v) for k, v in prior_set.items()},
         "priors_overridden": sorted(overrides),
         "centre": {"log_N0": data.log_N0, "log_D0": data.log_D0, "log_p0": data.log_p0},

@@ -42,8 +42,7 @@ ARGS = _args() if __name__ == "__main__" else None
 import jax  # noqa: E402  (after argparse so --help is instant)
 import jax.numpy as jnp  # noqa: E402
 
-import bayes_transfer  # noqa: E402  (enables float64)
-from bayes_transfer import fit, laws  # noqa: E402
+from bayes_transfer import fit, laws  # noqa: E402  (also enables float64)
 from bayes_transfer.models import design_grid, prepare, simulate_grid  # noqa: E402
 
 PAIRS = [("code", "python"), ("text", "python")]  # the fit's pair order
