@@ -1,19 +1,22 @@
 """NumPyro models of the laws: scratch, joint scratch + transfer, transfer gap.
 
 Each model is one function ``model(data, priors, y=None)``: with ``y`` it is
-the likelihood, without it the prior-predictive simulator (``simulate``
-uses it that way). ``data`` is a ``ModelData`` built from a ``Grid`` by
+the likelihood, without it the prior-predictive simulator (simulation-based
+calibration uses it that way; ``simulate_losses`` instead draws a grid from
+the laws at parameters one chooses). ``data`` is a ``ModelData`` built from a ``Grid`` by
 ``prepare``: log inputs centred on their grid means, group indices, run
 kinds.
 
 Structure (all on the log scale; (0, 1) parameters on the logit scale):
 
 - each target has its own scratch law, its parameters partially pooled
-  across targets (population value + ``tau`` x standard normal, i.e.
-  non-centred); with one target the population value is the target's;
+  across targets (Normal(population value, ``tau``) on the log or logit
+  scale; centred or non-centred per parameter, see ``NONCENTRED``); with
+  one target the population value is the target's;
 - each (source, target) pair has its own transfer (or gap) parameters,
   partially pooled across pairs in the same way; ``beta`` has a tight
-  pooling scale, as it is expected to be shared;
+  pooling scale, as it is expected to be shared; the ossification
+  fraction ``omega`` is per pair, unpooled;
 - noise: Student-t on log-loss with one scale per run kind (scratch,
   fine-tuned); seed replicates of a cell inform that scale directly.
 """
