@@ -85,7 +85,7 @@ def pair_name(source: str, target: str) -> str:
     return f"{source}->{target}"
 
 
-def load_grid(x, *, units: str | None = None, vocab_size: int | None = None) -> Grid:
+def load_grid(x, *, units: str | None = None, vocab_size: int | None = None, include_capped: bool = False) -> Grid:
     """Read and validate a loss grid.
 
     ``x``: a path (.nc or .csv), an ``xarray.Dataset``, a ``pandas.DataFrame``
@@ -95,6 +95,11 @@ def load_grid(x, *, units: str | None = None, vocab_size: int | None = None) -> 
     losses above ln(vocab_size) are then rejected as probably not nats).
     Bits are converted to nats with a warning. ``vocab_size`` defaults to the
     grid's attribute or 256 (bytes as tokens).
+
+    Runs with status "failed" are excluded. So are runs with status "capped"
+    (they hit a step cap before early stopping, so their loss is not the
+    data-limited optimum the laws describe) unless ``include_capped``. Every
+    excluded run is listed in ``Grid.excluded`` with its reason, and warned of.
     """
     if isinstance(x, Grid):
         return x
@@ -104,18 +109,18 @@ def load_grid(x, *, units: str | None = None, vocab_size: int | None = None) -> 
             raise GridError(f"no such grid file: {path}")
         if path.suffix == ".nc":
             with xr.open_dataset(path, engine="h5netcdf") as ds:
-                return _from_dataset(ds.load(), units, vocab_size)
+                return _from_dataset(ds.load(), units, vocab_size, include_capped)
         if path.suffix == ".csv":
-            return _from_table(pd.read_csv(path), units, vocab_size, {"source_file": path.name})
+            return _from_table(pd.read_csv(path), units, vocab_size, {"source_file": path.name}, include_capped)
         raise GridError(f"grid file {path} is neither .nc nor .csv")
     if isinstance(x, xr.Dataset):
-        return _from_dataset(x, units, vocab_size)
+        return _from_dataset(x, units, vocab_size, include_capped)
     if isinstance(x, pd.DataFrame):
-        return _from_table(x, units, vocab_size, {})
+        return _from_table(x, units, vocab_size, {}, include_capped)
     raise GridError(f"cannot read a grid from a {type(x).__name__}; give a path, xarray.Dataset or DataFrame")
 
 
-def _from_dataset(ds: xr.Dataset, units, vocab_size) -> Grid:
+def _from_dataset(ds: xr.Dataset, units, vocab_size, include_capped=False) -> Grid:
     if "run" not in ds.dims:
         raise GridError(f"grid dataset has no 'run' dimension (dims: {list(ds.dims)})")
     need = ("target", "source", "n_params", "pretrain_tokens", "data_tokens", "seed", "loss")
@@ -136,10 +141,10 @@ def _from_dataset(ds: xr.Dataset, units, vocab_size) -> Grid:
         raise GridError("grid dataset has no 'loss_units' attribute; pass units='nats' or units='bits'")
     curve_vars = [n for n, v in ds.data_vars.items() if "eval" in v.dims]
     curves = ds[curve_vars] if curve_vars else None
-    return _finish(table, declared or units, vocab_size or attrs.get("vocab_size"), attrs, curves)
+    return _finish(table, declared or units, vocab_size or attrs.get("vocab_size"), attrs, curves, include_capped)
 
 
-def _from_table(df: pd.DataFrame, units, vocab_size, attrs) -> Grid:
+def _from_table(df: pd.DataFrame, units, vocab_size, attrs, include_capped=False) -> Grid:
     table = df.copy()
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
@@ -158,10 +163,10 @@ def _from_table(df: pd.DataFrame, units, vocab_size, attrs) -> Grid:
     if "run" not in table.columns:
         table.insert(0, "run", np.arange(len(table)))
     attrs = {**attrs, "notes": notes} if notes else attrs
-    return _finish(table, units or "nats", vocab_size, attrs, None)
+    return _finish(table, units or "nats", vocab_size, attrs, None, include_capped)
 
 
-def _finish(table: pd.DataFrame, units: str, vocab_size, attrs: dict, curves) -> Grid:
+def _finish(table: pd.DataFrame, units: str, vocab_size, attrs: dict, curves, include_capped=True) -> Grid:
     if units not in UNITS:
         raise GridError(f"unknown loss units {units!r}; expected one of {UNITS}")
     vocab_size = int(vocab_size or 256)
@@ -178,19 +183,25 @@ def _finish(table: pd.DataFrame, units: str, vocab_size, attrs: dict, curves) ->
     table["status"] = table["status"].map(lambda v: v.decode() if isinstance(v, bytes) else str(v))
 
     failed = table["status"] == "failed"
-    excluded = table[failed].copy()
-    if failed.any():
-        reasons = excluded.get("status_reason", pd.Series("", index=excluded.index)).astype(str)
-        warnings.warn(
-            f"{int(failed.sum())} failed run(s) excluded from the grid (see Grid.excluded): "
-            + "; ".join(f"run {r}: {why}" for r, why in zip(excluded["run"][:_MAX_LISTED], reasons[:_MAX_LISTED])),
-            stacklevel=3,
-        )
-    table = table[~failed].reset_index(drop=True)
-    if len(table) == 0:
-        raise GridError("grid is empty: every run failed")
     capped = table["status"] == "capped"
-    if capped.any():
+    dropped = failed | (capped & (not include_capped))
+    excluded = table[dropped].copy()
+    if "status_reason" not in excluded.columns:
+        excluded["status_reason"] = ""
+    excluded.loc[capped[dropped], "status_reason"] = (
+        "hit its step cap before early stopping: not a data-limited optimum (load_grid(include_capped=True) keeps it)")
+    for kind, mask in (("failed", failed), ("capped", capped & dropped)):
+        if mask.any():
+            rows = excluded[mask[dropped]]
+            warnings.warn(
+                f"{int(mask.sum())} {kind} run(s) excluded from the grid (see Grid.excluded): "
+                + "; ".join(f"run {r}: {why}" for r, why in zip(rows["run"][:_MAX_LISTED], rows["status_reason"].astype(str)[:_MAX_LISTED])),
+                stacklevel=3,
+            )
+    table = table[~dropped].reset_index(drop=True)
+    if len(table) == 0:
+        raise GridError("grid is empty: every run was excluded (failed or capped)")
+    if (capped & ~dropped).any():
         warnings.warn(
             f"{int(capped.sum())} run(s) hit their step cap before early stopping (status 'capped'): "
             "their losses may overstate the data-limited loss; kept",
@@ -242,8 +253,8 @@ def _finish(table: pd.DataFrame, units: str, vocab_size, attrs: dict, curves) ->
     if dup.any():
         raise GridError(f"duplicated runs (same {', '.join(CELL)}) at {_rows(table, dup)}")
 
-    if curves is not None and failed.any():
-        curves = curves.isel(run=np.flatnonzero(~failed.to_numpy()))
+    if curves is not None and dropped.any():
+        curves = curves.isel(run=np.flatnonzero(~dropped.to_numpy()))
     attrs = {**attrs, "loss_units": "nats", "vocab_size": vocab_size}
     if notes:
         attrs["notes"] = notes

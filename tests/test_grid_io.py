@@ -79,25 +79,35 @@ def test_minimal_table_defaults():
     assert (g.runs["pretrain_tokens"] == 0).all()
 
 
-def test_netcdf_excludes_failed_and_warns_on_capped(tmp_path):
+def test_netcdf_excludes_failed_and_capped(tmp_path):
     path = tmp_path / "grid.nc"
     dataset().to_netcdf(path, engine="h5netcdf")
     with pytest.warns(UserWarning) as record:
         g = load_grid(path)
     messages = " ".join(str(w.message) for w in record)
     assert "1 failed run(s) excluded" in messages and "NaN loss" in messages
-    assert "1 run(s) hit their step cap" in messages
-    assert len(g.runs) == 3 and len(g.excluded) == 1
-    assert g.excluded["status_reason"].iloc[0] == "NaN loss"
-    assert g.curves is not None and g.curves.sizes["run"] == 3
+    assert "1 capped run(s) excluded" in messages
+    assert len(g.runs) == 2 and len(g.excluded) == 2
+    reasons = dict(zip(g.excluded["status"], g.excluded["status_reason"]))
+    assert reasons["failed"] == "NaN loss" and "step cap" in reasons["capped"]
+    assert g.curves is not None and g.curves.sizes["run"] == 2
     assert {"n_layer", "d_model", "best_step"} <= set(g.runs.columns)
+
+
+def test_capped_runs_kept_on_request_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning) as record:
+        g = load_grid(dataset(), include_capped=True)
+    messages = " ".join(str(w.message) for w in record)
+    assert "1 run(s) hit their step cap" in messages and "kept" in messages
+    assert len(g.runs) == 3 and list(g.excluded["status"]) == ["failed"]
+    assert g.curves.sizes["run"] == 3
 
 
 def test_failed_run_with_nan_loss_is_excluded_not_an_error():
     ds = dataset()
     ds["loss"] = ds["loss"].where(ds["status"] != "failed")
     with pytest.warns(UserWarning, match="failed"):
-        g = load_grid(ds)
+        g = load_grid(ds, include_capped=True)
     assert len(g) == 3
 
 
@@ -105,7 +115,7 @@ def test_bits_converted_with_note():
     ds = dataset()
     ds.attrs["loss_units"] = "bits"
     with pytest.warns(UserWarning, match="bits"):
-        g = load_grid(ds.where(ds["status"] != "failed", drop=True))
+        g = load_grid(ds.where(ds["status"] != "failed", drop=True), include_capped=True)
     np.testing.assert_allclose(g.runs["loss"], np.array([2.0, 1.8, 1.7]) * math.log(2))
     assert any("bits" in n for n in g.attrs["notes"])
     np.testing.assert_allclose(g.curves["curve_loss"], 2.5 * math.log(2))
@@ -174,5 +184,5 @@ def test_all_failed_is_empty():
     ds["status"] = ("run", np.array(["failed"] * 4, dtype=object))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(GridError, match="every run failed"):
+        with pytest.raises(GridError, match="every run was excluded"):
             load_grid(ds)
