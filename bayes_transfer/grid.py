@@ -190,14 +190,20 @@ def _finish(table: pd.DataFrame, units: str, vocab_size, attrs: dict, curves, in
         excluded["status_reason"] = ""
     excluded.loc[capped[dropped], "status_reason"] = (
         "hit its step cap before early stopping: not a data-limited optimum (load_grid(include_capped=True) keeps it)")
-    for kind, mask in (("failed", failed), ("capped", capped & dropped)):
-        if mask.any():
-            rows = excluded[mask[dropped]]
-            warnings.warn(
-                f"{int(mask.sum())} {kind} run(s) excluded from the grid (see Grid.excluded): "
-                + "; ".join(f"run {r}: {why}" for r, why in zip(rows["run"][:_MAX_LISTED], rows["status_reason"].astype(str)[:_MAX_LISTED])),
-                stacklevel=3,
-            )
+    if failed.any():
+        rows = excluded[failed[dropped]]
+        warnings.warn(
+            f"{int(failed.sum())} failed run(s) excluded from the grid (see Grid.excluded): "
+            + "; ".join(f"run {r}: {why}" for r, why in zip(rows["run"][:_MAX_LISTED], rows["status_reason"].astype(str)[:_MAX_LISTED])),
+            stacklevel=4,
+        )
+    if (capped & dropped).any():
+        warnings.warn(
+            f"{int((capped & dropped).sum())} capped run(s) excluded from the grid (they hit their step cap before "
+            f"early stopping, so their loss is not the data-limited optimum; include_capped=True keeps them): "
+            f"{_rows(table, capped & dropped)}",
+            stacklevel=4,
+        )
     table = table[~dropped].reset_index(drop=True)
     if len(table) == 0:
         raise GridError("grid is empty: every run was excluded (failed or capped)")
@@ -205,7 +211,7 @@ def _finish(table: pd.DataFrame, units: str, vocab_size, attrs: dict, curves, in
         warnings.warn(
             f"{int(capped.sum())} run(s) hit their step cap before early stopping (status 'capped'): "
             "their losses may overstate the data-limited loss; kept",
-            stacklevel=3,
+            stacklevel=4,
         )
 
     for col in NUMERIC:
