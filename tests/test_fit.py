@@ -237,3 +237,30 @@ def test_ossification_is_detected_and_can_be_switched_off():
     assert float((D_T < 0).mean()) > 0.95
     plain = fit(g, "transfer", ossification=False, method="map", map_steps=500)
     assert plain.config["ossification"] is False and (plain.posterior["omega"] == 0).all()
+
+
+def test_fits_release_compiled_code_near_the_map_limit(monkeypatch):
+    import builtins
+    import importlib
+    import io
+
+    fit_module = importlib.import_module("bayes_transfer.fit")  # the package's `fit` is the function
+
+    cleared = []
+    monkeypatch.setattr(fit_module.jax, "clear_caches", lambda: cleared.append(True))
+    real_open = builtins.open
+
+    def fake_open(path, *a, **k):
+        if path == "/proc/sys/vm/max_map_count":
+            return io.StringIO("100\n")
+        if path == "/proc/self/maps":
+            return io.StringIO("x\n" * used)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    used = 40
+    fit_module._release_compiled_code()
+    assert cleared == []
+    used = 60
+    fit_module._release_compiled_code()
+    assert cleared == [True]
