@@ -414,7 +414,7 @@ class Grid:
         dists = self.corpora.manifest["distributions"]
         hashes = {n: {s: d.get("splits", {}).get(s, {}).get("sha256") for s in ("train", "val")}
                   for n, d in sorted(dists.items())}
-        return dict(corpora=Path(self.corpora.root).name, manifest=hashes)
+        return dict(corpora=Path(self.corpora.root).name, manifest=hashes, code_version=_git_commit())
 
     def pending(self) -> tuple[list[list[PretrainJob]], list[list[Cell]]]:
         pg = [[j for j in g if self.job_needed(j)] for g in pretrain_groups(self.spec)]
@@ -643,8 +643,12 @@ def load_results(out: Path, spec_name: str | None = None) -> tuple[list[dict], d
 
 
 def _git_commit() -> str:
+    """The commit of this code: $TRANSFER_CODE_VERSION where the tree travels without .git
+    (a copied working tree on a GPU machine), else git's HEAD."""
     import subprocess
 
+    if os.environ.get("TRANSFER_CODE_VERSION"):
+        return os.environ["TRANSFER_CODE_VERSION"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -705,7 +709,9 @@ def export(out: Path, dest: Path, spec_name: str | None = None) -> dict:
         corpus_names=json.dumps(sorted({c["target"] for c in cells} | {
             n for c in cells if c["source"] != "none" for n in source_mix(c["source"])})),
         corpus_manifest=json.dumps(manifest, sort_keys=True),
-        code_version=_git_commit(),
+        # the commits the runs were trained with (recorded per run), then the exporter's
+        code_version=", ".join(sorted({r["provenance"].get("code_version", "unrecorded") for r in recs})),
+        export_code_version=_git_commit(),
         hardware=", ".join(devices),
         wall_time_s=float(sum(w[0] for w in walls)),
         spec=info["text"],
