@@ -45,6 +45,16 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one plain line each: users need the message, not our source line."""
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _main():
+    warnings.showwarning = _show_warning
+
+
 class UserError(Exception):
     """An error in what the user asked for: reported in one line, exit 1."""
 
