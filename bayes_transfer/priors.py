@@ -34,12 +34,14 @@ import math
 
 import numpyro.distributions as dist
 
-# Published values (REFERENCE.md). Chinchilla's are nats per BPE token:
-# at ~4 bytes per token its E is ~0.4 nats per byte.
+from bayes_transfer.published import SCRATCH, TRANSFER
+
+# Priors centre on the published values. Chinchilla's E is in nats per BPE
+# token: at ~4 bytes per token it is ~0.4 nats per byte.
 PUBLISHED = {
-    "kaplan": {"alpha_N": 0.076, "alpha_D": 0.103},
-    "chinchilla": {"E": 1.69 / 4, "A": 406.4, "B": 410.7, "alpha_N": 0.34, "alpha_D": 0.28},
-    "transfer": {"k": 1.9e4, "alpha": 0.18, "beta": 0.38},
+    "kaplan": SCRATCH["kaplan"]["values"],
+    "chinchilla": {**SCRATCH["chinchilla"]["values"], "E": SCRATCH["chinchilla"]["values"]["E"] / 4},
+    "transfer": TRANSFER["text"]["values"],
 }
 
 
