@@ -1,7 +1,7 @@
 """Loading and validating loss grids: the one in-memory form the fits read.
 
-A grid arrives as the trainer's netCDF (dims ``run``, ``eval``; see
-DESIGN.md) or as a plain table (DataFrame or CSV with ``n_params``,
+A grid arrives as the trainer's netCDF (dims ``run``, ``eval``; the
+contract is ``loss_grid``, described in docs/loss_grid.md) or as a plain table (DataFrame or CSV with ``n_params``,
 ``data_tokens``, ``loss`` and optional ``source``, ``target``,
 ``pretrain_tokens``, ``seed``). Either way it is checked and becomes a
 ``Grid``. Bad input raises ``GridError`` naming the rows and the problem;
@@ -20,12 +20,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-SCRATCH = "none"
-REQUIRED = ("n_params", "data_tokens", "loss")
-# The columns that identify a run: two runs agreeing on all of them are duplicates.
-CELL = ("target", "source", "n_params", "data_tokens", "pretrain_tokens", "seed")
-NUMERIC = ("n_params", "data_tokens", "pretrain_tokens", "loss", "seed")
-UNITS = ("nats", "bits")
+import loss_grid as lg
+from loss_grid import CELL, NUMERIC, REQUIRED, SCRATCH
+
+UNITS = (lg.NATS, lg.BITS)
 _MAX_LISTED = 8
 
 
@@ -77,12 +75,11 @@ class Grid:
     def __repr__(self) -> str:
         return (
             f"Grid({len(self.runs)} runs: {len(self.scratch)} scratch, {len(self.finetuned)} fine-tuned; "
-            f"targets {self.targets}, pairs {[f'{s}->{t}' for s, t in self.pairs]}; sha256 {self.sha256[:12]})"
+            f"targets {self.targets}, pairs {[pair_name(s, t) for s, t in self.pairs]}; sha256 {self.sha256[:12]})"
         )
 
 
-def pair_name(source: str, target: str) -> str:
-    return f"{source}->{target}"
+pair_name = lg.pair_label
 
 
 def load_grid(x, *, units: str | None = None, vocab_size: int | None = None, include_capped: bool = False) -> Grid:
@@ -111,7 +108,7 @@ def load_grid(x, *, units: str | None = None, vocab_size: int | None = None, inc
             with xr.open_dataset(path, engine="h5netcdf") as ds:
                 return _from_dataset(ds.load(), units, vocab_size, include_capped)
         if path.suffix == ".csv":
-            return _from_table(pd.read_csv(path), units, vocab_size, {"source_file": path.name}, include_capped)
+            return _from_table(pd.read_csv(path), units, vocab_size, {lg.ATTR_SOURCE_FILE: path.name}, include_capped)
         raise GridError(f"grid file {path} is neither .nc nor .csv")
     if isinstance(x, xr.Dataset):
         return _from_dataset(x, units, vocab_size, include_capped)
@@ -121,27 +118,27 @@ def load_grid(x, *, units: str | None = None, vocab_size: int | None = None, inc
 
 
 def _from_dataset(ds: xr.Dataset, units, vocab_size, include_capped=False) -> Grid:
-    if "run" not in ds.dims:
+    if lg.RUN not in ds.dims:
         raise GridError(f"grid dataset has no 'run' dimension (dims: {list(ds.dims)})")
-    need = ("target", "source", "n_params", "pretrain_tokens", "data_tokens", "seed", "loss")
+    need = (*lg.CELL, lg.LOSS)
     missing = [n for n in need if n not in ds.variables]
     if missing:
         raise GridError(f"grid dataset lacks {missing} (coordinates/variables on 'run')")
     columns = {}
     for name, var in ds.variables.items():
-        if var.dims == ("run",) and name != "run":
+        if var.dims == (lg.RUN,) and name != lg.RUN:
             columns[name] = var.values
     table = pd.DataFrame(columns)
-    table.insert(0, "run", ds["run"].values if "run" in ds.coords else np.arange(ds.sizes["run"]))
+    table.insert(0, lg.RUN, ds[lg.RUN].values if lg.RUN in ds.coords else np.arange(ds.sizes[lg.RUN]))
     attrs = dict(ds.attrs)
-    declared = attrs.get("loss_units")
+    declared = attrs.get(lg.ATTR_LOSS_UNITS)
     if declared is not None and units is not None and declared != units:
         raise GridError(f"grid declares loss_units={declared!r} but units={units!r} was given")
     if declared is None and units is None:
         raise GridError("grid dataset has no 'loss_units' attribute; pass units='nats' or units='bits'")
-    curve_vars = [n for n, v in ds.data_vars.items() if "eval" in v.dims]
+    curve_vars = [n for n, v in ds.data_vars.items() if lg.EVAL in v.dims]
     curves = ds[curve_vars] if curve_vars else None
-    return _finish(table, declared or units, vocab_size or attrs.get("vocab_size"), attrs, curves, include_capped)
+    return _finish(table, declared or units, vocab_size or attrs.get(lg.ATTR_VOCAB_SIZE), attrs, curves, include_capped)
 
 
 def _from_table(df: pd.DataFrame, units, vocab_size, attrs, include_capped=False) -> Grid:
@@ -179,11 +176,11 @@ def _finish(table: pd.DataFrame, units: str, vocab_size, attrs: dict, curves, in
             raise GridError(f"column {col!r} must hold strings; bad values at {_rows(table, bad)}")
         table[col] = table[col].map(lambda v: v.decode() if isinstance(v, bytes) else v)
     if "status" not in table.columns:
-        table["status"] = "ok"
+        table["status"] = lg.OK
     table["status"] = table["status"].map(lambda v: v.decode() if isinstance(v, bytes) else str(v))
 
-    failed = table["status"] == "failed"
-    capped = table["status"] == "capped"
+    failed = table["status"] == lg.FAILED
+    capped = table["status"] == lg.CAPPED
     dropped = failed | (capped & (not include_capped))
     excluded = table[dropped].copy()
     if "status_reason" not in excluded.columns:
@@ -242,7 +239,7 @@ def _finish(table: pd.DataFrame, units: str, vocab_size, attrs: dict, curves, in
         table["loss"] = table["loss"] * math.log(2)
         if curves is not None:
             curves = curves.copy()
-            for name in ("curve_loss", "train_loss"):
+            for name in lg.LOSS_CURVES:
                 if name in curves:
                     curves[name] = curves[name] * math.log(2)
         notes.append("losses converted from bits to nats (x ln 2)")
@@ -261,7 +258,7 @@ def _finish(table: pd.DataFrame, units: str, vocab_size, attrs: dict, curves, in
 
     if curves is not None and dropped.any():
         curves = curves.isel(run=np.flatnonzero(~dropped.to_numpy()))
-    attrs = {**attrs, "loss_units": "nats", "vocab_size": vocab_size}
+    attrs = {**attrs, lg.ATTR_LOSS_UNITS: lg.NATS, lg.ATTR_VOCAB_SIZE: vocab_size}
     if notes:
         attrs["notes"] = notes
     return Grid(runs=table, curves=curves, attrs=attrs, excluded=excluded.reset_index(drop=True), sha256=_hash(table))
@@ -289,7 +286,7 @@ def runs_to_dataset(grid: Grid) -> xr.Dataset:
     data = {}
     for c in grid.runs.columns:
         col = grid.runs[c]
-        data[c] = ("grid_run", col.astype(str).to_numpy() if col.dtype == object else col.to_numpy())
+        data[c] = (lg.GRID_RUN, col.astype(str).to_numpy() if col.dtype == object else col.to_numpy())
     return xr.Dataset(data)
 
 
