@@ -121,9 +121,54 @@ def test_bits_converted_with_note():
     np.testing.assert_allclose(g.curves["curve_loss"], 2.5 * math.log(2))
 
 
-def test_losses_too_large_for_nats_rejected():
-    with pytest.raises(GridError, match=r"above ln\(vocab_size\).*run 1"):
-        load_grid(table(loss=[2.0, 7.9, 1.7, 1.5]))
+def test_vocabulary_bound_applies_to_grids_that_declare_one():
+    high = table(loss=[2.0, 7.9, 1.7, 1.5])
+    # a byte vocabulary (declared as such) cannot cost more than ln 256 = 5.545 nats
+    with pytest.raises(GridError, match=r"above ln\(vocab_size\) = 5.545.*run 1 \(loss=7.9\)"):
+        load_grid(high, vocab_size=256)
+    with pytest.raises(GridError, match=r"above ln\(vocab_size\)"):
+        load_grid(dataset().assign(loss=("run", [2.0, 7.9, 1.7, 1.5])))  # token="byte"
+    # another lab's table (50k BPE tokens: a uniform guess is 10.8 nats) declares none
+    assert load_grid(high).runs["loss"].max() == 7.9
+    assert load_grid(high, vocab_size=50_000).attrs["vocab_size"] == 50_000
+    with pytest.raises(GridError, match=r"above 13.816 nats .*no vocab_size declared.*run 1 \(loss=20\)"):
+        load_grid(table(loss=[2.0, 20.0, 1.7, 1.5]))
+
+
+def test_csv_header_declares_attributes(tmp_path):
+    path = tmp_path / "g.csv"
+    path.write_text("# loss_units: bits\n# vocab_size: 256\n#\n" + table().to_csv(index=False))
+    with pytest.warns(UserWarning, match="bits"):
+        g = load_grid(path)
+    np.testing.assert_allclose(g.runs["loss"], table()["loss"] * math.log(2))
+    assert g.attrs["loss_units"] == "nats" and g.attrs["vocab_size"] == 256
+    with pytest.raises(GridError, match=r"declares loss_units='bits' but loss_units='nats' was given"):
+        load_grid(path, units="nats")
+    path.write_text("# this is prose\n" + table().to_csv(index=False))
+    with pytest.raises(GridError, match=r"line 1: a header line must read '# key: value'"):
+        load_grid(path)
+
+
+def test_dataframe_attrs_declare_an_error_rate_over_images():
+    df = table(loss=[40.0, 30.0, 25.0, 20.0])
+    df.attrs.update(metric="error_rate", loss_units="percent", data_unit="images")
+    with pytest.warns(UserWarning, match="percent"):
+        g = load_grid(df)
+    np.testing.assert_allclose(g.runs["loss"], [0.4, 0.3, 0.25, 0.2])
+    assert (g.metric, g.data_unit, g.attrs["loss_units"]) == ("error_rate", "images", "fraction")
+    assert g.loss_label == "error rate (fraction)" and g.data_label == "images"
+    assert "error rate (fraction), data in images" in repr(g)
+    with pytest.raises(GridError, match=r"error rates above 1 at run 0 \(loss=40\)"):
+        load_grid(table(loss=[40.0, 0.3, 0.25, 0.2]), metric="error_rate")
+    with pytest.raises(GridError, match=r"loss units 'bits' do not fit metric 'error_rate'"):
+        load_grid(table(), metric="error_rate", units="bits")
+    with pytest.raises(GridError, match="unknown data unit 'pixels'"):
+        load_grid(table(), data_unit="pixels")
+
+
+def test_trainer_grids_count_bytes():
+    g = load_grid(dataset().where(lambda d: d["status"] == "ok", drop=True))
+    assert g.data_label == "bytes" and g.loss_label == "cross-entropy (nats/byte)"
 
 
 def test_missing_units_attr_is_an_error():
@@ -136,7 +181,7 @@ def test_missing_units_attr_is_an_error():
 @pytest.mark.parametrize(
     "column, values, match",
     [
-        ("loss", [2.0, np.nan, 1.7, 1.5], r"'loss' must be finite and positive.*run 1"),
+        ("loss", [2.0, np.nan, 1.7, 1.5], r"'loss' must be finite and positive.*run 1 \(loss=nan\)"),
         ("loss", [2.0, 1.8, 0.0, 1.5], r"'loss' must be finite and positive.*run 2"),
         ("loss", [2.0, 1.8, 1.7, np.inf], r"'loss' must be finite and positive.*run 3"),
         ("n_params", [1e5, -1e6, 1e5, 1e6], r"'n_params' must be finite and positive.*run 1"),
@@ -145,6 +190,12 @@ def test_missing_units_attr_is_an_error():
         ("pretrain_tokens", [0, 0, -1, 8e7], r"pretrain_tokens.*>= 0.*run 2"),
         ("pretrain_tokens", [5, 0, 8e7, 8e7], r"scratch runs.*pretrain_tokens > 0.*run 0"),
         ("source", ["none", None, "text", "text"], r"'source' must hold strings.*run 1"),
+        ("source", ["none", "none", " text", "text"], r"'source': .*leading/trailing spaces.*run 2 \(source=' text'\)"),
+        ("target", ["python", "python", "a->b", "python"], r"'target': .*containing '->'.*run 2"),
+        ("n_params", [1e5, 1e300, 1e5, 1e6], r"'n_params' outside the plausible range.*run 1 \(n_params=1e\+300\)"),
+        ("data_tokens", [1e6, 1e6, 1e6, 1e17], r"'data_tokens' outside the plausible range .* tokens at run 3"),
+        ("seed", [0, 1.5, 0, 0], r"'seed' must hold integers; bad values at run 1 \(seed=1.5\)"),
+        ("status", ["ok", "done", "ok", "ok"], r"'status' must be one of .*run 1 \(status='done'\)"),
     ],
 )
 def test_bad_values_named(column, values, match):
