@@ -201,7 +201,12 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, dict]:
                 if not sep or not _ATTR_KEY.match(key):
                     raise GridError(f"{path} line {n_header}: a header line must read '# key: value', got {line.strip()!r}")
                 attrs[key] = value.strip()
-        table = pd.read_csv(path, skiprows=n_header)
+        with warnings.catch_warnings():
+            # index_col=False: a row longer than the header is an error, not a silent shift into an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, skiprows=n_header, index_col=False)
+    except pd.errors.ParserWarning:
+        raise GridError(f"{path} is not a well-formed CSV table: some rows have more fields than the header") from None
     except UnicodeDecodeError:
         raise GridError(f"{path} is not a UTF-8 text table (a binary file?)") from None
     except pd.errors.EmptyDataError:
