@@ -1,0 +1,413 @@
+"""Which runs next: Bayesian experimental design from the draws a fit already has.
+
+``next_runs(fit, candidates, target=..., budget=...)`` picks, from a table of
+candidate runs with a cost each (docs/loss_grid.md, "The candidates table"),
+the batch that is expected to sharpen ``target`` most per unit of cost, and
+writes it as trainer spec(s) (``write_specs``).
+
+Targets (``parse_target``; written ``name[:key=value,...]``):
+
+- ``multiplier:N=..,D_F=..[,pair=..]``: the effective data multiplier
+  (D_F + D_T) / D_F at (N, D_F); ``D_T:N=..,D_F=..`` the data transferred;
+- a parameter of the fit, e.g. ``beta:pair=text->python``, ``G:pair=..``,
+  ``alpha_N:target=python``;
+- ``regret``: the allocation decision of ``recommend`` (its budget and prices
+  given as ``decision=``): the criterion is the expected regret of the Bayes
+  choice, i.e. the expected value of the runs' information for that decision.
+
+Method (preposterior analysis by importance weighting; no refit):
+
+1. M simulated worlds: each picks a posterior draw theta_m and simulates the
+   outcome of every candidate from the fit's own likelihood (Student-t or
+   normal noise on log-loss at the law's prediction, the noise scale of the
+   run's kind). The same worlds serve every candidate (common random numbers),
+   so candidates are compared on the same simulated futures.
+2. In world m, the posterior after a batch B is approximated by the existing
+   S draws reweighted by the likelihood of B's simulated outcomes:
+   w_s ~ prod_{c in B} p(y_mc | theta_s) (self-normalised importance weights,
+   the posterior as proposal).
+3. The criterion is the mean over worlds of the reweighted posterior variance
+   of the target (on the log scale when the target is positive in every draw;
+   bias-corrected for the weights' effective sample size), or of the regret.
+4. Greedy batch: repeatedly add the affordable candidate with the largest
+   expected reduction per unit cost, conditioning on the runs already chosen
+   (their simulated outcomes reweight jointly with the new one's), until the
+   budget is spent or no candidate helps.
+
+The approximation: (a) the posterior draws stand in for the posterior after
+the new runs; this is exact as S grows but degrades when the new runs are so
+informative that few draws keep weight (the table reports the effective
+number of draws; below ~30 the expected variance is too optimistic);
+(b) M worlds give a Monte Carlo estimate (its standard error is reported);
+(c) greedy selection is not the optimal batch, though variance reduction is
+close to submodular here. A fit from the prior alone (``prior_fit``) works the
+same way for a first batch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.special import gammaln, logsumexp
+
+import loss_grid as lg
+from bayes_transfer import quantities as q
+from bayes_transfer.design_io import (COSTS, _flat, candidate_predictions, check_domain, law_kind, load_candidates,
+                                      prior_fit, run_specs, spec_base)
+
+__all__ = ["COSTS", "NextRuns", "Preposterior", "Target", "load_candidates", "next_runs", "parse_target",
+           "prior_fit", "run_specs"]
+
+VARIANCE_TARGETS = ("multiplier", "D_T")
+DECISION_TARGET = "regret"
+MIN_ESS = 30
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the runs should sharpen: a name and where (N, D_F, pair, group)."""
+
+    name: str
+    N: float | None = None
+    D_F: float | None = None
+    pair: str | None = None
+    group: str | None = None  # a target distribution, for per-target parameters
+
+    def __str__(self) -> str:
+        keys = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in (("N", self.N), ("D_F", self.D_F), ("pair", self.pair), ("target", self.group))
+                if v is not None]
+        return self.name + (":" + ",".join(keys) if keys else "")
+
+
+def parse_target(text) -> Target:
+    """``"multiplier:N=3e5,D_F=1e5,pair=text->python"`` -> Target (a Target passes through)."""
+    if isinstance(text, Target):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"target must be a name like 'multiplier:N=3e5,D_F=1e5', got {text!r}")
+    name, _, rest = text.strip().partition(":")
+    kw = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ValueError(f"target {text!r}: {part!r} is not key=value")
+        key = key.strip()
+        if key in ("N", "D_F"):
+            try:
+                kw[key] = float(value)
+            except ValueError:
+                raise ValueError(f"target {text!r}: {key}={value!r} is not a number") from None
+        elif key in ("pair", "target"):
+            kw["pair" if key == "pair" else "group"] = value.strip()
+        else:
+            raise ValueError(f"target {text!r}: unknown key {key!r}; expected N, D_F, pair, target")
+    return Target(name.strip(), **kw)
+
+
+# ---------------------------------------------------------------- what the target is, per draw
+
+
+def _one_pair(fit, pair):
+    known = q.pairs(fit)
+    if pair is None:
+        if len(known) != 1:
+            raise ValueError(f"the fit has pairs {known}: name one in the target (pair=...)")
+        return known[0]
+    if pair not in known:
+        raise ValueError(f"unknown pair {pair!r} in the target; the fit has {known}")
+    return pair
+
+
+def target_draws(fit, target: Target, decision: dict | None = None):
+    """(values per draw, scale) for a variance target; (loss per draw x plan, 'loss') for 'regret'."""
+    if target.name in VARIANCE_TARGETS:
+        if law_kind(fit) != "transfer":
+            raise ValueError(f"target {target.name!r} needs a 'transfer' fit; this fit is {fit.law!r}")
+        if target.N is None or target.D_F is None:
+            raise ValueError(f"target {target.name!r} needs N= and D_F= (e.g. '{target.name}:N=3e5,D_F=1e5')")
+        fn = q.effective_multiplier if target.name == "multiplier" else q.transferred_data
+        values = _flat(fn(fit, target.N, target.D_F, pair=_one_pair(fit, target.pair)))
+    elif target.name == DECISION_TARGET:
+        from bayes_transfer.allocate import recommend
+
+        if not decision:
+            raise ValueError("target 'regret' needs the decision: budget and prices for recommend (decision=...)")
+        rec = recommend(fit, **decision)
+        if rec.surface is None:
+            raise ValueError("target 'regret' needs a decision between two resources: price a second one "
+                             "(cost_params for a transfer fit, cost_pretrain for a transfer_gap fit)")
+        return rec.surface.transpose(*q.SAMPLE_DIMS, "share").values.reshape(-1, rec.surface.sizes["share"]), "loss"
+    else:
+        post = fit.posterior
+        params = getattr(fit, "params", None) or list(post.data_vars)
+        names = [n for n in params if n in post and n != "nu" and not n.endswith(("_mu", "_tau", "_u", "_z"))]
+        if target.name not in names:
+            raise ValueError(f"unknown target {target.name!r}; expected multiplier, D_T, regret or a parameter "
+                             f"of the fit: {', '.join(names)}")
+        da = post[target.name]
+        if "pair" in da.dims:
+            da = da.sel(pair=_one_pair(fit, target.pair))
+        if "target" in da.dims:
+            known = [str(t) for t in da["target"].values]
+            group = target.group if target.group is not None else (known[0] if len(known) == 1 else None)
+            if group not in known:
+                raise ValueError(f"parameter {target.name!r} is per target: name one of {known} (target=...)")
+            da = da.sel(target=group)
+        extra = [d for d in da.dims if d not in q.SAMPLE_DIMS]
+        if extra:
+            raise ValueError(f"parameter {target.name!r} has dims {extra}: not a scalar target")
+        values = _flat(da)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"target {target} is not finite in every draw")
+    return (np.log(values), "log") if np.all(values > 0) else (values, "linear")
+
+
+# ---------------------------------------------------------------- the preposterior engine
+
+
+def _loglik(y, mu, sigma, nu):
+    """log p(y | mu, sigma, nu) of log-loss: Student-t (normal where nu is infinite), broadcasting."""
+    z = (y - mu) / sigma
+    normal = -0.5 * z * z - 0.5 * math.log(2 * math.pi) - np.log(sigma)
+    if np.all(np.isinf(nu)):
+        return normal
+    nu_f = np.where(np.isinf(nu), 1.0, nu)
+    t = (gammaln((nu_f + 1) / 2) - gammaln(nu_f / 2) - 0.5 * np.log(nu_f * math.pi) - np.log(sigma)
+         - (nu_f + 1) / 2 * np.log1p(z * z / nu_f))
+    return np.where(np.isinf(nu), normal, t)
+
+
+def _weights(logw):
+    w = np.exp(logw - logsumexp(logw, axis=1, keepdims=True))
+    return w, 1.0 / np.sum(w * w, axis=1)
+
+
+class Preposterior:
+    """Simulated worlds and the reweighted posterior criterion of any batch of candidates.
+
+    ``values``: the target per draw (S,), or a loss matrix (S, A) for a decision;
+    ``mu``, ``sigma``: (C, S); ``nu``: (S,). ``criterion(batch)`` returns the per-world
+    criterion (M,) and effective sample size (M,).
+    """
+
+    def __init__(self, values, mu, sigma, nu, n_worlds=256, seed=0):
+        rng = np.random.default_rng(seed)
+        self.values, self.mu, self.sigma = np.asarray(values, float), np.asarray(mu, float), np.asarray(sigma, float)
+        self.nu = np.broadcast_to(np.asarray(nu, float), self.mu.shape[1:]).copy()
+        S = self.mu.shape[1]
+        self.world_draw = rng.integers(0, S, n_worlds)
+        g = self.world_draw
+        nu_g = self.nu[g]
+        eps = np.where(np.isinf(nu_g)[:, None], rng.standard_normal((n_worlds, len(self.mu))),
+                       rng.standard_t(np.where(np.isinf(nu_g), 1.0, nu_g)[:, None], (n_worlds, len(self.mu))))
+        self.y = self.mu[:, g].T + self.sigma[:, g].T * eps  # (M, C)
+        self.decision = self.values.ndim == 2
+        if self.decision:
+            self.best_per_draw = self.values.min(axis=1)
+
+    def loglik(self, c):
+        """(M, S): log-likelihood of each world's simulated outcome of candidate c under each draw."""
+        return _loglik(self.y[:, c][:, None], self.mu[c][None, :], self.sigma[c][None, :], self.nu[None, :])
+
+    def per_world(self, logw):
+        w, ess = _weights(logw)
+        if self.decision:
+            expected = w @ self.values  # (M, A): expected loss of each plan in each world
+            regret = expected.min(axis=1) - w @ self.best_per_draw
+            return regret, ess
+        mean = w @ self.values
+        var = w @ (self.values ** 2) - mean ** 2
+        # reliability-weight correction: the weighted variance of ESS draws is biased low by (1 - sum w^2)
+        return np.maximum(var, 0) / np.maximum(1 - 1 / ess, 1e-12), ess
+
+    def criterion(self, batch):
+        logw = np.zeros((len(self.world_draw), self.mu.shape[1]))
+        for c in batch:
+            logw += self.loglik(c)
+        return self.per_world(logw)
+
+
+def _prior_criterion(values, decision):
+    if decision:
+        return float(values.mean(axis=0).min() - values.min(axis=1).mean())
+    return float(values.var(ddof=1))
+
+
+def greedy(engine: Preposterior, costs, budget):
+    """Cost-aware greedy batch; returns rows (index, gain, criterion after, its s.e., ESS)."""
+    costs = np.asarray(costs, float)
+    M, S = len(engine.world_draw), engine.mu.shape[1]
+    logw = np.zeros((M, S))
+    current = _prior_criterion(engine.values, engine.decision)
+    chosen, rows, left = [], [], float(budget)
+    while True:
+        options = [c for c in range(len(costs)) if c not in chosen and costs[c] <= left + 1e-12 * budget]
+        if not options:
+            break
+        best = None
+        for c in options:
+            crit, ess = engine.per_world(logw + engine.loglik(c))
+            gain = current - crit.mean()
+            if best is None or gain / costs[c] > best[1] / costs[best[0]]:
+                best = (c, gain, crit, ess)
+        c, gain, crit, ess = best
+        if gain <= 0:
+            break
+        chosen.append(c)
+        logw += engine.loglik(c)
+        left -= costs[c]
+        current = float(crit.mean())
+        rows.append(dict(index=c, expected_gain=gain, criterion_after=current,
+                         criterion_se=float(crit.std(ddof=1) / math.sqrt(M)), ess=float(np.median(ess))))
+    return rows, logw
+
+
+def weighted_width(values, logw, prob=0.9):
+    """Per world: width of the central ``prob`` interval of the reweighted draws."""
+    order = np.argsort(values)
+    w, _ = _weights(logw[:, order])
+    cdf = np.cumsum(w, axis=1)
+    lo = np.array([values[order][min(np.searchsorted(r, (1 - prob) / 2), len(r) - 1)] for r in cdf])
+    hi = np.array([values[order][min(np.searchsorted(r, (1 + prob) / 2), len(r) - 1)] for r in cdf])
+    return hi - lo
+
+
+# ---------------------------------------------------------------- the answer
+
+
+@dataclass
+class NextRuns:
+    """The chosen runs (``table``), what they are expected to do to the target, and how that was judged."""
+
+    table: pd.DataFrame
+    target: str
+    scale: str  # "log", "linear" (variance of the target on that scale) or "loss" (regret)
+    cost_column: str
+    budget: float
+    before: float  # variance (or expected regret) now
+    after: float  # expected after the batch
+    width_before: float | None
+    width_after: float | None  # expected 90% interval width (on `scale`) after the batch
+    approximation: str
+    spec_base: dict = field(default_factory=dict, repr=False)
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        what = "expected regret (loss units)" if self.scale == "loss" else f"posterior variance of {self.scale} target"
+        lines = [f"**Next runs for {self.target}**: {len(self.table)} run(s), cost "
+                 f"{self.table['cost'].sum():.4g} of budget {self.budget:.4g} ({self.cost_column}).", "",
+                 f"{what}: {self.before:.4g} now, {self.after:.4g} expected after the batch."]
+        if self.width_before is not None:
+            lines.append(f"90% interval width ({self.scale} scale): {self.width_before:.4g} now, "
+                         f"{self.width_after:.4g} expected after.")
+        cols = [c for c in (lg.SIZE, lg.SOURCE, lg.TARGET, lg.N_PARAMS, lg.DATA_TOKENS, lg.PRETRAIN_TOKENS, lg.SEED,
+                            "cost", "expected_gain", "gain_per_cost", "criterion_after", "ess", "extrapolated")
+                if c in self.table.columns]
+        fmt = self.table[cols].copy()
+        for c in ("cost", "expected_gain", "gain_per_cost", "criterion_after", "ess"):
+            fmt[c] = fmt[c].map(lambda v: f"{v:.3g}")
+        from bayes_transfer.allocate import markdown_table
+
+        lines += ["", markdown_table(fmt), "", f"Method: {self.approximation}"]
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def specs(self, name: str = "next_runs") -> list[str]:
+        return run_specs(self.table, self.spec_base, name)
+
+    def write_specs(self, out) -> list[Path]:
+        """Write the spec(s) atomically: ``out`` if one spec holds the runs exactly, else out.1.toml, ..."""
+        out = Path(out)
+        texts = self.specs(out.stem.replace(".", "_") or "next_runs")
+        paths = [out] if len(texts) == 1 else [out.with_name(f"{out.stem}.{i}{out.suffix or '.toml'}")
+                                               for i in range(1, len(texts) + 1)]
+        for path, text in zip(paths, texts):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        return paths
+
+
+APPROXIMATION = ("expected reduction of the target's posterior variance (or of the decision's expected regret), "
+                 "estimated by importance-reweighting the fit's draws by the likelihood of outcomes simulated "
+                 "from its posterior predictive, {worlds} simulated worlds, {draws} draws; batch chosen greedily "
+                 "by gain per unit cost, each new run judged jointly with those already chosen. Trustworthy while "
+                 "the effective number of draws (ess) stays above ~{min_ess}.")
+
+
+def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost: str = lg.COST_CORE_HOURS,
+              decision: dict | None = None, n_worlds: int = 256, max_draws: int = 2000, seed: int = 0,
+              allow_unconverged: bool = False) -> NextRuns:
+    """Choose the runs, within ``budget`` (in the units of column ``cost``), that best sharpen ``target``.
+
+    ``target``: a Target or its string (module docstring). ``decision``: keyword
+    arguments of ``recommend`` for the 'regret' target. ``n_worlds``: simulated
+    outcomes per candidate; ``max_draws``: posterior draws used (thinned evenly).
+    """
+    target = parse_target(target)
+    try:
+        budget = float(budget)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget must be a number, got {budget!r}") from None
+    if not math.isfinite(budget) or budget <= 0:
+        raise ValueError(f"budget must be a positive amount, got {budget:g}")
+    method = (getattr(fit, "sampler", None) or {}).get("method")
+    if method == "map":
+        raise ValueError("the fit is a MAP point estimate: choosing runs needs posterior draws (fit with NUTS)")
+    if method != "prior" and not (allow_unconverged or getattr(fit, "allow_unconverged", False) or fit.converged):
+        why = fit.diagnostics() if hasattr(fit, "diagnostics") else "see its diagnostics"
+        raise ValueError(f"the fit did not converge ({why}); refit, or allow_unconverged=True")
+    if allow_unconverged and hasattr(fit, "accept_unconverged"):
+        fit = fit.accept_unconverged()
+    cands = load_candidates(candidates, cost)
+    cheapest = float(cands[cost].min())
+    if budget < cheapest:
+        raise ValueError(f"budget {budget:g} is below the cheapest candidate ({cheapest:g} {cost})")
+    check_domain(fit, cands)
+    values, scale = target_draws(fit, target, decision)
+    mu, sig, nu, extrap = candidate_predictions(fit, cands)
+    S = mu.shape[1]
+    keep = np.unique(np.linspace(0, S - 1, min(S, max_draws)).round().astype(int))
+    values, mu, sig, nu = values[keep], mu[:, keep], sig[:, keep], nu[keep]
+    engine = Preposterior(values, mu, sig, nu, n_worlds=n_worlds, seed=seed)
+    rows, logw = greedy(engine, cands[cost].to_numpy(), budget)
+    chosen = pd.DataFrame(rows)
+    table = cands.iloc[chosen["index"]].reset_index(drop=True) if rows else cands.iloc[:0].copy()
+    if rows:
+        table["cost"] = cands[cost].to_numpy()[chosen["index"]]
+        for col in ("expected_gain", "criterion_after", "criterion_se", "ess"):
+            table[col] = chosen[col].to_numpy()
+        table["gain_per_cost"] = table["expected_gain"] / table["cost"]
+        table["cumulative_cost"] = table["cost"].cumsum()
+        table["extrapolated"] = extrap[chosen["index"]]
+    before = _prior_criterion(values, engine.decision)
+    width_before = width_after = None
+    if not engine.decision:
+        lo, hi = np.quantile(values, [0.05, 0.95])
+        width_before = float(hi - lo)
+        width_after = float(weighted_width(values, logw).mean()) if rows else width_before
+    notes = []
+    if rows and table["ess"].min() < MIN_ESS:
+        notes.append(f"the effective number of draws fell to {table['ess'].min():.0f}: the expected shrinkage is "
+                     "optimistic; refit after these runs (or fit with more draws) before choosing more")
+    if not rows:
+        notes.append("no affordable candidate is expected to reduce the target's uncertainty")
+    if rows and table["extrapolated"].any():
+        notes.append("some chosen runs lie outside the measured ranges: their outcomes are the law's extrapolation")
+    if method == "prior":
+        notes.append("chosen from the prior alone (no runs yet): the gains are only as good as the prior")
+    for n in notes:
+        warnings.warn(n, stacklevel=2)
+    return NextRuns(table=table, target=str(target), scale=scale, cost_column=cost, budget=budget, before=before,
+                    after=rows[-1]["criterion_after"] if rows else before, width_before=width_before,
+                    width_after=width_after,
+                    approximation=APPROXIMATION.format(worlds=n_worlds, draws=len(keep), min_ess=MIN_ESS),
+                    spec_base=spec_base(fit), notes=notes)
+
+

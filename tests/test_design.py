@@ -1,0 +1,219 @@
+"""Which runs next: the importance-weighted preposterior against closed forms and brute force; bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayes_transfer.design import Preposterior, greedy, next_runs, parse_target, run_specs
+from test_quantities import fake_fit
+
+PAIR = "text->python"
+
+
+# ---------------------------------------------------------------- closed forms
+
+
+def test_normal_normal_expected_variance_is_the_conjugate_posterior_variance():
+    # theta ~ N(0, 1); a run observes theta + N(0, s^2): posterior variance 1 / (1 + 1/s^2) whatever it shows
+    rng = np.random.default_rng(0)
+    theta = rng.standard_normal(20000)
+    sig = np.array([0.5, 2.0])
+    engine = Preposterior(theta, np.vstack([theta, theta]), np.repeat(sig[:, None], theta.size, 1), np.inf,
+                          n_worlds=300, seed=1)
+    for batch, precision in (([0], 1 + 4), ([1], 1 + 0.25), ([0, 1], 1 + 4 + 0.25)):
+        crit, ess = engine.criterion(batch)
+        assert crit.mean() == pytest.approx(1 / precision, rel=0.04), batch
+        assert crit.std() / crit.mean() < 0.15  # the posterior variance barely depends on the outcome
+    assert np.all(ess > 500)
+
+
+def test_joint_conditioning_matches_bayesian_linear_regression():
+    # theta = (a, b) ~ N(0, I); a run at x observes a + b x + N(0, 0.3^2). The posterior variance of b
+    # after a batch X is [(I + X'X / s^2)^-1]_bb: two runs together say more than either alone.
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((2, 15000))
+    xs = np.array([-1.0, 0.0, 1.0, 2.0])
+    s = 0.3
+    mu = a[None, :] + b[None, :] * xs[:, None]
+    engine = Preposterior(b, mu, np.full(mu.shape, s), np.inf, n_worlds=200, seed=3)
+
+    def exact(batch):
+        X = np.column_stack([np.ones(len(batch)), xs[batch]])
+        return np.linalg.inv(np.eye(2) + X.T @ X / s**2)[1, 1]
+
+    for batch in ([1], [2], [0, 2], [1, 3], [0, 1, 3]):
+        assert engine.criterion(batch)[0].mean() == pytest.approx(exact(batch), rel=0.06), batch
+    # greedy with equal costs: x = 2 first (most leverage on b), then the run that best complements it
+    rows, _ = greedy(engine, np.ones(4), budget=2.0)
+    assert [r["index"] for r in rows][0] == 3
+    second = min((c for c in range(4) if c != 3), key=lambda c: exact([3, c]))
+    assert rows[1]["index"] == second
+    assert rows[1]["criterion_after"] == pytest.approx(exact([3, second]), rel=0.06)
+
+
+def test_brute_force_posterior_by_quadrature_on_a_nonlinear_law():
+    # A saturating law log y = log(exp(u) + x^-v) + noise, prior u ~ N(0, 0.5), v ~ N(1, 0.3).
+    # Brute force: for each simulated outcome, the exact posterior of v on a fine grid.
+    rng = np.random.default_rng(4)
+    S, s, x = 20000, 0.05, 0.25
+    u, v = rng.normal(0, 0.5, S), rng.normal(1, 0.3, S)
+
+    def law(u, v):
+        return np.log(np.exp(u) + x ** -v)
+
+    engine = Preposterior(v, law(u, v)[None, :], np.full((1, S), s), np.inf, n_worlds=30, seed=5)
+    crit, _ = engine.criterion([0])
+    gu, gv = np.meshgrid(np.linspace(-2.5, 2.5, 301), np.linspace(-0.5, 2.5, 301), indexing="ij")
+    log_prior = -0.5 * (gu / 0.5) ** 2 - 0.5 * ((gv - 1) / 0.3) ** 2
+    exact = []
+    for y in engine.y[:, 0]:
+        lp = log_prior - 0.5 * ((y - law(gu, gv)) / s) ** 2
+        w = np.exp(lp - lp.max())
+        w /= w.sum()
+        m = (w * gv).sum()
+        exact.append((w * (gv - m) ** 2).sum())
+    exact = np.array(exact)
+    # world by world, and on average, the reweighted draws give the exact posterior variance
+    np.testing.assert_allclose(crit, exact, rtol=0.15)
+    assert crit.mean() == pytest.approx(exact.mean(), rel=0.05)
+    assert exact.mean() < 0.8 * v.var()  # the run is informative: the test is not vacuous
+
+
+def test_regret_of_a_decision_falls_by_the_value_of_information():
+    # Two plans; plan 1's loss is theta, plan 0's is 0. Perfect information removes all regret,
+    # no information leaves E[max(0, -theta)] ... computed against the closed form for theta ~ N(0.1, 1).
+    rng = np.random.default_rng(6)
+    theta = rng.normal(0.1, 1.0, 40000)
+    losses = np.column_stack([np.zeros_like(theta), theta])
+    exact_run = Preposterior(losses, theta[None, :], np.full((1, theta.size), 1e-3), np.inf, n_worlds=200, seed=7)
+    useless = Preposterior(losses, np.zeros((1, theta.size)), np.ones((1, theta.size)), np.inf, n_worlds=200, seed=7)
+    from scipy.stats import norm
+
+    # choosing plan 0 (E[theta] > 0) regrets max(0, -theta): E = sigma phi(m/sigma) - m Phi(-m/sigma)
+    prior_regret = norm.pdf(0.1) - 0.1 * norm.cdf(-0.1)
+    assert useless.criterion([0])[0].mean() == pytest.approx(prior_regret, rel=0.03)
+    assert exact_run.criterion([0])[0].mean() < 0.02 * prior_regret
+
+
+# ---------------------------------------------------------------- next_runs on a fit
+
+
+def cands(sizes=(1e5, 1e6, 1e7), data=(1e5, 1e6), sources=("none", "text"), pretrain=1e8):
+    rows = []
+    for i, n in enumerate(sizes):
+        for d in data:
+            for src in sources:
+                rows.append(dict(size=["25k", "100k", "330k", "800k"][i], n_params=n, data_tokens=int(d), source=src,
+                                 target="python", pretrain_tokens=0 if src == "none" else pretrain, seed=1,
+                                 cost_core_hours=n * d / 1e11, cost_flops=6 * n * d))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def fit():
+    return fake_fit(spread=0.2, seed=1, noise=(0.02, 5.0))
+
+
+def test_next_runs_respects_the_budget_and_reports_gains(fit, tmp_path):
+    c = cands()
+    res = next_runs(fit, c, target=f"multiplier:N=1e6,D_F=1e5,pair={PAIR}", budget=1.0, n_worlds=64,
+                    max_draws=400)
+    t = res.table
+    assert 0 < len(t) and t["cost"].sum() <= 1.0 + 1e-12
+    assert np.all(t["expected_gain"] > 0) and np.all(np.diff(t["criterion_after"]) < 0)
+    assert res.after < res.before and res.width_after < res.width_before
+    assert res.scale == "log"
+    # a fine-tuned run informs the multiplier more than a scratch one at the same cost
+    assert (t["source"] != "none").any()
+    paths = res.write_specs(tmp_path / "next.toml")
+    assert all(p.exists() for p in paths)
+    assert "Next runs for multiplier" in res.to_markdown()
+
+
+def test_a_parameter_target_and_the_decision_target(fit):
+    c = cands()
+    beta = next_runs(fit, c, target="beta", budget=0.5, n_worlds=32, max_draws=300)
+    assert beta.table["n_params"].nunique() >= 1 and beta.after < beta.before
+    regret = next_runs(fit, c, target="regret", budget=0.5, n_worlds=32, max_draws=300,
+                       decision=dict(budget=1000.0, cost_finetune=1e-3, cost_params=1e-3,
+                                     current=dict(n_params=1e6, data_tokens=1e5, pretrain_tokens=1e8)))
+    assert regret.scale == "loss" and regret.after <= regret.before and regret.width_before is None
+
+
+def test_parse_target():
+    t = parse_target("multiplier:N=3e5, D_F=1e5, pair=text->python")
+    assert (t.name, t.N, t.D_F, t.pair) == ("multiplier", 3e5, 1e5, "text->python")
+    assert parse_target("alpha_N:target=python").group == "python"
+    with pytest.raises(ValueError, match="unknown key 'M'"):
+        parse_target("multiplier:M=3")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_target("D_T:N=big")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target="wisdom"), "unknown target 'wisdom'"),
+    (dict(target="multiplier"), "needs N= and D_F="),
+    (dict(budget=0), "budget must be a positive"),
+    (dict(budget=-3), "budget must be a positive"),
+    (dict(budget=1e-9), "below the cheapest candidate"),
+    (dict(cost="dollars"), "unknown cost column"),
+])
+def test_bad_requests(fit, kwargs, message):
+    args = dict(target="beta", budget=1.0) | kwargs
+    with pytest.raises(ValueError, match=message):
+        next_runs(fit, cands(), **args)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(source="code"), "pair code->python is not in the fit"),
+    (dict(target="german"), "target 'german' is not in the fit"),
+    (dict(pretrain_tokens=5e7), "no term for pre-training amount"),
+    (dict(n_params=-1.0), "n_params must be a positive"),
+])
+def test_candidates_outside_the_domain(fit, change, message):
+    c = cands(sources=("text",))
+    for k, v in change.items():
+        c.loc[0, k] = v
+    with pytest.raises(ValueError, match=message):
+        next_runs(fit, c, target="beta", budget=1.0)
+
+
+def test_unconverged_and_point_estimate_fits_are_refused():
+    bad = fake_fit(spread=0.2)
+    bad.converged = False
+    with pytest.raises(ValueError, match="did not converge"):
+        next_runs(bad, cands(), target="beta", budget=1.0)
+    bad.sampler = {"method": "map"}
+    with pytest.raises(ValueError, match="MAP point estimate"):
+        next_runs(bad, cands(), target="beta", budget=1.0)
+
+
+# ---------------------------------------------------------------- trainer specs
+
+
+def _cells(texts):
+    import tomllib
+
+    spec_mod = pytest.importorskip("trainer.spec")
+    out = []
+    for text in texts:
+        spec = spec_mod.parse_spec(tomllib.loads(text), text)
+        out += [(c.size, c.target, c.source, c.pretrain_tokens, c.data_tokens, c.seed) for c in spec.cells]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_specs_expand_to_exactly_the_chosen_runs(seed):
+    rng = np.random.default_rng(seed)
+    c = cands(sizes=(1e5, 1e6, 1e7, 3e7), data=(8192, 32768, 131072), pretrain=4194304)
+    c["seed"] = rng.integers(0, 2, len(c))
+    chosen = c.iloc[np.sort(rng.choice(len(c), size=int(rng.integers(1, len(c))), replace=False))]
+    base = {"pretrain": {"tokens": 4194304, "eval_interval": 200}, "train": {"batch": 16, "patience": 4}}
+    texts = run_specs(chosen, base)
+    cells = _cells(texts)
+    want = [(r.size, r.target, r.source, int(r.pretrain_tokens), int(r.data_tokens), int(r.seed))
+            for r in chosen.itertuples()]
+    assert sorted(cells) == sorted(want)
+    assert "batch = 16" in texts[0]
