@@ -217,3 +217,74 @@ def test_specs_expand_to_exactly_the_chosen_runs(seed):
             for r in chosen.itertuples()]
     assert sorted(cells) == sorted(want)
     assert "batch = 16" in texts[0]
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, fit):
+    from typer.testing import CliRunner
+
+    import importlib
+
+    from bayes_transfer.cli import app
+
+    fit_module = importlib.import_module("bayes_transfer.fit")  # the module, not the function it exports
+
+    state = {"fit": fit}
+    monkeypatch.setattr(fit_module, "load_fit", lambda path: state["fit"])
+    table = tmp_path / "candidates.csv"
+    cands().to_csv(table, index=False)
+    out = tmp_path / "next.toml"
+
+    def invoke(*extra, target="beta", budget="1.0"):
+        args = ["next-runs", "fit.nc", "--target", target, "--budget", budget, "--candidates", str(table),
+                "--out", str(out), "--worlds", "16", *extra]
+        return CliRunner().invoke(app, args)
+
+    return invoke, out, table, state
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target="wisdom"), "unknown target 'wisdom'"),
+    (dict(budget="0"), "--budget must be positive"),
+    (dict(budget="-2"), "--budget must be positive"),
+    (dict(budget="1e-9"), "below the cheapest candidate"),
+    (dict(target="regret"), "needs --plan-budget"),
+])
+def test_command_bad_input_is_one_line_exit_1_and_writes_nothing(cli, kwargs, message):
+    invoke, out, _, _ = cli
+    result = invoke(**kwargs)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3  # one message (rich may wrap it)
+    assert not out.exists() and not out.with_name("next.runs.csv").exists()
+
+
+def test_command_refuses_an_unconverged_fit_and_candidates_outside_the_domain(cli):
+    invoke, out, table, state = cli
+    bad = fake_fit(spread=0.2)
+    bad.converged = False
+    bad.diagnostics = lambda: "NOT CONVERGED: max r_hat 1.2"
+    state["fit"] = bad
+    result = invoke()
+    assert result.exit_code == 1 and "did not converge" in result.stderr
+    state["fit"] = fake_fit(spread=0.2)
+    c = cands()
+    c.loc[3, "target"] = "german"
+    c.to_csv(table, index=False)
+    result = invoke()
+    assert result.exit_code == 1 and "outside the law's domain" in result.stderr
+    assert not out.exists()
+
+
+def test_command_writes_the_spec_and_the_table(cli):
+    invoke, out, _, _ = cli
+    result = invoke(target=f"multiplier:N=1e6,D_F=1e5,pair={PAIR}")
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in out.parent.iterdir())
+    table = pd.read_csv(out.with_name("next.runs.csv"))
+    assert {"expected_gain", "cost", "size"} <= set(table.columns) and table["cost"].sum() <= 1.0
+    assert "next.toml" in written or "next.1.toml" in written
+    assert "Next runs for multiplier" in result.stdout
