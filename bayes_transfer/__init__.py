@@ -44,3 +44,8 @@ from bayes_transfer.report import report  # noqa: E402
 
 __all__ += ["Recommendation", "recommend", "band", "effective_multiplier", "low_data_boundary",
             "ossification_probability", "predicted_loss", "transferred_data", "report"]
+
+# Which runs next: experimental design on a fit's draws.
+from bayes_transfer.design import next_runs, prior_fit  # noqa: E402
+
+__all__ += ["next_runs", "prior_fit"]

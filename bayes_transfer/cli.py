@@ -355,5 +355,65 @@ def _write_demo_index(out_dir: Path, fits) -> None:
     _atomic_write(out_dir / "index.html", doc.encode())
 
 
+@app.command("next-runs")
+@_user_errors
+def next_runs_cmd(
+    fit_file: str = typer.Argument(..., help="a fit file from `bayes-transfer fit`, or `prior` to choose a first "
+                                             "batch from the prior alone (law: --law)"),
+    target: str = typer.Option(..., "--target", help="what to sharpen: multiplier:N=..,D_F=..[,pair=..], "
+                                                     "D_T:N=..,D_F=.., a parameter (beta, G:pair=.., "
+                                                     "alpha_N:target=..), or regret (the recommend decision)"),
+    budget: float = typer.Option(..., "--budget", help="compute to spend, in the units of --cost"),
+    candidates: Path = typer.Option(..., "--candidates", help="candidates table (CSV) from `transfer-train grid price`"),
+    out_path: Path = typer.Option(..., "--out", help="trainer spec to write (several specs: OUT.1.toml, ...); "
+                                                     "the chosen runs' table goes beside it as OUT.runs.csv"),
+    cost: str = typer.Option("cost_core_hours", "--cost", help="cost column: cost_core_hours or cost_flops"),
+    law: str = typer.Option("transfer", "--law", help="with `prior`: the law whose prior is used"),
+    plan_budget: Optional[float] = typer.Option(None, "--plan-budget", help="regret target: the budget recommend plans"),
+    cost_finetune: Optional[float] = CostFinetune,
+    cost_pretrain: Optional[float] = CostPretrain,
+    cost_params: Optional[float] = CostParams,
+    worlds: int = typer.Option(256, "--worlds", min=2, help="simulated outcomes per candidate"),
+    seed: int = Seed,
+    allow_unconverged: bool = typer.Option(False, "--allow-unconverged", help="use a fit that did not converge"),
+):
+    """Which runs next: the candidates that most sharpen --target per unit of compute, as a trainer spec."""
+    from bayes_transfer.design import next_runs, prior_fit
+    from bayes_transfer.fit import load_fit
+
+    decision = None
+    if target.split(":")[0].strip() == "regret":
+        if plan_budget is None or cost_finetune is None:
+            raise UserError("target regret needs --plan-budget and --cost-finetune (and --cost-params or "
+                            "--cost-pretrain): the decision whose regret the runs should reduce")
+        decision = {k: v for k, v in (("budget", plan_budget), ("cost_finetune", cost_finetune),
+                                      ("cost_pretrain", cost_pretrain), ("cost_params", cost_params)) if v is not None}
+    if not budget > 0:
+        raise UserError(f"--budget must be positive, got {budget:g}")
+    if not candidates.is_file():
+        raise UserError(f"no such candidates table: {candidates}")
+    if fit_file == "prior":
+        fit = prior_fit(candidates, law=law, seed=seed)
+    else:
+        fit = load_fit(fit_file)
+        if not (allow_unconverged or fit.converged):
+            raise UserError(f"the fit did not converge ({fit.diagnostics()}); refit, or pass --allow-unconverged")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = next_runs(fit, candidates, target=target, budget=budget, cost=cost, decision=decision,
+                        n_worlds=worlds, seed=seed, allow_unconverged=allow_unconverged)
+    if res.table.empty:
+        raise UserError("no affordable candidate is expected to sharpen the target; nothing written")
+    res.specs()  # a spec that cannot be written fails here, before anything is
+    paths = res.write_specs(out_path)
+    table_path = out_path.with_name(f"{out_path.stem}.runs.csv")
+    tmp = table_path.with_name(f".{table_path.name}.tmp")
+    res.table.to_csv(tmp, index=False)
+    tmp.replace(table_path)
+    sys.stdout.write(res.to_markdown())
+    err.print(f"wrote {escape(', '.join(map(str, paths)))} and {escape(str(table_path))}; train them with "
+              f"`transfer-train grid run {escape(' '.join(map(str, paths)))} --out DIR`", highlight=False)
+
+
 if __name__ == "__main__":
     app()
