@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.grid import load_spec, parse_spec, run_grid
+from trainer.scheduler import run_grid
+from trainer.spec import load_spec, parse_spec
 from trainer.slurm import submit_grid
 from _trainer_corpus import corpus_root
 

@@ -1,5 +1,7 @@
 import math
+import os
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +10,8 @@ import torch
 from trainer.data import Corpora, Sampler, Stream
 from trainer.model import EnsembleGPT, config_for
 from trainer.train import (
-    Member, Settings, _AdamW, _clip, load_checkpoint, save_checkpoint, train_group,
+    Member, ResumeError, Settings, _AdamW, _clip, _eval_windows, early_evals, ema_decay, load_checkpoint,
+    save_checkpoint, train_group,
 )
 from _trainer_corpus import corpus_root
 
@@ -28,7 +31,7 @@ def member(i, data_tokens=8000, init=None, **kw):
 
 
 def settings(**kw):
-    base = dict(lr=3e-3, batch=8, eval_interval=5, eval_seqs=8, patience=3, warmup=5, max_steps=400)
+    base = dict(lr=3e-3, batch=8, eval_interval=5, eval_seqs=8, report_seqs=16, patience=3, warmup=5, max_steps=400)
     base.update(kw)
     return Settings(**base)
 
@@ -36,18 +39,51 @@ def settings(**kw):
 def test_run_learns_and_early_stops():
     r, = train_group(CFG, [member(0)], settings(), device=torch.device("cpu"))
     assert r["status"] == "ok"
-    assert r["curve_loss"][0] > r["loss"] and r["curve_loss"][-1] > r["loss"]
-    assert r["loss"] == min(r["curve_loss"])
+    assert r["curve_loss"][0] > r["loss_select"] and r["curve_loss"][-1] > r["loss_select"]
+    assert r["loss_select"] == min(r["curve_loss"])
     assert r["best_step"] < r["steps"] < 400
-    assert r["steps"] - r["best_step"] == 3 * 5  # patience evaluations after the best
+    # patience counts regular evaluations of the smoothed curve, so at least 3 follow the best
+    assert r["steps"] - r["best_step"] >= 3 * 5
     assert len(r["curve_tokens"]) == len(r["curve_loss"]) == len(r["train_loss"])
     assert r["tokens_seen"] == r["steps"] * 8 * 32 and r["epochs"] == pytest.approx(r["tokens_seen"] / 8000)
+    # the reported loss is scored on the other half of the validation split
+    assert math.isfinite(r["loss"]) and r["loss"] != r["loss_select"]
+    assert r["report_seqs"] == 16 and r["eval_seqs"] == 8
+
+
+def test_evaluates_at_step_zero_then_log_spaced_then_regularly():
+    r, = train_group(CFG, [member(0)], settings(eval_interval=20, patience=2, max_steps=60),
+                     device=torch.device("cpu"))
+    steps = [t // (8 * 32) for t in r["curve_tokens"]]
+    assert steps[:6] == [0, 4, 5, 7, 10, 14] and steps[6] == 20 and steps[7] == 40
+    assert early_evals(20) == [4, 5, 7, 10, 14]
+    assert early_evals(250)[0] == 4 and early_evals(250)[-1] == 177
+    # step 0 is the initial weights: a byte model at init is close to a uniform guess
+    assert abs(r["curve_loss"][0] - math.log(256)) < 0.2 and math.isnan(r["train_loss"][0])
+
+
+def test_weight_average_spans_a_fixed_fraction_of_the_run():
+    assert ema_decay(1) == 0.0  # the first average is the first iterate
+    # the effective window, 1 / (1 - decay), is a fixed fraction 1 / (gamma + 1) of the steps so far
+    from trainer.train import EMA_GAMMA
+
+    for t in (1000, 10_000, 100_000):
+        assert (1 / (1 - ema_decay(t))) / t == pytest.approx(1 / (EMA_GAMMA + 1), rel=0.01)
+
+
+def test_selection_and_report_windows_come_from_disjoint_halves():
+    val = Stream([np.arange(4000, dtype=np.int64)], [1.0])
+    sel, rep = _eval_windows(val, 32, 16, 0), _eval_windows(val, 32, 16, 1)
+    assert sel.max() < 2000 <= rep.min()
+    assert sel.shape == rep.shape == (16, 33)
 
 
 def test_packed_group_equals_runs_alone():
     s = settings(max_steps=30, patience=100)
     packed = train_group(CFG, [member(0), member(1), member(2)], s, device=torch.device("cpu"))
     alone = train_group(CFG, [member(1)], s, device=torch.device("cpu"))[0]
+    # 1e-4 covers batched vs single matmul reductions on a CPU; on a GPU, with
+    # non-deterministic attention and embedding backward, about 1e-3 would be needed.
     np.testing.assert_allclose(packed[1]["curve_loss"], alone["curve_loss"], rtol=1e-4)
     assert packed[0]["curve_loss"] != packed[1]["curve_loss"]
 
@@ -55,6 +91,7 @@ def test_packed_group_equals_runs_alone():
 def test_cap_marks_run_capped():
     r, = train_group(CFG, [member(0)], settings(max_steps=30, patience=100), device=torch.device("cpu"))
     assert r["status"] == "capped" and "step 30" in r["status_reason"]
+    assert math.isfinite(r["loss"])  # a capped run still reports its best weights, marked capped
     assert r["steps"] == 30
 
 
@@ -120,7 +157,10 @@ def test_pretraining_checkpoints_and_resume_after_deadline(tmp_path):
         train_group(cfg, mk(), s, device=torch.device("cpu"), on_checkpoint=kill_at_8192, resume_path=resume)
     assert resume.exists()
     again = train_group(cfg, mk(), s, device=torch.device("cpu"), on_checkpoint=on_ckpt, resume_path=resume)[0]
-    assert again["curve_loss"] == full["curve_loss"] and again["train_loss"] == full["train_loss"]
+    # Exact on a CPU. On a GPU, attention and embedding backward kernels are not
+    # deterministic: there the curves would agree to about 1e-3 nats, not bit for bit.
+    np.testing.assert_array_equal(again["curve_loss"], full["curve_loss"])
+    np.testing.assert_array_equal(again["train_loss"], full["train_loss"])
     for k, v in load_checkpoint(tmp_path / "pre-8192.pt", cfg).items():
         assert torch.equal(v, state[k])
 
@@ -151,19 +191,48 @@ def test_sampler_batches_do_not_depend_on_the_pack():
     assert torch.equal(x1[1, :, 1:], y1[1, :, :-1])
 
 
-def test_a_failing_compiler_falls_back_to_eager():
-    from trainer.train import _Compiled
+def test_a_compiler_failure_in_the_backward_pass_falls_back_to_eager():
+    """AOTAutograd compiles the backward graph lazily, at the first backward:
+    the fallback must cover it, not only the forward."""
+    import contextlib
 
-    c = _Compiled(lambda x: x * 2)
+    from trainer.train import _Step
 
-    def broken(x):
-        raise RuntimeError("backend exploded")
+    model = EnsembleGPT(CFG, [0])
+    step = _Step(model, False, contextlib.nullcontext())
+    step.tried, step.compiled = False, True
 
-    c.fn = broken
-    with pytest.warns(UserWarning, match="torch.compile failed .*backend exploded"):
-        out = c(torch.ones(2))
-    assert torch.equal(out, torch.full((2,), 2.0))
-    assert torch.equal(c(torch.ones(1)), torch.full((1,), 2.0))
+    class Boom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("backward compiler exploded")
+
+    step.fn = lambda x, y: Boom.apply(model.member_losses(x, y))
+    x = torch.randint(0, 256, (1, 2, 32))
+    with pytest.warns(UserWarning, match="torch.compile failed .*backward compiler exploded"):
+        losses = step(x, x)
+    assert not step.compiled and torch.isfinite(losses).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_a_crafted_resume_file_is_refused_without_running_it(tmp_path):
+    """Resume state is loaded with weights_only: a pickle that would run code is refused."""
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    resume = tmp_path / "resume.pt"
+    torch.save({"meta": Evil()}, resume)
+    mk = [Member("pre", 0, Stream([TEXT], [1.0]), Stream([TEXT[-2000:]], [1.0]), checkpoints=[2048])]
+    with pytest.raises(ResumeError, match="cannot be read"):
+        train_group(CFG, mk, settings(total_tokens=4096), device=torch.device("cpu"), resume_path=resume)
+    assert not marker.exists()
 
 
 def test_a_mix_is_sampled_in_its_proportions():
@@ -173,3 +242,32 @@ def test_a_mix_is_sampled_in_its_proportions():
     share = [(x[0, :, 0] == k).float().mean().item() for k in (1, 2, 3)]
     np.testing.assert_allclose(share, [0.5, 0.25, 0.25], atol=0.03)
     assert all(torch.all(row == row[0]) for row in x[0])  # a window never straddles two parts
+
+
+# --- the GPU path, exercised on the CPU (slow: compilation takes a minute) ---
+@pytest.mark.slow
+def test_compiled_training_matches_eager_as_members_drop_out():
+    """torch.compile of the step (forward and backward), with the pack thinning
+    as members stop (each width is a new graph), agrees with eager fp32."""
+    s = settings(max_steps=60, patience=2)
+    ms = lambda: [member(0, 2000), member(1, 8000), member(2, 8000), member(3, 2000)]  # noqa: E731
+    eager = train_group(CFG, ms(), s, device=torch.device("cpu"), compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a fallback to eager would hide the compiled path
+        compiled = train_group(CFG, ms(), s, device=torch.device("cpu"), compile=True)
+    assert len({r["steps"] for r in eager}) > 1  # members did stop at different times
+    for a, b in zip(eager, compiled):
+        n = min(len(a["curve_loss"]), len(b["curve_loss"]))
+        np.testing.assert_allclose(a["curve_loss"][:n], b["curve_loss"][:n], atol=2e-3)
+
+
+@pytest.mark.slow
+def test_bf16_autocast_tracks_fp32():
+    """bf16 autocast (the GPU default) on the CPU: the curve follows fp32 to
+    within bf16's precision (8 bits of mantissa: about 1e-2 nats here)."""
+    s = settings(max_steps=40, patience=100)
+    fp32 = train_group(CFG, [member(0)], s, device=torch.device("cpu"), bf16=False)[0]
+    bf16 = train_group(CFG, [member(0)], s, device=torch.device("cpu"), bf16=True)[0]
+    np.testing.assert_allclose(bf16["curve_loss"], fp32["curve_loss"], atol=3e-2)
+    assert bf16["curve_loss"] != fp32["curve_loss"]  # autocast really ran
+

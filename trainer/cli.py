@@ -1,27 +1,38 @@
-"""`transfer-train`: corpora, single runs, grids and the GPU benchmark."""
+"""`transfer-train`: corpora, single runs, grids and the benchmark."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from trainer.corpora.cli import app as corpora_app
 
 app = typer.Typer(help="Train GPT loss grids for scaling laws of transfer.", no_args_is_help=True)
 app.add_typer(corpora_app, name="corpora")
-grid_app = typer.Typer(help="Run, inspect and export grids of runs from a TOML spec.", no_args_is_help=True)
+grid_app = typer.Typer(help="Run, price, inspect and export grids of runs from a TOML spec.", no_args_is_help=True)
 app.add_typer(grid_app, name="grid")
 console = Console(stderr=True)
 
 
-def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(2)
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {escape(msg)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _log(msg: str) -> None:
+    console.print(escape(msg), highlight=False)
+
+
+def _os_error(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    return f"{e.strerror or type(e).__name__}:{where}"
 
 
 def _device(name: Optional[str]):
@@ -29,7 +40,35 @@ def _device(name: Optional[str]):
 
     from trainer.train import device_default
 
-    return torch.device(name) if name else device_default()
+    try:
+        dev = torch.device(name) if name else device_default()
+    except RuntimeError as e:
+        _fail(f"--device {name!r}: {e}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda: no CUDA device is available")
+    return dev
+
+
+def _be_nice(dev, nice: bool) -> None:
+    """On a CPU a long grid runs at low priority, so the machine stays usable."""
+    if nice and dev.type == "cpu":
+        try:
+            os.nice(10)
+        except OSError:
+            pass
+
+
+def _specs(paths: list[Path]):
+    from trainer.plan import check_budgets
+    from trainer.spec import SpecError, load_spec
+
+    try:
+        sps = [load_spec(s) for s in paths]
+        for sp in sps:
+            check_budgets(sp)
+    except SpecError as e:
+        _fail(str(e))
+    return sps
 
 
 @app.command()
@@ -47,15 +86,19 @@ def run(
     """Train one cell (from scratch, or fine-tuned from --init) and write its result JSON."""
     from trainer.corpora import default_root
     from trainer.data import Corpora, Stream, source_mix, stable_int
-    from trainer.grid import CTX, atomic_write_json, cell_settings
+    from trainer.files import atomic_write_json
     from trainer.model import SIZES, config_for
-    from trainer.train import Member, Settings, load_checkpoint, train_group
+    from trainer.spec import CTX, cell_settings
+    from trainer.train import Member, load_checkpoint, train_group
 
+    dev = _device(device)
     try:
         if size not in SIZES:
             raise ValueError(f"unknown model size {size!r}; known: {', '.join(SIZES)}")
         if data_tokens < CTX + 1:
             raise ValueError(f"--data-tokens must be at least one sequence ({CTX + 1}), got {data_tokens}")
+        if out.exists() and out.is_dir():
+            raise ValueError(f"--out {out} is a directory; give a file name")
         cfg = config_for(size)
         state = load_checkpoint(init, cfg) if init else None
         cp = Corpora(corpora or default_root())
@@ -64,15 +107,17 @@ def run(
         val = Stream([cp.split(target, "val")], [1.0])
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(_os_error(e))
     st = cell_settings({}, size, data_tokens)
-    s = Settings(**{k: st[k] for k in ("lr", "batch", "eval_interval", "patience", "min_delta", "warmup", "eval_seqs",
-                                       "max_steps", "max_epochs")})
     m = Member(f"{target}.{size}.d{data_tokens}.s{seed}", stable_int("run", seed, size, target),
                Stream([sub], [1.0]), val, init=state, data_tokens=data_tokens)
-    r = train_group(cfg, [m], s, device=_device(device), compile=compile,
-                    progress=lambda msg: console.print(msg, highlight=False))[0]
-    atomic_write_json(out, dict(size=size, target=target, init=str(init) if init else None, settings=st,
-                                result=r, manifest=cp.manifest["distributions"]))
+    r = train_group(cfg, [m], st, device=dev, compile=compile, progress=_log)[0]
+    try:
+        atomic_write_json(out, dict(size=size, target=target, init=str(init) if init else None,
+                                    settings=st.to_dict(), result=r, manifest=cp.manifest["distributions"]))
+    except OSError as e:
+        _fail(_os_error(e))
     typer.echo(f"{r['status']}: loss {r['loss']:.4f} nats/byte at step {r['best_step']} ({r['steps']} steps) -> {out}")
 
 
@@ -81,77 +126,139 @@ def grid_run(
     specs: list[Path] = typer.Argument(..., help="grid spec(s) (TOML), run in order into the same directory"),
     out: Path = typer.Option(..., help="output directory (shared by specs whose runs overlap)"),
     corpora: Optional[Path] = typer.Option(None, help="corpus root dir or packed .tar"),
-    time_limit: Optional[float] = typer.Option(None, help="seconds (all specs together): start no new work past "
-                                               "this, then exit 0"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the runs and an estimated cost, train nothing"),
+    time_limit: Optional[float] = typer.Option(None, min=0, help="seconds (all specs together): start no new work "
+                                               "past this, then exit 0"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the runs and the estimated cost, train nothing"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if present)"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
                                            help="torch.compile (default: on CUDA for N >= 2e6)"),
     executor: Optional[str] = typer.Option(None, help="run through submitit: slurm, local or inprocess"),
-    chunk: int = typer.Option(4, help="with --executor: groups per array task"),
+    chunk: int = typer.Option(4, min=1, help="with --executor: groups per array task"),
     partition: Optional[str] = typer.Option(None, help="with --executor slurm: the partition"),
-    workers: int = typer.Option(1, help="groups trained at once, each in its own process (shares one GPU)"),
+    workers: Optional[int] = typer.Option(None, min=1, help="groups trained at once, each in its own process "
+                                          "(default: the free cores on a CPU, 1 on a GPU)"),
+    nice: bool = typer.Option(True, "--nice/--no-nice", help="on a CPU, run at low priority (nice 10)"),
 ):
     """Run every pending run of one or more grids (resumable: finished runs are kept)."""
     import time
 
-    from trainer.grid import SpecError, load_spec, run_grid
+    from trainer.scheduler import GridLocked, run_grid
+    from trainer.spec import SpecError
 
-    try:
-        sps = [load_spec(s) for s in specs]
-    except SpecError as e:
-        _fail(str(e))
+    sps = _specs(specs)
+    dev = _device(device)
     if dry_run:
         for sp in sps:
-            _print_dry_run(sp, out)
+            _print_dry_run(sp, out, dev.type == "cuda")
         return
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is not a directory")
+    _be_nice(dev, nice)
     t0 = time.monotonic()
-    log = lambda m: console.print(m, highlight=False)  # noqa: E731
     for sp in sps:
         try:
             if executor:
                 from trainer.slurm import submit_grid
 
-                summary = submit_grid(sp, out, corpora, executor=executor, chunk=chunk, partition=partition, log=log)
+                summary = submit_grid(sp, out, corpora, executor=executor, chunk=chunk, partition=partition,
+                                      log=_log)
             else:
                 left = None if time_limit is None else max(0.0, time_limit - (time.monotonic() - t0))
-                summary = run_grid(sp, out, corpora, time_limit=left, device=_device(device), compile=compile,
-                                   workers=workers, log=log)
+                summary = run_grid(sp, out, corpora, time_limit=left, device=dev, compile=compile,
+                                   workers=workers, log=_log)
+        except GridLocked as e:
+            _fail(str(e), 3)
         except (SpecError, ValueError, FileNotFoundError) as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(_os_error(e))
         typer.echo(json.dumps(summary))
 
 
-def _print_dry_run(sp, out: Path) -> None:
-    from trainer.grid import Grid, cell_groups, estimate, pretrain_groups
+def _print_dry_run(sp, out: Path, cuda: bool) -> None:
+    import torch
 
-    g = Grid(sp, out, None)
+    from trainer.plan import default_pack
+    from trainer.scheduler import RunDir, dry_run_estimate
+
+    torch.set_num_threads(1)  # probe the speed of one worker process
+    rd = RunDir(sp, out, None, default_pack(sp, cuda))
+    pgs, cgs = rd.groups()
     t = Table(title=f"{sp.name}: {len(sp.pretrain_jobs)} pre-training runs, {len(sp.cells)} runs")
-    for col in ("group", "size", "kind", "D_F", "members", "done"):
+    for col in ("group", "size", "kind", "D_F", "members", "done", "max steps"):
         t.add_column(col)
-    for i, grp in enumerate(pretrain_groups(sp)):
+    for i, grp in enumerate(pgs):
         t.add_row(f"P{i}", grp[0].size, "pretrain " + ",".join(j.source for j in grp), f"{grp[0].tokens:.3g}",
-                  str(len(grp)), str(sum(g.job_done(j) for j in grp)))
-    for i, grp in enumerate(cell_groups(sp)):
-        kind = "scratch" if grp[0].source == "none" else "finetune"
-        t.add_row(f"G{i}", grp[0].size, kind, f"{grp[0].data_tokens:.3g}", str(len(grp)),
-                  str(sum(g.done(c) for c in grp)))
+                  str(len(grp)), str(sum(rd.job_done(j) for j in grp)), "")
+    for i, grp in enumerate(cgs):
+        kinds = sorted({"scratch" if c.source == "none" else c.source for c in grp})
+        t.add_row(f"G{i}", grp[0].size, "+".join(kinds), f"{grp[0].data_tokens:.3g}", str(len(grp)),
+                  str(sum(rd.done(c) for c in grp)), str(grp[0].settings.max_steps))
     Console().print(t)
-    e = estimate(sp, g)
-    typer.echo(f"estimated cost of what remains, on one H100: pre-training {e['pretrain_s']:.0f} s + runs {e['runs_s']:.0f} s "
-               f"= {e['total_s'] / 60:.1f} min (rough; runs end by early stopping)")
+    e = dry_run_estimate(sp, out, cuda)
+    unit = "GPU-hours" if cuda else "core-hours"
+    typer.echo(f"estimated cost of what remains: pre-training {e['pretrain_s'] / 3600:.2f} + runs "
+               f"{e['runs_s'] / 3600:.2f} = {e['total_s'] / 3600:.2f} {unit} (speeds probed on this machine; "
+               f"run lengths from the expected tokens to early stopping)")
+
+
+@grid_app.command("price")
+def grid_price(
+    specs: list[Path] = typer.Argument(..., help="grid spec(s) (TOML) whose cells are the candidates"),
+    out: Path = typer.Option(..., help="candidates table (CSV) to write"),
+    device: Optional[str] = typer.Option("cpu", help="the device whose speed prices the runs"),
+):
+    """Write the candidate runs of specs with their cost (the candidates table of docs/loss_grid.md)."""
+    import csv
+    import io
+
+    import torch
+
+    from trainer.files import atomic_write_text
+    from trainer.plan import flops_per_token, group_seconds, probe_tokens_per_s
+    from trainer.scheduler import n_params
+    from trainer.spec import SCRATCH, expected_tokens
+
+    sps = _specs(specs)
+    dev = _device(device)
+    torch.set_num_threads(1)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["size", "n_params", "data_tokens", "source", "target", "pretrain_tokens", "seed",
+                "cost_core_hours", "cost_flops"])
+    seen = set()
+    for sp in sps:
+        for c in sp.cells:
+            if c.run_id in seen:
+                continue
+            seen.add(c.run_id)
+            speed = probe_tokens_per_s(c.size, 1, c.settings.batch, dev.type)
+            tokens = expected_tokens(c.data_tokens, c.source == SCRATCH)
+            w.writerow([c.size, n_params(c.size), c.data_tokens, c.source, c.target, c.pretrain_tokens, c.seed,
+                        f"{group_seconds([c], speed) / 3600:.6g}", f"{tokens * flops_per_token(c.size):.6g}"])
+    try:
+        atomic_write_text(out, buf.getvalue())
+    except OSError as e:
+        _fail(_os_error(e))
+    typer.echo(f"wrote {len(seen)} candidate runs to {out}")
 
 
 @grid_app.command("status")
 def grid_status(out: Path = typer.Argument(..., help="grid output directory")):
-    """Finished, pending and failed runs per spec in a grid directory."""
-    from trainer.grid import status
+    """Finished, pending, failed and damaged runs per spec in a grid directory."""
+    from trainer.export import status
+    from trainer.spec import SpecError
 
-    rows = status(out)
+    if not out.is_dir():
+        _fail(f"{out} is not a directory")
+    try:
+        rows = status(out)
+    except SpecError as e:
+        _fail(str(e))
     if not rows:
         _fail(f"{out} holds no grid")
     t = Table()
-    keys = ["spec", "total", "ok", "capped", "failed", "pending"]
+    keys = ["spec", "total", "ok", "capped", "failed", "damaged", "pending"]
     for k in keys:
         t.add_column(k)
     for r in rows:
@@ -166,29 +273,39 @@ def grid_export(
     spec: Optional[str] = typer.Option(None, help="grid name, when the directory holds several"),
 ):
     """Gather a grid's finished runs into the loss-grid netCDF."""
-    from trainer.grid import SpecError, export
+    from trainer.export import export
+    from trainer.spec import SpecError
 
+    if out.is_dir():
+        _fail(f"--out {out} is a directory; give a file name")
     try:
         info = export(out_dir, out, spec)
     except SpecError as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(_os_error(e))
     typer.echo(f"wrote {info['runs']} of {info['expected']} runs to {info['path']}")
 
 
 @app.command()
 def bench(
-    peak_tflops: Optional[float] = typer.Option(None, help="peak dense bf16 TFLOP/s (default: looked up by device)"),
-    sizes: str = typer.Option("25k,100k,330k", help="the small sizes to compare packed vs naive on"),
-    large: str = typer.Option("19m", help="the size to measure MFU on"),
-    members: int = typer.Option(16, help="cells per size in the packed/naive comparison"),
-    steps: int = typer.Option(60, help="timed steps per measurement"),
-    device: Optional[str] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if present)"),
+    sizes: str = typer.Option("25k,100k,330k", help="sizes to measure"),
+    large: str = typer.Option("19m", help="GPU: the size to measure MFU on"),
+    members: int = typer.Option(16, min=1, help="GPU: cells per size in the packed/naive comparison"),
+    steps: int = typer.Option(30, min=2, help="timed steps per measurement"),
+    peak_tflops: Optional[float] = typer.Option(None, help="GPU: peak dense bf16 TFLOP/s (default: by device)"),
     out: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
 ):
-    """Aggregate tokens/s: packed scheduler vs a naive eager loop, and MFU on a large size."""
-    from trainer.bench import run_bench
+    """CPU: tokens/s and GFLOP/s of the training step against a plain loop and the fp32 matmul peak.
+    GPU: packed scheduler against a naive loop, and MFU on a large size."""
+    from trainer.bench import run_bench, run_cpu_bench
 
-    text = run_bench(sizes.split(","), large, members, steps, _device(device), peak_tflops, log=typer.echo)
+    dev = _device(device)
+    if dev.type == "cpu":
+        text = run_cpu_bench(sizes.split(","), steps, log=typer.echo)
+    else:
+        text = run_bench(sizes.split(","), large, members, steps, dev, peak_tflops, log=typer.echo)
     if out:
         out.write_text(text + "\n")
 

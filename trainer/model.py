@@ -37,13 +37,15 @@ class GPTConfig:
         return asdict(self)
 
 
-# The size ladder: (n_layer, d_model), head dim 32 up to d_model 192, 64 above.
-# 100k, 800k and 3m are the pilot's three sizes (PILOT.md); the rest extend the
-# ladder to 2.9 decades of non-embedding N (2.5e4 .. 1.9e7), keeping depth/width
-# in the range nanoGPT-style small models use.
+# The size ladder: (n_layer, d_model), head dim 32 up to d_model 192, 64 above,
+# over 2.9 decades of non-embedding N (2.5e4 .. 1.9e7), keeping depth/width in
+# the range nanoGPT-style small models use. 50k and 150k fill the CPU grids'
+# range (25k .. 800k) at about even log spacing.
 SIZES: dict[str, tuple[int, int]] = {
     "25k": (2, 32),
+    "50k": (4, 32),
     "100k": (2, 64),
+    "150k": (3, 64),
     "330k": (3, 96),
     "800k": (4, 128),
     "2m": (5, 192),
@@ -156,11 +158,22 @@ class EnsembleGPT(nn.Module):
             p[m].copy_(state[n])
 
     @torch.no_grad()
+    def copy_from(self, other: "EnsembleGPT") -> None:
+        for p, q in zip(self.parameters(), other.parameters()):
+            p.copy_(q)
+
+    @torch.no_grad()
+    def lerp_from(self, other: "EnsembleGPT", weight: float) -> None:
+        """Move these weights towards other's by `weight` (a moving-average step)."""
+        for p, q in zip(self.parameters(), other.parameters()):
+            p.lerp_(q.detach(), weight)
+
+    @torch.no_grad()
     def select(self, keep: list[int]) -> None:
         """Keep only the given members (in place; parameters are replaced)."""
         idx = torch.tensor(keep, device=self.wte.device)
         for n, p in list(self.named_parameters()):
-            setattr(self, n, nn.Parameter(p.index_select(0, idx).contiguous()))
+            setattr(self, n, nn.Parameter(p.index_select(0, idx).contiguous(), requires_grad=p.requires_grad))
 
 
 def decay_mask(name: str) -> bool:

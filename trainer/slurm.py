@@ -11,14 +11,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from trainer.grid import Grid, Spec, _run_task, cell_groups, pretrain_groups
+from trainer.plan import default_pack
+from trainer.scheduler import RunDir, run_task
+from trainer.spec import Spec
 
 EXECUTORS = {"slurm": "slurm", "local": "local", "inprocess": "debug"}
 
 
-def run_chunk(spec: Spec, out: Path, corpora: Path | None, tasks: list[tuple[str, int]], device=None) -> int:
+def run_chunk(spec: Spec, out: Path, corpora: Path | None, pack: int, tasks: list[tuple[str, int]],
+              device=None) -> int:
     """One array task: run its groups in order; returns runs finished."""
-    return sum(_run_task(spec, out, corpora, kind, idx, device, None, None)[1] for kind, idx in tasks)
+    return sum(run_task(spec, out, corpora, pack, kind, idx, device, None, None)[1] for kind, idx in tasks)
 
 
 def _chunks(tasks: list, size: int) -> list[list]:
@@ -38,7 +41,8 @@ def submit_grid(spec: Spec, out: Path, corpora: Path | None = None, executor: st
     t0 = time.monotonic()
     out = Path(out).resolve()
     corpora = Path(corpora).resolve() if corpora is not None else None
-    grid = Grid(spec, out, corpora)
+    pack = default_pack(spec, gpus_per_node > 0)
+    grid = RunDir(spec, out, corpora, pack)
     grid.validate()
     grid.save_spec()
     ex = submitit.AutoExecutor(folder=str(folder or out / "submitit" / "%j"), cluster=EXECUTORS[executor])
@@ -47,17 +51,19 @@ def submit_grid(spec: Spec, out: Path, corpora: Path | None = None, executor: st
         params["slurm_partition"] = partition
     ex.update_parameters(**params)
 
-    pre = [("pre", i) for i, g in enumerate(pretrain_groups(spec)) if any(grid.job_needed(j) for j in g)]
-    cells = [("cell", i) for i, g in enumerate(cell_groups(spec)) if any(not grid.done(c) for c in g)]
+    pgs, cgs = grid.groups()
+    pre = [("pre", i) for i, g in enumerate(pgs) if any(grid.job_needed(j) for j in g)]
+    cells = [("cell", i) for i, g in enumerate(cgs) if any(not grid.done(c) for c in g)]
     finished = 0
     for name, tasks in (("pre-training", pre), ("runs", cells)):
         if not tasks:
             continue
         chunks = _chunks(tasks, chunk)
         n = len(chunks)
-        jobs = ex.map_array(run_chunk, [spec] * n, [out] * n, [corpora] * n, chunks, [device] * n)
+        jobs = ex.map_array(run_chunk, [spec] * n, [out] * n, [corpora] * n, [pack] * n, chunks, [device] * n)
         log(f"{name}: {len(tasks)} groups in {n} array tasks ({jobs[0].job_id.split('_')[0]})")
         finished += sum(j.result() for j in jobs)
+        grid.refresh()
     pg, cg = grid.pending()
     return dict(spec=spec.name, executor=executor, finished_runs=finished, remaining_runs=sum(len(g) for g in cg),
                 remaining_pretrain=sum(len(g) for g in pg), wall_s=round(time.monotonic() - t0, 1),

@@ -1,21 +1,37 @@
 """Training one run, or one packed group of same-size runs, to completion.
 
 A fine-tuning/scratch group trains each member on its own D_F bytes
-(repeated for as many epochs as needed), evaluates the target validation
-loss every `eval_interval` steps (its own, or the group's) and early-stops
-each member on it; a member that reaches the safety cap is marked `capped`,
-one whose loss is not finite is marked `failed` and frozen. A pre-training group trains on its sources for
-a fixed token budget and saves member checkpoints at given token counts.
-Members that have stopped are dropped from the ensemble once half of it has.
+(repeated for as many epochs as needed) and measures it so that the loss it
+reports is an honest estimate of the data-limited optimum:
+
+- the weights evaluated are an exponential moving average of the iterates
+  (see `ema_decay`), not the raw weights of a constant-rate run;
+- the member is evaluated at step 0, on a log-spaced schedule up to its
+  first regular evaluation, then every `eval_interval` steps, so an optimum
+  reached within a few steps is resolved rather than hidden in the first
+  evaluation;
+- the stopping point is chosen on one half of the target's validation split
+  (the *selection* windows) and the chosen weights are scored once on the
+  other half (the *report* windows), so the reported loss carries no
+  selection bias;
+- stopping follows a smoothed selection curve with patience counted in
+  regular evaluations (no minimum-gain rule that stops a curve that is
+  still falling); a member that reaches its token budget is marked
+  `capped`, one whose loss is not finite is marked `failed` and frozen.
+
+A pre-training group trains on its sources for a fixed token budget and
+saves checkpoints of its averaged weights at given token counts. Members
+that have stopped are dropped from the ensemble once half of it has.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,61 +39,90 @@ import numpy as np
 import torch
 
 from trainer.data import Sampler, Stream, eval_starts
+from trainer.files import atomic_torch_save
 from trainer.model import EnsembleGPT, GPTConfig, decay_mask
 
-# Per-size learning rate and batch (sequences of 256 bytes). The pilot
-# (PILOT.md) used 2e-3 / 1e-3 / 6e-4 at N = 0.10M / 0.79M / 3.2M and batch 32;
-# the other sizes follow its trend, lr = 2e-3 * (N / 1e5)^-0.3 (a fit through
-# those three points: it gives 1.9e-3 / 1.0e-3 / 7.1e-4), capped at 3e-3 for the
-# smallest. Batch grows with D_F instead of size: runs on large D_F need more
-# tokens per step to reach their early-stopping optimum in few steps.
+# Per-size peak learning rate, for AdamW at batch 16-32 sequences of 256
+# bytes: lr = 2e-3 * (N / 1e5)^-0.3 through the three sizes measured first
+# (2e-3 / 1e-3 / 6e-4 at N = 0.1M / 0.79M / 3.2M), capped at 3e-3. The
+# fine-tuning sweep in trainer/BENCH.md checks it at 25k and 100k.
 LR_TABLE: dict[str, float] = {
-    "25k": 3e-3,   # trend gives 3.0e-3
-    "100k": 2e-3,  # pilot
-    "330k": 1.4e-3,  # trend
-    "800k": 1e-3,  # pilot
-    "2m": 8e-4,    # trend
-    "3m": 6e-4,    # pilot
-    "7m": 5e-4,    # trend
-    "14m": 4e-4,   # trend
-    "19m": 3.5e-4,  # trend
+    "25k": 3e-3, "50k": 2.5e-3, "100k": 2e-3, "150k": 1.8e-3, "330k": 1.4e-3, "800k": 1e-3, "2m": 8e-4,
+    "3m": 6e-4, "7m": 5e-4, "14m": 4e-4, "19m": 3.5e-4,
 }
-
 
 # torch.compile (CUDA only) from this N up: below it steps are bound by kernel
 # launches and short runs would spend more time compiling than they save.
 COMPILE_MIN_PARAMS = 2e6
 
+# Power-function weight average (Karras et al. 2024, "EDM2"): at step t the
+# average has decay (1 - 1/t)^(gamma + 1), so it always spans the same
+# *fraction* of the run (gamma = 6.94: relative width 0.10) whatever the run's
+# length. A constant-decay EMA would average over a fixed number of steps:
+# too long for an 8 KiB fine-tuning run that peaks within 50 steps, too short
+# for a 2 MiB scratch run. The alternative, cooling the learning rate down
+# before every candidate stopping point, needs a branch of training per
+# evaluation; the average costs one lerp per step and is ready at every
+# evaluation.
+EMA_GAMMA = 6.94
+
+
+def ema_decay(step: int, gamma: float = EMA_GAMMA) -> float:
+    return (1.0 - 1.0 / step) ** (gamma + 1.0) if step > 0 else 0.0
+
 
 def batch_for(data_tokens: int | None) -> int:
-    """Sequences per step: 32 (the pilot's) up to 1 MB of D_F, 64 up to 8 MB,
-    128 beyond and for pre-training (the pilot's pre-training batch)."""
+    """Sequences per step: 32 up to 1 MB of D_F, 64 up to 8 MB, 128 beyond
+    and for pre-training."""
     if data_tokens is None or data_tokens > 8 * 2**20:
         return 128
     return 32 if data_tokens <= 2**20 else 64
 
 
 def eval_interval_for(data_tokens: int, batch: int, ctx: int = 256) -> int:
-    """Evaluate about every half epoch, between 25 and 250 steps: small D_F
-    runs early-stop within a few hundred steps (PILOT.md), large ones late."""
+    """Regular evaluations about every half epoch, between 25 and 250 steps."""
     return int(np.clip(round(0.5 * data_tokens / (batch * ctx)), 25, 250))
 
 
-@dataclass
+def early_evals(interval: int, first: int = 4) -> list[int]:
+    """Log-spaced evaluation steps before the first regular one: interval
+    divided by powers of sqrt(2), down to `first`."""
+    out, k = set(), 1
+    while (s := round(interval / 2 ** (k / 2))) >= first:
+        out.add(s)
+        k += 1
+    return sorted(out)
+
+
+@dataclass(frozen=True)
 class Settings:
+    """Every setting that shapes a run (its hash is part of the run id)."""
+
     lr: float
     batch: int
     eval_interval: int
-    patience: int = 5  # evaluations without improvement before stopping
-    min_delta: float = 1e-3  # nats: smaller gains do not reset patience (a plateau ends the run)
+    max_steps: int  # token budget of a fine-tuning run, in steps: reaching it marks the run capped
+    patience: int = 5  # regular evaluations without a new minimum of the smoothed curve
+    smooth: float = 0.5  # weight of the newest evaluation in the smoothed selection curve
     warmup: int = 100
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    eval_seqs: int = 256
-    max_steps: int = 20_000  # safety cap (fine-tuning): reaching it marks the run capped
-    max_epochs: float = 2_000.0  # likewise, in passes over D_F
-    total_tokens: int | None = None  # pre-training budget: train exactly this many tokens
+    eval_seqs: int = 256  # selection windows (first half of the validation split)
+    report_seqs: int = 1024  # report windows (second half), scored once on the chosen weights
+    total_tokens: int | None = None  # pre-training: train exactly this many tokens
+    ctx: int = 256
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(d["betas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Settings":
+        d = dict(d)
+        d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
+        return cls(**d)
 
 
 @dataclass
@@ -130,12 +175,6 @@ class _AdamW:
             for n in d:
                 d[n] = d[n].index_select(0, keep).contiguous()
 
-    def state(self) -> dict:
-        return {"m": self.m, "v": self.v, "t": self.t}
-
-    def load(self, st: dict) -> None:
-        self.m, self.v, self.t = st["m"], st["v"], st["t"]
-
 
 @torch.no_grad()
 def _clip(params: dict[str, torch.nn.Parameter], max_norm: float) -> None:
@@ -146,13 +185,74 @@ def _clip(params: dict[str, torch.nn.Parameter], max_norm: float) -> None:
         p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))).to(p.grad.dtype))
 
 
-def _eval_windows(val: Stream, ctx: int, n: int) -> np.ndarray:
-    """Fixed eval windows for one member: split across a mix's components by weight."""
+def _eval_windows(val: Stream, ctx: int, n: int, half: int) -> np.ndarray:
+    """n fixed windows from one half (0: selection, 1: report) of each part of
+    a validation stream, split across a mix's parts by weight."""
     w = np.asarray(val.weights, dtype=np.float64) / sum(val.weights)
     counts = np.floor(w * n).astype(int)
     counts[0] += n - counts.sum()
-    rows = [a[s:s + ctx + 1] for a, c in zip(val.parts, counts) for s in eval_starts(a.size, ctx, c)]
+    rows = []
+    for a, c in zip(val.parts, counts):
+        h = a[: a.size // 2] if half == 0 else a[a.size // 2:]
+        rows += [h[s:s + ctx + 1] for s in eval_starts(h.size, ctx, c)]
     return np.stack(rows)
+
+
+def _stack_windows(members: list[Member], ctx: int, n: int, half: int) -> torch.Tensor:
+    rows = [_eval_windows(m.val, ctx, n, half) for m in members]
+    k = min(r.shape[0] for r in rows)  # a short split clips every member alike
+    return torch.from_numpy(np.stack([r[:k] for r in rows]))
+
+
+class _Step:
+    """One training step (forward and backward). With compile, the first call
+    runs the compiled step inside a try, backward included (AOTAutograd
+    compiles the backward graph lazily, at the first backward): any compiler
+    failure falls back to eager with a warning, so a compiler problem on some
+    torch version costs speed, not the grid."""
+
+    def __init__(self, model: EnsembleGPT, compile: bool, amp):
+        self.model, self.amp = model, amp
+        self.fn = torch.compile(model.member_losses) if compile else model.member_losses
+        self.compiled, self.tried = compile, not compile
+
+    def eager(self):
+        self.fn, self.compiled = self.model.member_losses, False
+
+    def __call__(self, x, y) -> torch.Tensor:
+        if self.tried:
+            return self._run(x, y)
+        self.tried = True
+        try:
+            return self._run(x, y)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any compiler failure
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eager instead")
+            self.model.zero_grad(set_to_none=True)
+            self.eager()
+            return self._run(x, y)
+
+    def _run(self, x, y) -> torch.Tensor:
+        with self.amp:
+            losses = self.fn(x, y)
+        losses.sum().backward()
+        return losses
+
+
+def _raise_recompile_limit() -> None:
+    """Each model size and ensemble width is a new graph; torch's default
+    limit (8) would silently fall back to eager in a long grid."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, 256)
+
+
+class ResumeError(ValueError):
+    """Resume state that cannot be used (damaged, or from other settings)."""
 
 
 def train_group(
@@ -161,6 +261,7 @@ def train_group(
     s: Settings,
     device: torch.device | None = None,
     compile: bool | None = None,
+    bf16: bool | None = None,
     on_checkpoint: Callable[[Member, int, int, dict], None] | None = None,
     resume_path: Path | None = None,
     deadline: float | None = None,
@@ -169,11 +270,15 @@ def train_group(
     """Train the members as one ensemble; return one result dict per member
     (in order). Pre-training groups (s.total_tokens set) save resume state to
     resume_path at each checkpoint, and return None if `deadline`
-    (time.monotonic()) passes before they finish: re-running resumes them."""
+    (time.monotonic()) passes before they finish: re-running resumes them.
+    compile and bf16 default to on for CUDA (compile from COMPILE_MIN_PARAMS),
+    off on CPU, where neither pays (trainer/BENCH.md)."""
     device = torch.device(device) if device is not None else device_default()
     cuda = device.type == "cuda"
     if compile is None:
         compile = cuda and 12 * cfg.n_layer * cfg.d_model**2 >= COMPILE_MIN_PARAMS
+    if bf16 is None:
+        bf16 = cuda
     pretrain = s.total_tokens is not None
     t0 = time.time()
     M, T, B = len(members), cfg.ctx, s.batch
@@ -183,22 +288,23 @@ def train_group(
         if m.init is not None:
             model.load_member(i, m.init)
     model.to(device)
+    avg = EnsembleGPT(cfg, [0] * M).to(device).requires_grad_(False)  # the weight average
+    avg.copy_from(model)
+    best = {n: p.detach().clone() for n, p in avg.named_parameters()}  # averaged weights at each member's best
     opt = _AdamW(dict(model.named_parameters()), s)
     sampler = Sampler([m.stream for m in members], [m.seed for m in members], T, B, device)
-    evals = torch.from_numpy(np.stack([_eval_windows(m.val, T, s.eval_seqs) for m in members])).to(device)
+    sel_windows = _stack_windows(members, T, s.eval_seqs, 0).to(device)
+    rep_windows = None if pretrain else _stack_windows(members, T, s.report_seqs, 1).to(device)
 
-    # Only the training step is compiled: evaluation is a small share of the
-    # work and a second graph per shape would double compile time.
-    loss_fn = eval_fn = model.member_losses
     if compile:
         _raise_recompile_limit()
-        loss_fn = _Compiled(model.member_losses)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    train_step = _Step(model, compile, amp)
 
     total_steps = math.ceil(s.total_tokens / (B * T)) if pretrain else s.max_steps
     rec = [
-        dict(curve_tokens=[], curve_loss=[], train_loss=[], best=math.inf, best_step=0, since=0,
-             status=None, reason="", steps=0)
+        dict(curve_tokens=[], curve_loss=[], train_loss=[], best=math.inf, best_step=0, smooth=None,
+             smooth_best=math.inf, since=0, status=None, reason="", steps=0, report=math.nan)
         for _ in members
     ]
     step = 0
@@ -209,95 +315,124 @@ def train_group(
     train_n = torch.zeros(M, device=device)
     # Members may evaluate on their own schedules (e.g. different D_F in one pack).
     every = [m.eval_interval or s.eval_interval for m in members]
+    early = [set(early_evals(e)) for e in every]
     if resume_path is not None and resume_path.exists():
-        st = torch.load(resume_path, map_location=device, weights_only=False)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(st["params"][n])
-        opt.load(st["opt"])
-        sampler.set_state(st["rng"])
-        rec, step, pending_ckpt = st["rec"], st["step"], st["pending"]
-        train_sum, train_n = st["train_sum"], st["train_n"]
+        step, rec, pending_ckpt, train_sum, train_n = _load_resume(resume_path, model, avg, opt, sampler, device, s,
+                                                                   members)
 
     def save_resume() -> None:
         if resume_path is None:
             return
-        st = dict(params={n: p.detach() for n, p in model.named_parameters()}, opt=opt.state(),
-                  rng=sampler.state(), rec=rec, step=step, pending=pending_ckpt, train_sum=train_sum, train_n=train_n)
-        _atomic_torch_save(st, resume_path)
+        meta = dict(settings=s.to_dict(), runs=[m.run_id for m in members], rng=sampler.state(), rec=rec,
+                    step=step, pending=pending_ckpt, opt_t=opt.t)
+        st = {f"p.{n}": p.detach() for n, p in model.named_parameters()}
+        st.update({f"a.{n}": p.detach() for n, p in avg.named_parameters()})
+        st.update({f"m.{n}": v for n, v in opt.m.items()})
+        st.update({f"v.{n}": v for n, v in opt.v.items()})
+        st.update({"train_sum": train_sum, "train_n": train_n, "meta": json.dumps(meta)})
+        atomic_torch_save(st, resume_path)
 
     @torch.no_grad()
-    def evaluate() -> list[float]:
-        rows = evals[active] if len(active) < M else evals
-        out = torch.zeros(len(active), device=device)
-        chunk = max(1, min(rows.shape[1], 2**16 // max(1, len(active))))
+    def losses_of(net: EnsembleGPT, rows: torch.Tensor) -> list[float]:
+        out = torch.zeros(rows.shape[0], device=device)
+        chunk = max(1, min(rows.shape[1], 2**16 // max(1, rows.shape[0])))
         for i in range(0, rows.shape[1], chunk):
             w = rows[:, i:i + chunk].long()
             with amp:
-                out += eval_fn(w[..., :-1], w[..., 1:]) * w.shape[1]
+                out += net.member_losses(w[..., :-1], w[..., 1:]).float() * w.shape[1]
         return (out / rows.shape[1]).tolist()
 
+    def report(js: list[int]) -> None:
+        """Score the chosen (best) averaged weights of members at rows js on
+        their report windows, in one batched pass."""
+        net = EnsembleGPT(cfg, [0] * len(js)).to(device).requires_grad_(False)
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                p.copy_(best[n][js])
+        vals = losses_of(net, rep_windows[[active[j] for j in js]])
+        for j, v in zip(js, vals):
+            rec[active[j]]["report"] = v
+
+    def record(j: int, tokens: int, val: float, tl: float, regular: bool) -> None:
+        i = active[j]
+        r = rec[i]
+        r["steps"] = step
+        r["curve_tokens"].append(tokens)
+        r["curve_loss"].append(val)
+        r["train_loss"].append(tl)
+        if not math.isfinite(val) or (step > 0 and not math.isfinite(tl)):
+            r["status"], r["reason"] = "failed", f"non-finite loss by step {step}"
+            return
+        if val < r["best"]:
+            r["best"], r["best_step"] = val, step
+            with torch.no_grad():
+                for n, p in avg.named_parameters():
+                    best[n][j].copy_(p[j])
+        if pretrain or not regular:
+            return
+        # Stop on the smoothed curve: the raw one jitters by more than the late gains.
+        r["smooth"] = val if r["smooth"] is None else (1 - s.smooth) * r["smooth"] + s.smooth * val
+        if r["smooth"] < r["smooth_best"]:
+            r["smooth_best"], r["since"] = r["smooth"], 0
+        else:
+            r["since"] += 1
+        if r["since"] >= s.patience:
+            r["status"] = "ok"
+        elif step >= s.max_steps:
+            r["status"], r["reason"] = "capped", f"token budget reached at step {step} before early stopping"
+
+    def evaluate(due: list[int], tokens: int) -> None:
+        rows = sel_windows[active]
+        vals = losses_of(avg, rows)
+        tl = (train_sum / train_n.clamp(min=1)).tolist() if step else [math.nan] * len(active)
+        stopped = []
+        for j in due:
+            i = active[j]
+            train_sum[j], train_n[j] = 0.0, 0
+            if rec[i]["status"] is not None:
+                continue
+            regular = step % every[i] == 0 and step > 0 or step == total_steps
+            record(j, tokens, vals[j], tl[j], regular)
+            if rec[i]["status"] is not None:
+                lr_live[j] = 0.0
+                if rec[i]["status"] != "failed" and not pretrain:
+                    stopped.append(j)
+        if stopped:
+            report(stopped)
+
+    if step == 0:
+        evaluate(list(range(M)), 0)
     while step < total_steps and active:
         if pretrain and deadline is not None and time.monotonic() > deadline:
             save_resume()
             return None
         warm = min(1.0, (step + 1) / s.warmup)
         x, y = sampler.next()
-        with amp:
-            losses = loss_fn(x, y)
-        losses.sum().backward()
+        losses = train_step(x, y)
         params = dict(model.named_parameters())
         _clip(params, s.grad_clip)
         opt.step(params, s.lr * warm * lr_live)
         model.zero_grad(set_to_none=True)
+        step += 1
+        avg.lerp_from(model, 1.0 - ema_decay(step))
         train_sum += losses.detach().float()
         train_n += 1
-        step += 1
         tokens = step * B * T
 
-        if pretrain:
+        last = step == total_steps
+        due = [j for j, i in enumerate(active) if last or step % every[i] == 0 or step in early[i]]
+        if due:
+            evaluate(due, tokens)
+        if pretrain:  # after the evaluation, so that resume state holds it
             for j, i in enumerate(active):
                 while pending_ckpt[i] and tokens >= pending_ckpt[i][0]:
                     p = pending_ckpt[i].pop(0)
                     if on_checkpoint is not None:
-                        on_checkpoint(members[i], p, tokens, model.member_state(j))
+                        on_checkpoint(members[i], p, tokens, avg.member_state(j))
                     save_resume()
-
-        last = step == total_steps
-        due = [j for j, i in enumerate(active) if last or step % every[i] == 0]
-        if not due:
-            continue
-        vals = evaluate()
-        tl = (train_sum / train_n).tolist()
-        for j in due:
-            i = active[j]
-            train_sum[j] = 0.0
-            train_n[j] = 0
-            r = rec[i]
-            if r["status"] is not None:
-                continue
-            r["steps"] = step
-            r["curve_tokens"].append(tokens)
-            r["curve_loss"].append(vals[j])
-            r["train_loss"].append(tl[j])
-            if not (math.isfinite(vals[j]) and math.isfinite(tl[j])):
-                r["status"], r["reason"] = "failed", f"non-finite loss by step {step}"
-            else:
-                # The best loss is the minimum; only a real gain resets patience.
-                gain = r["best"] - vals[j]
-                if gain > 0:
-                    r["best"], r["best_step"] = vals[j], step
-                r["since"] = 0 if gain > s.min_delta else r["since"] + 1
-            if r["status"] is None and not pretrain:
-                if r["since"] >= s.patience:
-                    r["status"] = "ok"
-                elif step >= s.max_steps or tokens >= s.max_epochs * members[i].data_tokens:
-                    r["status"], r["reason"] = "capped", f"safety cap reached at step {step}"
-            if r["status"] is not None:
-                lr_live[j] = 0.0
-        if progress is not None:
+        if progress is not None and due:
             done = sum(r["status"] is not None for r in rec)
-            progress(f"step {step}/{total_steps if pretrain else '?'} done {done}/{M}")
+            progress(f"step {step}/{total_steps} done {done}/{M}")
         # Drop stopped members once half of the ensemble has stopped (not in
         # pre-training, whose resume state keeps the whole ensemble).
         live = [j for j, i in enumerate(active) if rec[i]["status"] is None]
@@ -307,9 +442,10 @@ def train_group(
                 break
             keep = torch.tensor(live, device=device)
             model.select(live)
-            loss_fn = eval_fn = model.member_losses
-            if compile:
-                loss_fn = _Compiled(model.member_losses)
+            avg.select(live)
+            for n in best:
+                best[n] = best[n].index_select(0, keep).contiguous()
+            train_step = _Step(model, train_step.compiled, amp)
             opt.select(keep)
             sampler.select(live)
             lr_live = lr_live[keep]
@@ -324,11 +460,14 @@ def train_group(
     results = []
     for k, (m, r) in enumerate(zip(members, rec)):
         ok = r["status"] != "failed"
+        # Pre-training reports its final selection loss (it has no optimum to choose).
+        loss = (r["curve_loss"][-1] if r["curve_loss"] else math.nan) if pretrain else r["report"]
         results.append(dict(
             run_id=m.run_id,
             status=r["status"] or "failed",
             status_reason=r["reason"],
-            loss=r["best"] if ok and math.isfinite(r["best"]) else float("nan"),
+            loss=loss if ok and math.isfinite(loss) else float("nan"),
+            loss_select=r["best"] if ok and math.isfinite(r["best"]) else float("nan"),
             best_step=r["best_step"],
             best_tokens=r["best_step"] * B * T,
             steps=r["steps"],
@@ -337,68 +476,56 @@ def train_group(
             curve_tokens=r["curve_tokens"],
             curve_loss=r["curve_loss"],
             train_loss=r["train_loss"],
-            batch=B, lr=s.lr, eval_interval=every[k],
+            batch=B, lr=s.lr, eval_interval=every[k], eval_seqs=int(sel_windows.shape[1]),
+            report_seqs=0 if rep_windows is None else int(rep_windows.shape[1]),
             group_size=M, group_wall_s=wall,
             device=device_name(device),
         ))
     return results
 
 
-class _Compiled:
-    """torch.compile of the training step that falls back to eager (with a
-    warning) if compilation itself fails, so a compiler problem on some torch
-    version costs speed, not the grid."""
-
-    def __init__(self, fn):
-        self.eager, self.fn, self.tried = fn, torch.compile(fn), False
-
-    def __call__(self, *args):
-        if self.tried:
-            return self.fn(*args)
-        self.tried = True
-        try:
-            return self.fn(*args)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any compiler failure
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); training eager instead")
-            self.fn = self.eager
-            return self.fn(*args)
-
-
-def _raise_recompile_limit() -> None:
-    """Each model size and ensemble width is a new graph; torch's default
-    limit (8) would silently fall back to eager in a long grid."""
-    import torch._dynamo
-
-    cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, 256)
+def _load_resume(path: Path, model, avg, opt, sampler, device, s: Settings, members: list[Member]):
+    """Restore a pre-training group from its resume file: tensors and JSON
+    only (weights_only), and only if it was written for these settings and runs."""
+    try:
+        st = torch.load(path, map_location=device, weights_only=True)
+        meta = json.loads(st["meta"])
+    except Exception as e:  # noqa: BLE001 - any damage to the file
+        raise ResumeError(f"resume file {path} cannot be read ({type(e).__name__}); delete it to restart "
+                          f"this pre-training group") from None
+    if meta.get("settings") != s.to_dict() or meta.get("runs") != [m.run_id for m in members]:
+        raise ResumeError(f"resume file {path} was written for other settings or runs; delete it to restart")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(st[f"p.{n}"])
+        for n, p in avg.named_parameters():
+            p.copy_(st[f"a.{n}"])
+    opt.m = {n: st[f"m.{n}"] for n in opt.names}
+    opt.v = {n: st[f"v.{n}"] for n in opt.names}
+    opt.t = meta["opt_t"]
+    sampler.set_state(meta["rng"])
+    return meta["step"], meta["rec"], meta["pending"], st["train_sum"], st["train_n"]
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores)"
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def save_checkpoint(path: Path, cfg: GPTConfig, state: dict, meta: dict) -> None:
     """A single-member checkpoint: config, weights, and where it came from."""
-    _atomic_torch_save({"config": cfg.to_dict(), "state": state, "meta": meta}, path)
+    atomic_torch_save({"config": cfg.to_dict(), "state": state, "meta": meta}, path)
 
 
 def load_checkpoint(path: Path, cfg: GPTConfig) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if ck.get("config") != cfg.to_dict():
-        raise ValueError(f"checkpoint {path} is for model {ck.get('config')}, not {cfg.to_dict()}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated or not a checkpoint
+        raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}): damaged or not a checkpoint") from None
+    if not isinstance(ck, dict) or ck.get("config") != cfg.to_dict():
+        raise ValueError(f"checkpoint {path} is for model {ck.get('config') if isinstance(ck, dict) else '?'}, "
+                         f"not {cfg.to_dict()}")
     return ck["state"]

@@ -1,0 +1,128 @@
+"""Packing cells into groups, and what a grid will cost.
+
+Cells of one size, D_F and batch train as one ensemble of at most `pack`
+members (scratch and fine-tuned twins side by side: they stop at similar
+times). On a CPU the default pack is 4: wider packs measured 27% slower
+per token (trainer/BENCH.md); on a GPU 32 small models share the device.
+
+The cost model prices a group at the tokens its runs are expected to train
+(trainer.spec.expected_tokens) plus their evaluations, at a speed measured
+by a few-second probe of the real training step on the machine at hand, in
+core-seconds (one thread per process on a CPU).
+"""
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+from trainer.model import SIZES
+from trainer.spec import CTX, SCRATCH, Cell, PretrainJob, Spec, SpecError, expected_tokens
+
+CPU_PACK, GPU_PACK = 4, 32
+
+
+def default_pack(spec: Spec, cuda: bool) -> int:
+    return int(spec.train.get("pack", GPU_PACK if cuda else CPU_PACK))
+
+
+def cell_groups(spec: Spec, pack: int) -> list[list[Cell]]:
+    by: dict[tuple, list[Cell]] = {}
+    for c in spec.cells:
+        by.setdefault((SIZES[c.size], c.size, c.data_tokens, c.settings.batch), []).append(c)
+    groups = []
+    for key in sorted(by):
+        cs = sorted(by[key], key=lambda c: c.run_id)
+        groups += [cs[i:i + pack] for i in range(0, len(cs), pack)]
+    return groups
+
+
+def pretrain_groups(spec: Spec, pack: int) -> list[list[PretrainJob]]:
+    by: dict[str, list[PretrainJob]] = {}
+    for j in spec.pretrain_jobs:
+        by.setdefault(j.size, []).append(j)
+    return [js[i:i + pack] for size in sorted(by, key=lambda s: SIZES[s]) for js in [by[size]]
+            for i in range(0, len(js), pack)]
+
+
+def flops_per_token(size: str) -> float:
+    """Training FLOPs per token: 6N plus causal attention and the output head."""
+    L, d = SIZES[size]
+    return 6 * 12 * L * d * d + 6 * L * CTX * d + 6 * d * 256
+
+
+@lru_cache(maxsize=None)
+def probe_tokens_per_s(size: str, members: int, batch: int, device: str = "cpu", seconds: float = 1.5) -> float:
+    """Training tokens/s of a `members`-wide ensemble of `size`, measured on
+    this machine by timing the real step on random bytes (after 2 warm-up steps)."""
+    import numpy as np
+    import torch
+
+    from trainer.data import Sampler, Stream
+    from trainer.model import EnsembleGPT, config_for
+    from trainer.train import _AdamW, Settings
+
+    cfg = config_for(size)
+    dev = torch.device(device)
+    model = EnsembleGPT(cfg, list(range(members))).to(dev)
+    data = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8)
+    sampler = Sampler([Stream([data], [1.0])] * members, list(range(members)), cfg.ctx, batch, dev)
+    s = Settings(lr=1e-3, batch=batch, eval_interval=1, max_steps=1)
+    opt = _AdamW(dict(model.named_parameters()), s)
+    lr = torch.full((members,), 1e-3, device=dev)
+
+    def step():
+        x, y = sampler.next()
+        model.member_losses(x, y).sum().backward()
+        opt.step(dict(model.named_parameters()), lr)
+        model.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        step()
+        n += 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return n * members * batch * cfg.ctx / (time.perf_counter() - t0)
+
+
+def group_seconds(cells: list[Cell], speed: float) -> float:
+    """Seconds for one group: its longest expected run at the group's width
+    (stopped members leave as it thins, so charge at least the mean), plus
+    evaluations: a forward pass costs about a third of a training step."""
+    st = cells[0].settings
+    per_step = st.batch * CTX
+    runs = [min(expected_tokens(c.data_tokens, c.source == SCRATCH), st.max_steps * per_step) for c in cells]
+    train = max(max(runs), sum(runs) / len(runs)) * len(cells)
+    n_evals = max(runs) / per_step / st.eval_interval + 8
+    evals = len(cells) * (n_evals * st.eval_seqs + st.report_seqs) * CTX / 3
+    return (train + evals) / speed
+
+
+def pretrain_seconds(jobs: list[PretrainJob], speed: float) -> float:
+    st = jobs[0].settings
+    n_evals = jobs[0].tokens / (st.batch * CTX) / st.eval_interval + 12
+    return len(jobs) * (jobs[0].tokens + n_evals * st.eval_seqs * CTX / 3) / speed
+
+
+def check_budgets(spec: Spec) -> None:
+    """Refuse a spec whose token budget cannot reach early stopping for some
+    cell: the budget must cover 1.5x the expected tokens to stop."""
+    for c in spec.cells:
+        need = 1.5 * expected_tokens(c.data_tokens, c.source == SCRATCH)
+        have = c.settings.max_steps * c.settings.batch * CTX
+        if have < need:
+            raise SpecError(f"{c.run_id}: max_steps {c.settings.max_steps} gives {have:.3g} tokens, below the "
+                            f"{need:.3g} this cell needs to reach early stopping; raise [train].max_steps or drop it "
+                            f"for [train].budget")
+
+
+def estimate(spec: Spec, pending_pre, pending_cells, device: str = "cpu") -> dict:
+    """Core-seconds (device-seconds on a GPU) for the given pending groups,
+    with speeds probed on this machine."""
+    pre = sum(pretrain_seconds(g, probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, device))
+              for g in pending_pre)
+    runs = sum(group_seconds(g, probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, device))
+               for g in pending_cells)
+    return dict(pretrain_s=pre, runs_s=runs, total_s=pre + runs)

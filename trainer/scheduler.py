@@ -1,0 +1,396 @@
+"""Running a grid: an output directory of per-run records, and a scheduler
+that trains its pending groups, longest first, resumably.
+
+Layout of an output directory:
+  specs/<name>.json                     each spec run into it
+  pretrain/<job>/p<tokens>.pt           pre-training checkpoints (+ resume-*.pt while running)
+  pretrain/<job>/result.json            the finished pre-training run
+  runs/<run_id>.json                    one finished fine-tuning/scratch run
+  .lock                                 held by the one `grid run` working in it
+
+Every file is written to a temporary name and renamed, and a group's records
+are written only when the group ends, so a kill at any moment loses at most
+the groups in flight. A run id carries a hash of every setting that shapes
+the run, so a finished run is reused only by a spec that would train it the
+same way. A record that cannot be read back is redone, with a warning.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+from trainer.data import Corpora, Stream, source_mix, stable_int
+from trainer.files import atomic_write_json, sweep_temps
+from trainer.model import config_for
+from trainer.plan import (
+    cell_groups, default_pack, estimate, flops_per_token, group_seconds, pretrain_groups, pretrain_seconds,
+)
+from trainer.provenance import code_version, corpus_hashes
+from trainer.spec import Cell, PretrainJob, Spec, SpecError, spec_hash
+from trainer.train import Member, load_checkpoint, save_checkpoint, train_group
+
+
+class GridLocked(RuntimeError):
+    """Another `grid run` is working in this output directory."""
+
+
+def read_record(path: Path) -> dict | None:
+    """A run record, or None (with a warning) if it is damaged."""
+    try:
+        rec = json.loads(path.read_text())
+        rec["result"]["status"], rec["result"]["loss"]  # noqa: B018 - the fields every reader needs
+        return rec
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warnings.warn(f"run record {path} is damaged ({type(e).__name__}); it will be redone")
+        return None
+
+
+class RunDir:
+    """One output directory holding the runs of one or more specs."""
+
+    def __init__(self, spec: Spec, out: Path, corpora: Path | None, pack: int):
+        self.spec, self.out, self.pack = spec, Path(out), pack
+        self.corpora_root = corpora
+        self._corpora: Corpora | None = None
+        self._done: dict[Path, bool] = {}
+
+    @property
+    def corpora(self) -> Corpora:
+        if self._corpora is None:
+            from trainer.corpora import default_root
+
+            self._corpora = Corpora(self.corpora_root or default_root())
+        return self._corpora
+
+    def run_path(self, c: Cell) -> Path:
+        return self.out / "runs" / f"{c.run_id}.json"
+
+    def job_dir(self, j: PretrainJob) -> Path:
+        return self.out / "pretrain" / j.job_id
+
+    def ckpt_path(self, job_id: str, p: int) -> Path:
+        return self.out / "pretrain" / job_id / f"p{p}.pt"
+
+    def refresh(self) -> None:
+        """Forget what was read: records may have been written by other processes."""
+        self._done.clear()
+
+    def _readable(self, path: Path) -> bool:
+        if path not in self._done:
+            self._done[path] = path.exists() and read_record(path) is not None
+        return self._done[path]
+
+    def done(self, c: Cell) -> bool:
+        return self._readable(self.run_path(c))
+
+    def job_done(self, j: PretrainJob) -> bool:
+        return self._readable(self.job_dir(j) / "result.json")
+
+    def job_needed(self, j: PretrainJob) -> bool:
+        """Not run yet, or a pending run needs one of its checkpoints and it
+        is gone (checkpoints stay behind when only run records travel)."""
+        if not self.job_done(j):
+            return True
+        return any(c.pretrain_job == j.job_id and not self.done(c)
+                   and not self.ckpt_path(j.job_id, c.pretrain_tokens).exists() for c in self.spec.cells)
+
+    def groups(self) -> tuple[list[list[PretrainJob]], list[list[Cell]]]:
+        return pretrain_groups(self.spec, self.pack), cell_groups(self.spec, self.pack)
+
+    def pending(self) -> tuple[list[list[PretrainJob]], list[list[Cell]]]:
+        pgs, cgs = self.groups()
+        pg = [[j for j in g if self.job_needed(j)] for g in pgs]
+        cg = [[c for c in g if not self.done(c)] for g in cgs]
+        return [g for g in pg if g], [g for g in cg if g]
+
+    def validate(self) -> None:
+        """Everything that can be checked before training starts: corpora
+        present and large enough, and built as the finished runs' were."""
+        names = set(self.corpora.manifest["distributions"])
+        missing = sorted(self.spec.corpora_needed() - names)
+        if missing:
+            raise SpecError(f"corpora {', '.join(missing)} are not in {self.corpora.root} "
+                            f"(has: {', '.join(sorted(names))})")
+        for t in self.spec.targets:
+            n = self.corpora.split(t, "train").size
+            if max(c.data_tokens for c in self.spec.cells) > n:
+                raise SpecError(f"D_F={max(self.spec.data_tokens)} exceeds the {n} bytes of {t}/train")
+        mine = corpus_hashes(self.corpora.manifest)
+        for p in sorted((self.out / "runs").glob("*.json"))[:1]:
+            rec = read_record(p)
+            theirs = rec and rec.get("provenance", {}).get("manifest")
+            if theirs:
+                diff = sorted(n for n in set(mine) & set(theirs) if mine[n] != theirs[n])
+                if diff:
+                    raise SpecError(f"corpora {', '.join(diff)} in {self.corpora.root} differ from the build the "
+                                    f"runs in {self.out} were trained on (sha256 of their splits); rebuild them "
+                                    f"with `transfer-train corpora build` or use another --out")
+        for j in self.spec.pretrain_jobs:
+            for p in j.checkpoints:
+                path = self.ckpt_path(j.job_id, p)
+                if path.exists():
+                    load_checkpoint(path, config_for(j.size))
+
+    def save_spec(self) -> None:
+        path = self.out / "specs" / f"{self.spec.name}.json"
+        rec = dict(name=self.spec.name, text=self.spec.text, run_ids=[c.run_id for c in self.spec.cells])
+        if path.exists():
+            try:
+                old = json.loads(path.read_text())
+            except ValueError:
+                old = None
+            if old == rec:
+                return  # a complete grid in a read-only directory still runs
+            if old and old.get("text") != rec["text"] and any(self._readable(self.out / "runs" / f"{r}.json")
+                                                              for r in old.get("run_ids", [])):
+                warnings.warn(f"spec {self.spec.name!r} in {self.out} was run before with other text; "
+                              f"its finished runs are kept where their settings match")
+        atomic_write_json(path, rec)
+
+    def provenance(self) -> dict:
+        return dict(corpora=Path(self.corpora.root).name, manifest=corpus_hashes(self.corpora.manifest),
+                    code_version=code_version())
+
+    def stream_for(self, source: str) -> Stream:
+        mix = source_mix(source)
+        return Stream([self.corpora.split(n, "train") for n in mix], list(mix.values()))
+
+    def val_for(self, source: str) -> Stream:
+        mix = source_mix(source)
+        return Stream([self.corpora.split(n, "val") for n in mix], list(mix.values()))
+
+    def run_pretrain_group(self, jobs: list[PretrainJob], device=None, compile=None, deadline=None,
+                           log=print) -> bool:
+        size = jobs[0].size
+        cfg = config_for(size)
+        # One init per (size, pre-training seed), whatever the source, so sources start alike.
+        members = [Member(j.job_id, stable_int("init", j.seed, size), self.stream_for(j.source),
+                          self.val_for(j.source), checkpoints=list(j.checkpoints)) for j in jobs]
+        resume = self.job_dir(jobs[0]) / f"resume-{spec_hash([j.job_id for j in jobs])}.pt"
+        by_id = {j.job_id: j for j in jobs}
+
+        def on_ckpt(member: Member, p: int, tokens: int, state: dict) -> None:
+            save_checkpoint(self.ckpt_path(member.run_id, p), cfg, state,
+                            dict(job=member.run_id, source=by_id[member.run_id].source, pretrain_tokens=p,
+                                 tokens_seen=tokens))
+
+        res = train_group(cfg, members, jobs[0].settings, device=device, compile=compile, on_checkpoint=on_ckpt,
+                          resume_path=resume, deadline=deadline)
+        if res is None:
+            return False
+        prov = self.provenance()
+        for j, r in zip(jobs, res):
+            atomic_write_json(self.job_dir(j) / "result.json",
+                              dict(job=dict(size=j.size, source=j.source, tokens=j.tokens, seed=j.seed,
+                                            checkpoints=list(j.checkpoints), settings=j.settings.to_dict()),
+                                   job_id=j.job_id, result=r, provenance=prov))
+        resume.unlink(missing_ok=True)
+        return True
+
+    def run_cell_group(self, cells: list[Cell], device=None, compile=None) -> list[dict]:
+        size = cells[0].size
+        cfg = config_for(size)
+        members = []
+        for c in cells:
+            init = None
+            if c.pretrain_job is not None:
+                init = load_checkpoint(self.ckpt_path(c.pretrain_job, c.pretrain_tokens), cfg)
+            sub = self.corpora.subset(c.target, c.data_tokens, c.seed)
+            # Scratch and fine-tuned runs of one seed see the same data and
+            # (for scratch) the same init across D_F.
+            members.append(Member(c.run_id, stable_int("run", c.seed, size, c.target), Stream([sub], [1.0]),
+                                  self.val_for(c.target), init=init, data_tokens=c.data_tokens,
+                                  eval_interval=c.settings.eval_interval))
+        res = train_group(cfg, members, cells[0].settings, device=device, compile=compile)
+        prov = self.provenance()
+        for c, r in zip(cells, res):
+            atomic_write_json(self.run_path(c), dict(cell=c.coords(), run_id=c.run_id, settings=c.settings.to_dict(),
+                                                     pretrain_job=c.pretrain_job, result=r, provenance=prov,
+                                                     n_params=n_params(size)))
+        return res
+
+
+_N_CACHE: dict[str, int] = {}
+
+
+def n_params(size: str) -> int:
+    if size not in _N_CACHE:
+        from trainer.model import EnsembleGPT
+
+        _N_CACHE[size] = EnsembleGPT(config_for(size), [0]).n_params()
+    return _N_CACHE[size]
+
+
+def run_task(spec: Spec, out: Path, corpora: Path | None, pack: int, kind: str, idx: int, device, compile,
+             deadline: float | None) -> tuple[bool, int]:
+    """Run one group (the pending members of group idx); in a worker process
+    or in-process. Returns (finished, runs finished)."""
+    import torch
+
+    if device is not None and torch.device(device).type == "cpu":
+        torch.set_num_threads(1)  # one thread per process: two threads lose 2-8x when the other core is busy
+    rd = RunDir(spec, out, corpora, pack)
+    pgs, cgs = rd.groups()
+    if kind == "pre":
+        jobs = [j for j in pgs[idx] if rd.job_needed(j)]
+        return rd.run_pretrain_group(jobs, device=device, compile=compile, deadline=deadline), 0
+    cells = [c for c in cgs[idx] if not rd.done(c)]
+    rd.run_cell_group(cells, device=device, compile=compile)
+    return True, len(cells)
+
+
+class _InProcess:
+    """The executor interface, running each task at submit (workers=1)."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        f = Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as e:  # re-raised by f.result()
+            f.set_exception(e)
+        return f
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+class DirLock:
+    """An exclusive lock on an output directory (fcntl: released by the
+    kernel when the holder dies, so a killed run never leaves it stale)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / ".lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.seek(0)
+            who = self.f.read().strip() or "another process"
+            self.f.close()
+            raise GridLocked(f"{self.path.parent} is in use by {who}; wait for it or use another --out") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"`grid run` pid {os.getpid()}")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def free_cores() -> int:
+    """Cores not busy with other work right now (at least 1)."""
+    n = os.cpu_count() or 1
+    return max(1, min(n, round(n - os.getloadavg()[0])))
+
+
+def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: float | None = None,
+             device=None, compile=None, workers: int | None = None, pack: int | None = None, log=print) -> dict:
+    """Run every pending group, `workers` at a time (separate processes when
+    more than one; default: the free cores on a CPU, 1 on a GPU), longest
+    first; start no new group past time_limit seconds. Fine-tuning groups
+    start once their checkpoints exist."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = dev.type == "cuda"
+    workers = workers if workers is not None else (1 if cuda else free_cores())
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    pack = pack or default_pack(spec, cuda)
+    t0 = time.monotonic()
+    deadline = t0 + time_limit if time_limit is not None else None
+    with DirLock(out):
+        swept = sweep_temps(out)
+        if swept:
+            log(f"removed {swept} temporary file(s) left by an interrupted run")
+        rd = RunDir(spec, out, corpora, pack)
+        rd.validate()
+        rd.save_spec()
+        pgs, cgs = rd.groups()
+        pend_pre = {i for i, g in enumerate(pgs) if any(rd.job_needed(j) for j in g)}
+        pend_cell = {i for i, g in enumerate(cgs) if any(not rd.done(c) for c in g)}
+        # Longest first (by the cost model's expected tokens): the last group to
+        # finish is then a short one, and two workers end close together.
+        def flops(kind: str, i: int) -> float:
+            g = pgs[i] if kind == "pre" else [c for c in cgs[i] if not rd.done(c)]
+            per_flop = 1.0 / flops_per_token(g[0].size)
+            return pretrain_seconds(g, per_flop) if kind == "pre" else group_seconds(g, per_flop)
+
+        tasks = sorted([("pre", i) for i in pend_pre], key=lambda t: -flops(*t))
+        tasks += sorted([("cell", i) for i in pend_cell], key=lambda t: -flops(*t))
+
+        def ready(task) -> bool:
+            return task[0] == "pre" or all(
+                c.pretrain_job is None or rd.done(c) or rd.ckpt_path(c.pretrain_job, c.pretrain_tokens).exists()
+                for c in cgs[task[1]])
+
+        pool = _InProcess() if workers == 1 else ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"))
+        finished, stopped, blocked = 0, False, False
+        n_total = sum(len(cgs[i]) if k == "cell" else len(pgs[i]) for k, i in tasks)
+        try:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=Console(stderr=True), transient=False) as bar:
+                task_bar = bar.add_task(spec.name, total=n_total)
+                in_flight: dict = {}
+                while True:
+                    while len(in_flight) < workers and not stopped:
+                        if deadline is not None and time.monotonic() > deadline:
+                            stopped = True
+                            break
+                        nxt = next((t for t in tasks if ready(t)), None)
+                        if nxt is None:
+                            break
+                        tasks.remove(nxt)
+                        g = pgs[nxt[1]] if nxt[0] == "pre" else cgs[nxt[1]]
+                        bar.update(task_bar, description=f"{nxt[0]} {g[0].size} x{len(g)}")
+                        in_flight[pool.submit(run_task, spec, out, corpora, pack, nxt[0], nxt[1], dev, compile,
+                                              deadline)] = (nxt, len(g))
+                    if not in_flight:
+                        blocked = bool(tasks) and not stopped
+                        break
+                    done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                    for f in done:
+                        (kind, idx), n = in_flight.pop(f)
+                        ok, runs = f.result()
+                        finished += runs
+                        rd.refresh()  # records written by workers
+                        g = pgs[idx] if kind == "pre" else cgs[idx]
+                        if not ok:
+                            log(f"pre-training {g[0].size} stopped at the time limit; it resumes on the next call")
+                            stopped = True
+                        bar.advance(task_bar, n)
+                        # one line per group as well: the bar alone shows nothing in a log file
+                        log(f"{'pre-training' if kind == 'pre' else 'runs'} {g[0].size} x{n} done: "
+                            f"{bar.tasks[0].completed:.0f}/{n_total}, {time.monotonic() - t0:.0f} s")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if blocked:
+            log("some runs wait for pre-training checkpoints that were not made")
+        rd.refresh()
+        pg, cg = rd.pending()
+    return dict(spec=spec.name, finished_runs=finished, remaining_runs=sum(len(g) for g in cg),
+                remaining_pretrain=sum(len(g) for g in pg), wall_s=round(time.monotonic() - t0, 1),
+                complete=not pg and not cg)
+
+
+def dry_run_estimate(spec: Spec, out: Path, cuda: bool = False, pack: int | None = None) -> dict:
+    """The cost of what remains in out, probed on this machine."""
+    rd = RunDir(spec, out, None, pack or default_pack(spec, cuda))
+    pg, cg = rd.pending()
+    return estimate(spec, pg, cg, "cuda" if cuda else "cpu")

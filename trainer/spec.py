@@ -1,0 +1,306 @@
+"""Grid specs (TOML): the schema, its validation, and the expansion into
+pre-training jobs and cells.
+
+A spec names model sizes, targets, pre-training sources, fine-tuning sizes
+D_F (`data_tokens`), pre-training amounts p and seeds; every combination is
+a cell (one run). Scratch cells have source "none" and p = 0. Every value is
+checked against the schema below before any work starts, and every problem
+is one line naming the key.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.data import DISTRIBUTIONS, source_mix
+from trainer.model import SIZES, config_for
+from trainer.train import LR_TABLE, Settings, batch_for, eval_interval_for
+
+CTX = 256
+SCRATCH = "none"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SpecError(ValueError):
+    """A problem with a grid spec, named in one line."""
+
+
+def spec_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+# --- the schema: key -> (kind, low, high); kind "int" is a whole number ---
+_INT, _FLOAT, _STR = "int", "float", "str"
+_SCHEMA: dict[str, dict[str, tuple]] = {
+    "spec": {"name": (_STR,), "description": (_STR,), "grid": ("table",), "pretrain": ("table",),
+             "train": ("table",)},
+    "grid": {"sizes": ("list", _STR), "targets": ("list", _STR), "sources": ("list", _STR),
+             "data_tokens": ("list", _INT, CTX + 1, 2**40), "scratch_data_tokens": ("list", _INT, CTX + 1, 2**40),
+             "pretrain_tokens": ("list", _INT, 0, 2**44), "seeds": ("list", _INT, 0, 2**31),
+             "multi_seed_max_data_tokens": (_INT, 1, 2**40), "data_tokens_max_by_size": ("map", _INT, 1, 2**40)},
+    "pretrain": {"tokens": (_INT, 1, 2**44), "eval_interval": (_INT, 1, 10**6), "eval_seqs": (_INT, 1, 8192),
+                 "seed": (_INT, 0, 2**31), "seeds": ("list", _INT, 0, 2**31), "seed_sizes": ("list", _STR)},
+    "train": {"patience": (_INT, 1, 1000), "smooth": (_FLOAT, 0.01, 1.0), "eval_seqs": (_INT, 1, 8192),
+              "report_seqs": (_INT, 1, 65536), "max_steps": (_INT, 1, 10**8), "budget": (_FLOAT, 1.0, 1000.0),
+              "warmup": (_INT, 1, 10**6), "pack": (_INT, 1, 1024), "lr": ("map", _FLOAT, 1e-7, 1.0),
+              "batch": (_INT, 1, 8192), "eval_interval": (_INT, 1, 10**6)},
+}
+
+
+def _check_scalar(v, kind: str, lo, hi, where: str):
+    if kind == _STR:
+        if not isinstance(v, str):
+            raise SpecError(f"{where}: {v!r} is not a string")
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SpecError(f"{where}: {v!r} is not a number")
+    if kind == _INT:
+        if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+            raise SpecError(f"{where}: {v!r} is not a whole number")
+        v = int(v)
+    elif not math.isfinite(v):
+        raise SpecError(f"{where}: {v!r} is not a finite number")
+    if lo is not None and not (lo <= v <= hi):
+        fmt = (lambda x: str(int(x))) if kind == _INT else (lambda x: f"{x:g}")
+        raise SpecError(f"{where}: {fmt(v)} is out of range [{fmt(lo)}, {fmt(hi)}]")
+    return float(v) if kind == _FLOAT else v
+
+
+def _check_table(d, section: str) -> dict:
+    where = "spec" if section == "spec" else f"[{section}]"
+    if not isinstance(d, dict):
+        raise SpecError(f"{where} must be a table")
+    schema = _SCHEMA[section]
+    for k in d:
+        if k not in schema:
+            near = difflib.get_close_matches(k, schema, n=1)
+            hint = f" (did you mean `{near[0]}`?)" if near else f"; allowed: {', '.join(sorted(schema))}"
+            raise SpecError(f"{where}: unknown key `{k}`{hint}")
+    out = {}
+    for k, v in d.items():
+        kind, *rng = schema[k]
+        lo, hi = (rng[1], rng[2]) if len(rng) == 3 else (None, None)
+        if kind == "table":
+            out[k] = v
+        elif kind == "list":
+            if not isinstance(v, list) or not v:
+                raise SpecError(f"{where}.{k} must be a non-empty list")
+            out[k] = [_check_scalar(x, rng[0], lo, hi, f"{where}.{k}") for x in v]
+            dup = sorted({x for x in out[k] if out[k].count(x) > 1}, key=str)
+            if dup:
+                raise SpecError(f"{where}.{k} repeats {dup}: duplicate cells")
+        elif kind == "map":
+            if not isinstance(v, dict):
+                raise SpecError(f"{where}.{k} must be a table of size -> value")
+            for s in v:
+                if s not in SIZES:
+                    raise SpecError(f"{where}.{k}: unknown model size {s!r}; known: {', '.join(SIZES)}")
+            out[k] = {s: _check_scalar(x, rng[0], lo, hi, f"{where}.{k}.{s}") for s, x in v.items()}
+        else:
+            out[k] = _check_scalar(v, kind, lo, hi, f"{where}.{k}")
+    return out
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    size: str
+    source: str
+    tokens: int
+    checkpoints: tuple[int, ...]
+    seed: int
+    settings: Settings
+
+    @property
+    def job_id(self) -> str:
+        seed = f".s{self.seed}" if self.seed else ""
+        return (f"pre.{self.source}.{self.size}.t{self.tokens}{seed}-"
+                f"{spec_hash([self.checkpoints, self.settings.to_dict(), self.seed])}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    size: str
+    target: str
+    source: str  # SCRATCH for scratch
+    pretrain_tokens: int  # 0 for scratch
+    data_tokens: int
+    seed: int
+    settings: Settings
+    pretrain_job: str | None
+    pretrain_seed: int = -1  # -1 for scratch
+
+    @property
+    def run_id(self) -> str:
+        ps = f".ps{self.pretrain_seed}" if self.pretrain_seed > 0 else ""
+        return (f"{self.target}.{self.source}.{self.size}.p{self.pretrain_tokens}{ps}.d{self.data_tokens}.s{self.seed}"
+                f"-{spec_hash([self.settings.to_dict(), self.pretrain_job])}")
+
+    def coords(self) -> dict:
+        cfg = config_for(self.size)
+        return dict(target=self.target, source=self.source, size=self.size, n_layer=cfg.n_layer,
+                    d_model=cfg.d_model, pretrain_tokens=self.pretrain_tokens, data_tokens=self.data_tokens,
+                    seed=self.seed, pretrain_seed=self.pretrain_seed, pretrain_run=self.pretrain_job or "")
+
+
+@dataclass
+class Spec:
+    name: str
+    text: str
+    sizes: list[str]
+    targets: list[str]
+    sources: list[str]
+    data_tokens: list[int]
+    pretrain_tokens: list[int]
+    seeds: list[int]
+    train: dict
+    pretrain: dict
+    pretrain_jobs: list[PretrainJob] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)
+
+    def corpora_needed(self) -> set[str]:
+        need = set(self.targets)
+        for s in self.sources:
+            if s != SCRATCH:
+                need |= set(source_mix(s))
+        return need
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"spec {path} does not exist")
+    if not path.is_file():
+        raise SpecError(f"spec {path} is not a file")
+    try:
+        text = path.read_text()
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"spec {path} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"spec {path} cannot be read: {e}") from None
+    return parse_spec(raw, text, default_name=path.stem)
+
+
+def parse_spec(raw: dict, text: str = "", default_name: str = "grid") -> Spec:
+    top = _check_table(raw, "spec")
+    if "grid" not in top:
+        raise SpecError("spec: missing [grid] table")
+    g = _check_table(top["grid"], "grid")
+    pre = _check_table(top.get("pretrain", {}), "pretrain")
+    tr = _check_table(top.get("train", {}), "train")
+    name = top.get("name", default_name)
+    if not NAME_RE.match(name):
+        raise SpecError(f"spec name {name!r} must be 1-64 letters, digits, '_', '.' or '-' (it names files)")
+    for k in ("sizes", "targets", "sources", "data_tokens", "seeds"):
+        if k not in g:
+            raise SpecError(f"[grid]: missing `{k}`")
+    for s in g["sizes"]:
+        if s not in SIZES:
+            raise SpecError(f"[grid].sizes: unknown model size {s!r}; known: {', '.join(SIZES)}")
+    for t in g["targets"]:
+        if t not in DISTRIBUTIONS:
+            raise SpecError(f"[grid].targets: unknown corpus {t!r}; known: {', '.join(DISTRIBUTIONS)}")
+    for s in g["sources"]:
+        if s != SCRATCH:
+            try:
+                source_mix(s)
+            except ValueError as e:
+                raise SpecError(f"[grid].sources: {e}") from None
+    ft_sources = [s for s in g["sources"] if s != SCRATCH]
+    if ft_sources and "pretrain_tokens" not in g:
+        raise SpecError("[grid]: missing `pretrain_tokens` (needed by the pre-training sources)")
+    p_list = g.get("pretrain_tokens", [])
+    p_pos = sorted(p for p in p_list if p > 0)
+    if ft_sources and not p_pos:
+        raise SpecError("[grid].sources names a pre-training source but pretrain_tokens has no positive value")
+    for k in ("data_tokens_max_by_size",):
+        for s in g.get(k, {}):
+            if s not in g["sizes"]:
+                raise SpecError(f"[grid].{k}: size {s!r} is not in [grid].sizes")
+    budget = pre.get("tokens", max(p_pos) if p_pos else 0)
+    if p_pos and budget < max(p_pos):
+        raise SpecError(f"[pretrain].tokens ({budget}) must be at least the largest pretrain_tokens ({max(p_pos)})")
+    pre_seeds = pre.get("seeds", [pre.get("seed", 0)])
+    for s in pre.get("seed_sizes", []):
+        if s not in g["sizes"]:
+            raise SpecError(f"[pretrain].seed_sizes: size {s!r} is not in [grid].sizes")
+    spec = Spec(name=name, text=text, sizes=g["sizes"], targets=g["targets"], sources=g["sources"],
+                data_tokens=g["data_tokens"], pretrain_tokens=p_list, seeds=g["seeds"], train=tr,
+                pretrain=dict(tokens=int(budget), eval_interval=pre.get("eval_interval", 250),
+                              eval_seqs=pre.get("eval_seqs", 256), seeds=pre_seeds,
+                              seed_sizes=pre.get("seed_sizes", g["sizes"] if "seeds" in pre else [])))
+    _expand(spec, g, ft_sources, p_pos)
+    return spec
+
+
+def expected_tokens(data_tokens: int, scratch: bool) -> float:
+    """Tokens to early stopping, measured on this project's CPU grids: about
+    1M x (D_F / 8 KiB)^0.6 from scratch, 0.6x that fine-tuned."""
+    t = 1e6 * (data_tokens / 8192) ** 0.6
+    return t if scratch else 0.6 * t
+
+
+def cell_settings(train: dict, size: str, data_tokens: int) -> Settings:
+    """A cell's settings; the token budget is `budget` times the expected
+    tokens to early stopping from scratch, so no run of a grid's low-data
+    regime is capped (an explicit max_steps overrides it)."""
+    batch = train.get("batch", batch_for(data_tokens))
+    max_steps = train.get("max_steps") or math.ceil(
+        train.get("budget", 4.0) * expected_tokens(data_tokens, True) / (batch * CTX))
+    return Settings(
+        lr=train.get("lr", {}).get(size, LR_TABLE[size]), batch=batch,
+        eval_interval=train.get("eval_interval", eval_interval_for(data_tokens, batch, CTX)),
+        max_steps=max_steps, patience=train.get("patience", 5), smooth=train.get("smooth", 0.5),
+        warmup=train.get("warmup", 100), eval_seqs=train.get("eval_seqs", 256),
+        report_seqs=train.get("report_seqs", 1024), ctx=CTX)
+
+
+def pretrain_settings(spec: Spec, size: str) -> Settings:
+    return Settings(lr=spec.train.get("lr", {}).get(size, LR_TABLE[size]),
+                    batch=spec.train.get("batch", batch_for(None)), eval_interval=spec.pretrain["eval_interval"],
+                    max_steps=0, warmup=spec.train.get("warmup", 100), eval_seqs=spec.pretrain["eval_seqs"],
+                    report_seqs=0, total_tokens=spec.pretrain["tokens"], ctx=CTX)
+
+
+def _expand(spec: Spec, g: dict, ft_sources: list[str], p_pos: list[int]) -> None:
+    jobs: dict[tuple[str, str, int], PretrainJob] = {}
+    if ft_sources:
+        ckpts = tuple(sorted(set(p_pos) | {spec.pretrain["tokens"]}))
+        for size in spec.sizes:
+            seeds = spec.pretrain["seeds"] if size in spec.pretrain["seed_sizes"] else spec.pretrain["seeds"][:1]
+            for src in ft_sources:
+                for ps in seeds:
+                    jobs[(size, src, ps)] = PretrainJob(size, src, spec.pretrain["tokens"], ckpts, ps,
+                                                        pretrain_settings(spec, size))
+    cells: dict[str, Cell] = {}
+    scratch = SCRATCH in spec.sources or 0 in spec.pretrain_tokens
+    dmax = g.get("data_tokens_max_by_size", {})
+    multi = g.get("multi_seed_max_data_tokens")
+    scratch_only = g.get("scratch_data_tokens", [])
+    for size in spec.sizes:
+        for target in spec.targets:
+            for D in sorted(set(spec.data_tokens) | set(scratch_only)):
+                if D > dmax.get(size, D):
+                    continue
+                st = cell_settings(spec.train, size, D)
+                seeds = spec.seeds if multi is None or D <= multi else spec.seeds[:1]
+                for seed in seeds:
+                    if scratch:
+                        c = Cell(size, target, SCRATCH, 0, D, seed, st, None)
+                        cells[c.run_id] = c
+                    if D not in spec.data_tokens:
+                        continue
+                    for (jsize, src, ps), job in jobs.items():
+                        if jsize != size or (ps != spec.pretrain["seeds"][0] and seed != seeds[0]):
+                            continue  # extra pre-training seeds: one fine-tuning seed each
+                        for p in p_pos:
+                            c = Cell(size, target, src, p, D, seed, st, job.job_id, ps)
+                            cells[c.run_id] = c
+    spec.pretrain_jobs = list(jobs.values())
+    spec.cells = list(cells.values())
