@@ -383,9 +383,11 @@ def _finish(table: pd.DataFrame, attrs: dict, curves, include_capped=True) -> Gr
 
     table, curves, attrs = _to_canonical_units(table, curves, attrs)
 
-    dup = table.duplicated(list(CELL), keep=False)
+    # Where runs repeat their data, the passes made are part of the design (Muennighoff et al.'s grid).
+    identity = list(CELL) + ([lg.TOKENS_SEEN] if lg.TOKENS_SEEN in table.columns else [])
+    dup = table.duplicated(identity, keep=False)
     if dup.any():
-        raise GridError(f"duplicated runs (same {', '.join(CELL)}) at {_rows(table, dup)}")
+        raise GridError(f"duplicated runs (same {', '.join(identity)}) at {_rows(table, dup)}")
 
     if curves is not None and dropped.any():
         curves = curves.isel(run=np.flatnonzero(~dropped.to_numpy()))

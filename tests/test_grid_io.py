@@ -237,3 +237,12 @@ def test_all_failed_is_empty():
         warnings.simplefilter("ignore")
         with pytest.raises(GridError, match="every run was excluded"):
             load_grid(ds)
+
+
+def test_runs_repeating_their_data_differently_are_not_duplicates():
+    # same unique data (data_tokens), seen for 1 and 4 epochs: two runs of a data-constrained grid
+    df = table(n_params=[1e5, 1e5, 1e6, 1e6], source=["none"] * 4, pretrain_tokens=[0] * 4,
+               tokens_seen=[1e6, 4e6, 1e6, 4e6])
+    assert len(load_grid(df)) == 4
+    with pytest.raises(GridError, match=r"duplicated runs \(same .*tokens_seen\) at run 0, run 1"):
+        load_grid(df.assign(tokens_seen=[1e6, 1e6, 1e6, 4e6]))
