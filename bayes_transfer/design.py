@@ -239,32 +239,67 @@ def _prior_criterion(values, decision):
     return float(values.var(ddof=1))
 
 
-def greedy(engine: Preposterior, costs, budget):
-    """Cost-aware greedy batch; returns rows (index, gain, criterion after, its s.e., ESS)."""
+def greedy(engine: Preposterior, costs, budget, lookahead: int = 1):
+    """Cost-aware greedy batch; returns rows (index, gain, criterion after, its s.e., ESS) and the log weights.
+
+    ``lookahead=2`` also weighs every affordable pair of runs at each step: runs that
+    only inform the target together (a scratch run and its fine-tuned twin, from a
+    prior that knows neither law) are then found, where one-at-a-time greedy sees
+    no gain in either alone. A pair is taken when its gain per cost beats the best
+    single run's; it costs O(candidates^2) criterion evaluations per step.
+    """
     costs = np.asarray(costs, float)
     M, S = len(engine.world_draw), engine.mu.shape[1]
     logw = np.zeros((M, S))
     current = _prior_criterion(engine.values, engine.decision)
     chosen, rows, left = [], [], float(budget)
-    while True:
-        options = [c for c in range(len(costs)) if c not in chosen and costs[c] <= left + 1e-12 * budget]
-        if not options:
-            break
-        best = None
-        for c in options:
-            crit, ess = engine.per_world(logw + engine.loglik(c))
-            gain = current - crit.mean()
-            if best is None or gain / costs[c] > best[1] / costs[best[0]]:
-                best = (c, gain, crit, ess)
-        c, gain, crit, ess = best
-        if gain <= 0:
-            break
+    cache = {}
+
+    def ll(c):  # pairs reuse each run's (worlds x draws) log-likelihood, so only then is it kept
+        if lookahead < 2:
+            return engine.loglik(c)
+        if c not in cache:
+            cache[c] = engine.loglik(c)
+        return cache[c]
+
+    def add(c, crit, ess, gain):
+        nonlocal logw, left, current
         chosen.append(c)
-        logw += engine.loglik(c)
+        logw = logw + ll(c)
         left -= costs[c]
         current = float(crit.mean())
         rows.append(dict(index=c, expected_gain=gain, criterion_after=current,
                          criterion_se=float(crit.std(ddof=1) / math.sqrt(M)), ess=float(np.median(ess))))
+
+    while True:
+        options = [c for c in range(len(costs)) if c not in chosen and costs[c] <= left + 1e-12 * budget]
+        if not options:
+            break
+        single = {}
+        for c in options:
+            crit, ess = engine.per_world(logw + ll(c))
+            single[c] = (current - crit.mean(), crit, ess)
+        c = max(options, key=lambda c: single[c][0] / costs[c])
+        pair = None
+        if lookahead >= 2:
+            for i, c1 in enumerate(options):
+                for c2 in options[i + 1:]:
+                    cost = costs[c1] + costs[c2]
+                    if cost > left + 1e-12 * budget:
+                        continue
+                    crit, ess = engine.per_world(logw + ll(c1) + ll(c2))
+                    gain = current - crit.mean()
+                    if gain / cost > single[c][0] / costs[c] and (pair is None or gain / cost > pair[0]):
+                        pair = (gain / cost, c1, c2, crit, ess)
+        if pair is not None:
+            first, second = sorted(pair[1:3], key=lambda x: -single[x][0])
+            add(first, single[first][1], single[first][2], single[first][0])
+            add(second, pair[3], pair[4], float(single[first][1].mean() - pair[3].mean()))
+            continue
+        gain, crit, ess = single[c]
+        if gain <= 0:
+            break
+        add(c, crit, ess, gain)
     return rows, logw
 
 
@@ -343,12 +378,14 @@ APPROXIMATION = ("expected reduction of the target's posterior variance (or of t
 
 def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost: str = lg.COST_CORE_HOURS,
               decision: dict | None = None, n_worlds: int = 256, max_draws: int = 2000, seed: int = 0,
-              allow_unconverged: bool = False) -> NextRuns:
+              lookahead: int | None = None, allow_unconverged: bool = False) -> NextRuns:
     """Choose the runs, within ``budget`` (in the units of column ``cost``), that best sharpen ``target``.
 
     ``target``: a Target or its string (module docstring). ``decision``: keyword
     arguments of ``recommend`` for the 'regret' target. ``n_worlds``: simulated
     outcomes per candidate; ``max_draws``: posterior draws used (thinned evenly).
+    ``lookahead``: 2 weighs pairs of runs at each greedy step (``greedy``); by
+    default 2 for a fit from the prior alone with at most 64 candidates, else 1.
     """
     target = parse_target(target)
     try:
@@ -376,7 +413,9 @@ def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost
     keep = np.unique(np.linspace(0, S - 1, min(S, max_draws)).round().astype(int))
     values, mu, sig, nu = values[keep], mu[:, keep], sig[:, keep], nu[keep]
     engine = Preposterior(values, mu, sig, nu, n_worlds=n_worlds, seed=seed)
-    rows, logw = greedy(engine, cands[cost].to_numpy(), budget)
+    if lookahead is None:
+        lookahead = 2 if method == "prior" and len(cands) <= 64 else 1
+    rows, logw = greedy(engine, cands[cost].to_numpy(), budget, lookahead=lookahead)
     chosen = pd.DataFrame(rows)
     table = cands.iloc[chosen["index"]].reset_index(drop=True) if rows else cands.iloc[:0].copy()
     if rows:

@@ -81,12 +81,29 @@ def train(cells: pd.DataFrame, params: dict, seed: int) -> pd.DataFrame:
     return simulate_losses(design, "transfer", params, sigma=SIGMA, seed=seed)
 
 
-def fit(runs: pd.DataFrame, args):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        f = bt.fit(runs, law="transfer", chains=args.chains, draws=args.draws, warmup=args.warmup,
-                   progress=False, seed=0)
+class OutOfTime(Exception):
+    """The time limit passed: what is done is saved, a rerun goes on from there."""
+
+
+def fit(runs: pd.DataFrame, args, name: str | None = None):
+    """NUTS fit of the runs, cached under OUT/fits/NAME.nc so that a rerun resumes."""
+    path = args.out / "fits" / f"{name}.nc" if name else None
+    if path is not None and path.exists():
+        f = bt.load_fit(path)
+    else:
+        if time.perf_counter() - T0 > args.time_limit:
+            raise OutOfTime
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f = bt.fit(runs, law="transfer", chains=args.chains, draws=args.draws, warmup=args.warmup,
+                       progress=False, seed=0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f.save(path)
     return f.accept_unconverged() if hasattr(f, "accept_unconverged") else f
+
+
+T0 = time.perf_counter()
 
 
 def width(f) -> float:
@@ -105,12 +122,12 @@ def run_truth(i: int, cands: pd.DataFrame, args) -> list[dict]:
     rows = []
     seed_idx = seed_design(cands)
     seed_runs = train(cands.loc[seed_idx], params, seed=10 * i)
-    base = fit(seed_runs, args)
+    base = fit(seed_runs, args, f"t{i}_seed")
     c0 = float(cands.loc[seed_idx, args.cost].sum())
     for method in ("seed",):
         rows.append(dict(truth=i, method=method, round=0, compute=c0, width=width(base), runs=len(seed_idx)))
     full = cands[cands.seed == 0]
-    f_full = fit(train(full, params, seed=10 * i + 1), args)
+    f_full = fit(train(full, params, seed=10 * i + 1), args, f"t{i}_factorial")
     rows.append(dict(truth=i, method="factorial", round=1, compute=float(full[args.cost].sum()),
                      width=width(f_full), runs=len(full)))
     rng = np.random.default_rng(i)
@@ -138,7 +155,7 @@ def run_truth(i: int, cands: pd.DataFrame, args) -> list[dict]:
             done += list(chosen)
             runs = pd.concat([runs, train(cands.loc[chosen], params, seed=100 * i + r)], ignore_index=True)
             compute += float(cands.loc[chosen, args.cost].sum())
-            f = fit(runs, args)
+            f = fit(runs, args, f"t{i}_{method}_r{r}")
             rows.append(dict(truth=i, method=method, round=r, compute=compute, width=width(f), runs=len(done)))
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -198,26 +215,34 @@ def check_refit(args) -> None:
     params = truth(0)
     seed_idx = seed_design(candidates(seeds=(0,)))
     seed_runs = train(candidates(seeds=(0,)).loc[seed_idx], params, seed=0)
-    base = fit(seed_runs, args)
+    base = fit(seed_runs, args, "refit_base")
     values, _ = target_draws(base, parse_target(TARGET))
     mu, sig, nu, _ = candidate_predictions(base, cands)
     engine = Preposterior(values, mu, sig, nu, n_worlds=args.check_refit, seed=1)
     gains = [values.var() - engine.criterion([c])[0].mean() for c in range(len(cands))]
     c = int(np.argmax(gains))
     crit, ess = engine.criterion([c])
+    print(f"run {cands.iloc[c][['size', 'source', 'data_tokens']].to_dict()}: posterior variance now "
+          f"{values.var(ddof=1):.4g}; importance-weighted expectation after it {crit.mean():.4g}", flush=True)
     rows = []
     for m in range(args.check_refit):
         run = cands.iloc[[c]].copy()
         run["loss"] = float(np.exp(engine.y[m, c]))
-        f = fit(pd.concat([seed_runs, run[seed_runs.columns]], ignore_index=True), args)
+        try:
+            f = fit(pd.concat([seed_runs, run[seed_runs.columns]], ignore_index=True), args, f"refit_world{m}")
+        except OutOfTime:
+            break
         v, _ = target_draws(f, parse_target(TARGET))
         rows.append(dict(world=m, importance_weighted_var=float(crit[m]), refit_var=float(v.var(ddof=1)),
                          ess=float(ess[m])))
-        print(json.dumps(rows[-1]), flush=True)
     out = pd.DataFrame(rows)
-    print(f"run {cands.iloc[c][['size', 'source', 'data_tokens']].to_dict()}: prior variance {values.var():.4g}")
+    if out.empty:
+        print("time limit reached before any refit: rerun to go on (fits are cached)")
+        return
+    out.to_csv(args.out / "refit_check.csv", index=False)
     print(out.to_string(index=False))
-    print(f"mean: importance-weighted {out.importance_weighted_var.mean():.4g}, refit {out.refit_var.mean():.4g}")
+    print(f"mean over {len(out)} worlds: importance-weighted {out.importance_weighted_var.mean():.4g}, "
+          f"refit {out.refit_var.mean():.4g}")
 
 
 def main(argv=None) -> None:
@@ -232,16 +257,23 @@ def main(argv=None) -> None:
     ap.add_argument("--worlds", type=int, default=128)
     ap.add_argument("--check-refit", type=int, default=0, metavar="K")
     ap.add_argument("--out", type=Path, default=Path("bench-design"))
+    ap.add_argument("--time-limit", type=float, default=float("inf"),
+                    help="seconds: start no new fit past this; fits are cached in OUT/fits, so a rerun goes on")
     args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.check_refit:
         check_refit(args)
         return
-    args.out.mkdir(parents=True, exist_ok=True)
     cands = candidates()
     t0 = time.perf_counter()
     rows = []
-    for i in range(args.truths):
-        rows += run_truth(i, cands, args)
+    try:
+        for i in range(args.truths):
+            rows += run_truth(i, cands, args)
+    except OutOfTime:
+        print("time limit reached: rerun the same command to go on (fits are cached)")
+        if not rows:
+            return
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "curves.csv", index=False)
     s = summarise(df)

@@ -53,6 +53,23 @@ def test_joint_conditioning_matches_bayesian_linear_regression():
     assert rows[1]["criterion_after"] == pytest.approx(exact([3, second]), rel=0.06)
 
 
+def test_lookahead_finds_runs_that_only_inform_together():
+    # target a; run 0 sees a + 2 b, run 1 sees b (weak alone, together they pin a: variance 0.047),
+    # run 2 sees a through heavy noise. Budget for two runs: one-at-a-time greedy takes run 2 first
+    # and ends at variance 0.59 (closed forms of the Gaussian posterior).
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((2, 20000))
+    mu = np.vstack([a + 2 * b, b, a])
+    sigma = np.array([0.1, 0.1, 1.5])[:, None] * np.ones_like(mu)
+    engine = Preposterior(a, mu, sigma, np.inf, n_worlds=150, seed=9)
+    myopic, _ = greedy(engine, np.ones(3), budget=2.0, lookahead=1)
+    ahead, _ = greedy(engine, np.ones(3), budget=2.0, lookahead=2)
+    assert myopic[0]["index"] == 2
+    assert sorted(r["index"] for r in ahead) == [0, 1]
+    assert ahead[-1]["criterion_after"] == pytest.approx(0.047, rel=0.15)
+    assert myopic[-1]["criterion_after"] == pytest.approx(0.59, rel=0.1)
+
+
 def test_brute_force_posterior_by_quadrature_on_a_nonlinear_law():
     # A saturating law log y = log(exp(u) + x^-v) + noise, prior u ~ N(0, 0.5), v ~ N(1, 0.3).
     # Brute force: for each simulated outcome, the exact posterior of v on a fine grid.
