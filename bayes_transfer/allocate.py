@@ -11,16 +11,18 @@
 
 A parameter's price is the whole cost of training a model one parameter
 larger at the current data amounts. With compute priced per FLOP that is
-6 x (pre-training + fine-tuning tokens) x price per FLOP (training costs about
-6 N FLOPs per token): see `cost_params_from_flops`.
+6 x (tokens seen) x price per FLOP (training costs about 6 N FLOPs per
+token), where the tokens seen are the pre-training tokens plus every epoch
+over the fine-tuning data: see `cost_params_from_flops`. Give
+`price_per_flop` and `recommend` prices it so, with the grid's epochs.
 
 For every plan: the posterior expected loss and its interval, the probability
 that it is the best plan, and its expected regret (its loss minus the best
 plan's loss on the same draw). The Bayes choice minimises expected loss; the
-point-estimate choice minimises the loss at the posterior mean parameters, and
-`regret_of_point_estimate` is what that shortcut costs in expected loss.
+point-estimate choice minimises the loss at the posterior median parameters,
+and `regret_of_point_estimate` is what that shortcut costs in expected loss.
 For the transfer-gap law the per-draw optimal split has a closed form
-(REFERENCE.md): c_f f / (c_p p) = (alpha_f / alpha_p) (1 + G p^alpha_p / A_p).
+(docs/laws.md): c_f f / (c_p p) = (alpha_f / alpha_p) (1 + G p^alpha_p / A_p).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from loss_grid import SCRATCH, split_pair
+
+from . import laws
 from . import quantities as q
 
 FINETUNE, PRETRAIN, PARAMS = "fine-tuning data", "pre-training data", "bigger model"
@@ -42,13 +47,27 @@ _TAIL = np.logspace(-4, -1, 31)
 SHARES = np.unique(np.concatenate([[0.0, 1.0], np.linspace(0, 1, 201), _TAIL, 1 - _TAIL]))
 
 
-def cost_params_from_flops(price_per_flop: float, pretrain_tokens: float, data_tokens: float) -> float:
+def cost_params_from_flops(price_per_flop: float, pretrain_tokens: float, data_tokens: float,
+                           epochs: float = 1.0) -> float:
     """Price of one more parameter when a bigger model is retrained on the same data.
 
-    Training costs about 6 FLOPs per parameter per token, pre-training and fine-tuning alike.
+    Training costs about 6 FLOPs per parameter per token seen, pre-training and
+    fine-tuning alike; fine-tuning sees its data ``epochs`` times.
     """
-    _positive("price_per_flop", price_per_flop)
-    return _FLOPS_PER_PARAM_TOKEN * (float(pretrain_tokens) + float(data_tokens)) * float(price_per_flop)
+    positive("price_per_flop", price_per_flop)
+    positive("epochs", epochs)
+    return _FLOPS_PER_PARAM_TOKEN * (float(pretrain_tokens) + float(epochs) * float(data_tokens)) * float(price_per_flop)
+
+
+def epochs_seen(fit) -> tuple[float, str]:
+    """Median epochs over the fine-tuning data of the fit's fine-tuned runs, and where it comes from."""
+    runs = q.fit_runs(fit)
+    tuned = runs[runs["source"] != SCRATCH]
+    rows = tuned if len(tuned) else runs
+    if "tokens_seen" not in rows or rows["tokens_seen"].isna().all():
+        return 1.0, "one epoch assumed (the grid records no tokens_seen)"
+    e = float(np.nanmedian(rows["tokens_seen"] / rows["data_tokens"]))
+    return max(e, 1.0), f"the median epochs of the grid's {'fine-tuned' if len(tuned) else ''} runs (tokens_seen / D_F)"
 
 
 def gap_optimal_pretrain(C, cost_pretrain, cost_finetune, A_p, alpha_p, G, alpha_f,
@@ -105,17 +124,18 @@ class Recommendation:
             qs = np.quantile(share, [lo, 0.5, hi])
             lines.append(f"Posterior of the optimal share of the budget on {b} (the rest on {a}): "
                          f"median {qs[1]:.3f}, {self.prob:.0%} interval {qs[0]:.3f} to {qs[2]:.3f}.")
-        lines.append(f"Choosing by point estimates (posterior-mean parameters) picks "
+        lines.append(f"Choosing by point estimates (posterior-median parameters) picks "
                      f"*{self.point_estimate_choice}*, an expected regret of "
                      f"{self.regret_of_point_estimate:.2e} nats/byte against the Bayes choice.")
-        lines += ["", markdown_table(_display_table(self.table, self.prob)), ""]
+        lines += ["", markdown_table(display_table(self.table, self.prob)), ""]
         lines += [f"- {note}" for note in self.notes]
         lines += ["", "Assumptions:", ""]
         lines += [f"- **{key}**: {value}" for key, value in self.assumptions.items()]
         return "\n".join(lines) + "\n"
 
 
-def _display_table(table: pd.DataFrame, prob: float) -> pd.DataFrame:
+def display_table(table: pd.DataFrame, prob: float) -> pd.DataFrame:
+    """The plan table as strings, for Markdown and HTML."""
     pct = f"{prob:.0%}"
     out = pd.DataFrame({"plan": table["plan"]})
     out["spend (fine-tune / pre-train / params)"] = [
@@ -151,7 +171,8 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([head, rule] + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _positive(name: str, value) -> float:
+def positive(name: str, value) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` unless it is positive and finite."""
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -161,12 +182,12 @@ def _positive(name: str, value) -> float:
     return value
 
 
-def _current(fit, pair, current) -> dict:
+def starting_point(fit, pair, current) -> dict:
     """The starting point: given, or the largest fine-tuned cell the grid measured."""
     runs = q.fit_runs(fit)
-    rows = runs[runs["source"] != "none"] if fit.law in ("transfer", "transfer_gap") else runs
+    rows = runs[runs["source"] != SCRATCH] if fit.law in ("transfer", "transfer_gap") else runs
     if pair is not None and fit.law in ("transfer", "transfer_gap"):
-        source, target = pair.split("->", 1)
+        source, target = split_pair(pair)
         rows = rows[(rows["source"] == source) & (rows["target"] == target)]
     default = {"n_params": float(rows["n_params"].max()), "data_tokens": float(rows["data_tokens"].max()),
                "pretrain_tokens": float(rows["pretrain_tokens"].max()) if "pretrain_tokens" in rows else 0.0}
@@ -176,7 +197,7 @@ def _current(fit, pair, current) -> dict:
         raise ValueError(f"unknown key(s) in current: {sorted(unknown)}; expected {sorted(default)}")
     out = {**default, **current}
     for key in ("n_params", "data_tokens"):
-        out[key] = _positive(f"current {key}", out[key])
+        out[key] = positive(f"current {key}", out[key])
     p0 = float(out["pretrain_tokens"])
     if not math.isfinite(p0) or p0 < 0:
         raise ValueError(f"current pretrain_tokens must be finite and >= 0, got {p0}")
@@ -184,7 +205,8 @@ def _current(fit, pair, current) -> dict:
     return out
 
 
-def _resolve_pair(fit, pair):
+def resolve_pair(fit, pair):
+    """The pair a recommendation is for: the named one, or the fit's only one."""
     if fit.law not in ("transfer", "transfer_gap"):
         if pair is not None:
             raise ValueError(f"a {fit.law!r} fit has no pairs; drop pair={pair!r}")
@@ -201,30 +223,44 @@ def _resolve_pair(fit, pair):
 
 def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, current=None,
               pair: str | None = None, target: str | None = None, prob: float = 0.9,
-              currency: str = "currency units") -> Recommendation:
+              currency: str = "currency units", *, price_per_flop=None, epochs=None,
+              allow_unconverged: bool = False) -> Recommendation:
     """Price the plans for spending `budget` under the posterior of `fit`.
 
     Costs are in the user's currency: `cost_finetune` per fine-tuning token (byte),
-    `cost_pretrain` per pre-training token, `cost_params` per parameter added (see
-    the module docstring). `current` = dict(n_params, data_tokens, pretrain_tokens)
-    is where spending starts (default: the largest fine-tuned cell of the grid).
+    `cost_pretrain` per pre-training token, `cost_params` per parameter added, or
+    `price_per_flop` to derive it from the tokens a run sees (``epochs`` over the
+    fine-tuning data: by default the grid's; see the module docstring).
+    `current` = dict(n_params, data_tokens, pretrain_tokens) is where spending
+    starts (default: the largest fine-tuned cell of the grid). A fit that did not
+    converge raises ``NotConvergedError`` unless ``allow_unconverged``.
     """
-    budget = _positive("budget", budget)
-    c_f = _positive("cost_finetune", cost_finetune)
-    c_p = None if cost_pretrain is None else _positive("cost_pretrain", cost_pretrain)
-    c_n = None if cost_params is None else _positive("cost_params", cost_params)
+    q.checked(fit, allow_unconverged)
+    budget = positive("budget", budget)
+    c_f = positive("cost_finetune", cost_finetune)
+    c_p = None if cost_pretrain is None else positive("cost_pretrain", cost_pretrain)
+    if cost_params is not None and price_per_flop is not None:
+        raise ValueError("give cost_params or price_per_flop, not both")
+    flops_note = None
+    if price_per_flop is not None:
+        e, source = (positive("epochs", epochs), "given") if epochs is not None else epochs_seen(fit)
+        start0 = starting_point(fit, resolve_pair(fit, pair), current)
+        cost_params = cost_params_from_flops(price_per_flop, start0["pretrain_tokens"], start0["data_tokens"], e)
+        flops_note = (f"6 FLOPs per parameter per token seen x {price_per_flop:g} {currency} per FLOP; tokens seen = "
+                      f"pre-training + {e:.3g} epochs x D_F ({source})")
+    c_n = None if cost_params is None else positive("cost_params", cost_params)
     if not 0 < prob < 1:
         raise ValueError(f"prob must be in (0, 1), got {prob}")
     affordable = [budget / c for c in (c_f, c_p, c_n) if c is not None]
     if max(affordable) < 1:
         raise ValueError(f"budget {budget:g} buys less than one unit of anything at the given costs "
                          f"(cost_finetune {c_f:g}, cost_pretrain {c_p}, cost_params {c_n})")
-    pair = _resolve_pair(fit, pair)
-    start = _current(fit, pair, current)
+    pair = resolve_pair(fit, pair)
+    start = starting_point(fit, pair, current)
     if fit.law in ("transfer", "transfer_gap"):
-        post = q._select_pair(fit, pair)
+        post = q.select_pair(fit, pair)
     else:
-        post = q._select_target(fit, target)
+        post = q.select_target(fit, target)
         if "target" in post.dims:
             raise ValueError(f"the fit has several targets {list(post['target'].values)}: name one with target=...")
     form = None if fit.law == "transfer_gap" else q.scratch_form(fit)
@@ -250,11 +286,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
             prices[PARAMS] = c_n
 
     def loss(N, f, p, params=post):
-        if fit.law == "transfer_gap":
-            return q._gap_loss(params, p, f)
-        if fit.law == "transfer":
-            return q.scratch_loss(params, N, f + q._transferred(params, N, f), form)
-        return q.scratch_loss(params, N, f, form)
+        return q.law_loss(fit, params, N, f, p if fit.law == "transfer_gap" else None)
 
     def point(spend):
         """(N, f, p) after spending the dict `spend` (resource -> amount)."""
@@ -266,7 +298,8 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
     resources = list(prices)
     optimal_share, split, surface, chosen = None, None, None, None
     point_plan = None  # (name, spend) of the point-estimate choice when no candidate plan is it
-    mean_params = post.mean(q.SAMPLE_DIMS)
+    # medians: the mean of a heavy-tailed natural-scale parameter (N_c, k) is no point of the posterior
+    median_params = post.median(q.SAMPLE_DIMS)
 
     def split_plan(share, kind):
         """A split on the budget line; the end points are the all-on plans."""
@@ -281,7 +314,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
         N, f, p = point({a: budget * (1 - shares), b: budget * shares})
         surface = loss(N, f, p)  # (chain, draw, share)
         bayes_share = float(SHARES[int(np.nanargmin(surface.mean(q.SAMPLE_DIMS).values))])
-        point_share = float(SHARES[int(np.nanargmin(loss(N, f, p, mean_params).values))])
+        point_share = float(SHARES[int(np.nanargmin(loss(N, f, p, median_params).values))])
         if fit.law == "transfer_gap":
             optimal_share = _gap_optimal_share(post, start, budget, c_p, c_f, surface)
         else:
@@ -333,14 +366,10 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
                                              "point-estimate choice" if n == point_choice else "",
                                              "" if i < n_candidates else "for comparison"]))
                      for i, n in enumerate(table["plan"])]
-    laws = {"transfer": "L = L_scratch(N, D_F + D_T), D_T = k D_F^alpha N^beta - omega D_F "
-                        f"(scratch law: {form})",
-            "transfer_gap": "L = (A_p p^-alpha_p + G) f^-alpha_f + E",
-            "kaplan": "L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D",
-            "chinchilla": "L = E + A N^-alpha_N + B D^-alpha_D"}
+    spec = laws.get(fit.law)
+    formula = spec.formula + (f"; scratch law {form}: {laws.scratch(form).formula}" if spec.kind == "transfer" else "")
     held = {"transfer": f"pre-training data (at the grid's amount, {start['pretrain_tokens']:.3g} bytes)",
-            "transfer_gap": f"model size (N = {start['n_params']:.3g}, the grid's)",
-            "kaplan": "nothing else", "chinchilla": "nothing else"}[fit.law]
+            "gap": f"model size (N = {start['n_params']:.3g}, the grid's)"}.get(spec.kind, "nothing else")
     chains, n_draws = (post.sizes[d] for d in q.SAMPLE_DIMS)
     assumptions = {
         "budget": f"{budget:g} {currency}, spent on top of what is already done (sunk costs excluded)",
@@ -349,13 +378,13 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
                           f"{c_p:g} {currency} per pre-training token (byte of source data)"),
         "cost_params": ("not given" if c_n is None else
                         f"{c_n:g} {currency} per parameter added (the whole cost of training a model one "
-                        "parameter larger at the current data: 6 x tokens x price per FLOP)"),
+                        "parameter larger at the current data: " + (flops_note or "as given") + ")"),
         "current": (f"N = {start['n_params']:.3g} parameters, D_F = {start['data_tokens']:.3g} bytes, "
                     f"p = {start['pretrain_tokens']:.3g} bytes"),
-        "law": f"{fit.law}: {laws[fit.law]}" + (f"; pair {pair}" if pair else ""),
+        "law": f"{fit.law}: {formula}" + (f"; pair {pair}" if pair else ""),
         "held fixed": held,
         "loss": "early-stopped validation loss on the target, nats/byte; lower is better",
-        "posterior": f"{chains} chains x {n_draws} draws; point estimates are posterior means",
+        "posterior": f"{chains} chains x {n_draws} draws; point estimates are posterior medians",
     }
     return Recommendation(table=table, best=best, assumptions=assumptions,
                           point_estimate_choice=point_choice, regret_of_point_estimate=regret,

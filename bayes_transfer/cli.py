@@ -105,7 +105,7 @@ Currency = typer.Option("USD", "--currency", help="currency name shown with the 
 
 
 def _laws():
-    from bayes_transfer.models import LAWS
+    from bayes_transfer.laws import LAWS
 
     return LAWS
 
@@ -134,7 +134,7 @@ def _rich_progress():
 def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed):
     from bayes_transfer.fit import fit
     from bayes_transfer.grid import load_grid
-    from bayes_transfer.report import default_law, gap_size
+    from bayes_transfer.fit import default_law, gap_size
 
     if law is not None and law not in _laws():
         raise typer.BadParameter(f"unknown law {law!r}; choose from {', '.join(_laws())}", param_hint="--law")
@@ -275,7 +275,7 @@ def recommend_cmd(
     allow_unconverged: bool = Allow,
 ):
     """Should the next budget go to fine-tuning data, pre-training data or a bigger model?"""
-    from bayes_transfer.allocate import _positive, cost_params_from_flops, recommend
+    from bayes_transfer.allocate import positive, recommend
     from bayes_transfer.fit import load_fit
 
     if cost_params is not None and price_per_flop is not None:
@@ -283,20 +283,16 @@ def recommend_cmd(
     for name, value in (("budget", budget), ("cost_finetune", cost_finetune), ("cost_pretrain", cost_pretrain),
                         ("cost_params", cost_params), ("price_per_flop", price_per_flop)):
         if value is not None:
-            _positive(name, value)  # before the fit file is read: bad prices fail fast
+            positive(name, value)  # before the fit file is read: bad prices fail fast
     fit = load_fit(fit_file)
     _converged_or_exit(fit, allow_unconverged, "recommendations from it would not be trustworthy")
     current = {k: v for k, v in (("n_params", n_params), ("data_tokens", data_tokens),
                                  ("pretrain_tokens", pretrain_tokens)) if v is not None}
-    if price_per_flop is not None:
-        from bayes_transfer.allocate import _current, _resolve_pair
-
-        start = _current(fit, _resolve_pair(fit, pair), current)
-        cost_params = cost_params_from_flops(price_per_flop, start["pretrain_tokens"], start["data_tokens"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         rec = recommend(fit, budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
-                        cost_params=cost_params, current=current or None, pair=pair, currency=currency)
+                        cost_params=cost_params, current=current or None, pair=pair, currency=currency,
+                        price_per_flop=price_per_flop, allow_unconverged=allow_unconverged)
     text = rec.to_markdown()
     if sys.stdout.isatty():
         out.print(Markdown(text))

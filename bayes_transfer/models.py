@@ -3,22 +3,24 @@
 Each model is one function ``model(data, priors, y=None)``: with ``y`` it is
 the likelihood, without it the prior-predictive simulator (simulation-based
 calibration uses it that way; ``simulate_losses`` instead draws a grid from
-the laws at parameters one chooses). ``data`` is a ``ModelData`` built from a ``Grid`` by
-``prepare``: log inputs centred on their grid means, group indices, run
-kinds.
+the laws at parameters one chooses). ``data`` is a ``ModelData`` built from
+a ``Grid`` by ``prepare``: log inputs centred on their grid means, group
+indices, run kinds, censoring flags. The laws themselves, with their sites
+and priors, are in ``laws.py``; the math is in docs/laws.md.
 
 Structure (all on the log scale; (0, 1) parameters on the logit scale):
 
-- each target has its own scratch law, its parameters partially pooled
-  across targets (Normal(population value, ``tau``) on the log or logit
-  scale; centred or non-centred per parameter, see ``NONCENTRED``); with
-  one target the population value is the target's;
-- each (source, target) pair has its own transfer (or gap) parameters,
-  partially pooled across pairs in the same way; ``beta`` has a tight
-  pooling scale, as it is expected to be shared; the ossification
-  fraction ``omega`` is per pair, unpooled;
-- noise: Student-t on log-loss with one scale per run kind (scratch,
-  fine-tuned); seed replicates of a cell inform that scale directly.
+- each target has its own scratch law, its sites partially pooled across
+  targets (Normal(population value, ``tau``)); with one target the
+  population value is the target's;
+- each (source, target) pair has its own transfer (or gap) sites, pooled
+  across pairs the same way; ``omega`` is per pair, unpooled;
+- one shared effect on log-loss per pre-training run (its fine-tuned runs
+  move together), scale ``sigma_pretrain``;
+- noise: Student-t on log-loss, one scale per run kind (scratch,
+  fine-tuned). A run whose recorded loss is only an upper bound on its
+  data-limited loss (it hit its step cap, or its best evaluation was its
+  first) is censored: it contributes P(log L <= recorded), not a density.
 """
 
 from __future__ import annotations
@@ -34,25 +36,10 @@ import pandas as pd
 from numpyro.infer.reparam import LocScaleReparam
 
 from bayes_transfer import laws
-from bayes_transfer.grid import SCRATCH, Grid, load_grid, pair_name
+from bayes_transfer.grid import Grid, load_grid
+from loss_grid import CAPPED, SCRATCH, pair_label
 
-LAWS = ("kaplan", "chinchilla", "transfer", "transfer_gap")
-# natural-scale parameter names, as they appear in a posterior
-PARAMS = {
-    "kaplan": ("N_c", "D_c", "alpha_N", "alpha_D"),
-    "chinchilla": ("E", "A", "B", "alpha_N", "alpha_D"),
-    "transfer": ("k", "alpha", "beta", "omega"),
-    "transfer_gap": ("A_p", "alpha_p", "G", "alpha_f", "E", "C_0"),
-}
-# Pooled parameters sampled non-centred; the others are centred. Groups are
-# few (2-6), and a parameter that its group's runs pin down samples far
-# better centred (log k and the scratch laws; measured on a 2-pair transfer
-# grid: 45 vs 410 leapfrog steps per draw), with zero-avoiding Gamma(2)
-# scale priors to keep off the funnel's neck. alpha is looser (posterior sd
-# ~0.3 on the log scale, as large as its spread across pairs): centred it
-# diverged (4-8 per 1,000 draws), non-centred none. beta's scale is fixed
-# and small (priors.py).
-NONCENTRED = frozenset({"beta", "alpha"})
+LAWS = tuple(laws.LAWS)  # the law names, for callers that list them (the laws live in laws.py)
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,14 +63,56 @@ class ModelData:
     pair_idx: np.ndarray  # -1 for scratch runs
     kind_idx: np.ndarray
     y: np.ndarray = field(repr=False)  # log loss
+    censored: np.ndarray = field(default=None, repr=False)  # recorded loss is an upper bound
+    pretrain_idx: np.ndarray = field(default=None, repr=False)  # pre-training run of each run, -1 for scratch
+    pretrain_runs: list = field(default_factory=list)
+    inputs: dict = field(default_factory=dict, repr=False)  # law-specific per-run inputs (laws.py)
 
     @property
     def pair_names(self) -> list[str]:
-        return [pair_name(s, t) for s, t in self.pairs]
+        return [pair_label(s, t) for s, t in self.pairs]
 
     @property
     def finetuned(self) -> np.ndarray:
         return self.pair_idx >= 0
+
+    @property
+    def pair_target(self) -> np.ndarray:
+        """Index of each pair's target."""
+        return np.array([self.targets.index(t) for _, t in self.pairs], dtype=int)
+
+
+def censored_runs(grid: Grid, runs: pd.DataFrame) -> np.ndarray:
+    """Runs whose recorded loss only bounds their data-limited loss from above.
+
+    Capped runs (stopped before early stopping) and runs whose best
+    evaluation was their first (they may have been better before it). A
+    table may also say so itself in a boolean ``censored`` column.
+    """
+    out = (runs["status"] == CAPPED).to_numpy(copy=True) if "status" in runs else np.zeros(len(runs), bool)
+    if "censored" in runs:
+        out |= runs["censored"].astype(bool).to_numpy()
+    curves = grid.curves
+    if curves is not None and "curve_loss" in curves and "run" in curves.coords:
+        loss = curves["curve_loss"].sel(run=runs["run"].to_numpy()).values
+        finite = np.isfinite(loss)
+        first = np.argmax(finite, axis=1)
+        best = np.nanargmin(np.where(finite, loss, np.inf), axis=1)
+        out |= (finite.sum(axis=1) >= 2) & (best == first)
+    return out
+
+
+def pretrain_groups(runs: pd.DataFrame, finetuned: np.ndarray) -> tuple[np.ndarray, list]:
+    """The pre-training run each fine-tuned run starts from: one per (source, size[, pretrain_seed]).
+
+    A pre-training run serves every target and every pre-training amount
+    (its checkpoints), so its runs share one effect.
+    """
+    cols = ["source", "n_params"] + (["pretrain_seed"] if "pretrain_seed" in runs else [])
+    keys = [tuple(r) for r in runs[cols].itertuples(index=False)]
+    labels = sorted({k for k, f in zip(keys, finetuned) if f})
+    idx = np.array([labels.index(k) if f else -1 for k, f in zip(keys, finetuned)], dtype=int)
+    return idx, ["/".join(str(v) for v in k) for k in labels]
 
 
 def prepare(grid, law: str, scratch_law: str = "kaplan", ossification: bool = True, n_params=None) -> ModelData:
@@ -93,10 +122,8 @@ def prepare(grid, law: str, scratch_law: str = "kaplan", ossification: bool = Tr
     ``n_params`` selects one model size (the transfer gap is a law at fixed N).
     """
     grid = load_grid(grid)
-    if law not in LAWS:
-        raise ValueError(f"unknown law {law!r}; expected one of {LAWS}")
-    if scratch_law not in laws.SCRATCH_LAWS:
-        raise ValueError(f"unknown scratch_law {scratch_law!r}; expected one of {laws.SCRATCH_LAWS}")
+    spec = laws.get(law)
+    form = laws.scratch(scratch_law if spec.kind == "transfer" else (law if spec.kind == "scratch" else "kaplan"))
     runs = grid.runs
     if n_params is not None:
         runs = runs[np.isclose(runs["n_params"], n_params, rtol=1e-9)]
@@ -104,20 +131,20 @@ def prepare(grid, law: str, scratch_law: str = "kaplan", ossification: bool = Tr
             raise ValueError(f"no runs with n_params={n_params}; the grid has {sorted(grid.runs['n_params'].unique())}")
     scratch = runs[runs["source"] == SCRATCH]
     tuned = runs[runs["source"] != SCRATCH]
-    if law in ("kaplan", "chinchilla"):
+    if spec.kind == "scratch":
         if scratch.empty:
             raise ValueError(f"law {law!r} fits from-scratch runs, and the grid has none")
         used = scratch
-    elif law == "transfer":
+    elif spec.kind == "transfer":
         if tuned.empty:
-            raise ValueError("law 'transfer' needs fine-tuned runs (source other than 'none'), and the grid has none")
+            raise ValueError(f"law 'transfer' needs fine-tuned runs (source other than {SCRATCH!r}), and the grid has none")
         missing = sorted(set(tuned["target"]) - set(scratch["target"]))
         if missing:
             raise ValueError(f"law 'transfer' needs from-scratch runs of each target; none for {missing}")
         used = pd.concat([scratch[scratch["target"].isin(tuned["target"])], tuned])
     else:
         if tuned.empty:
-            raise ValueError("law 'transfer_gap' needs pre-trained runs (source other than 'none'), and the grid has none")
+            raise ValueError(f"law 'transfer_gap' needs pre-trained runs (source other than {SCRATCH!r}), and the grid has none")
         bad = tuned[tuned["pretrain_tokens"] <= 0]
         if not bad.empty:
             raise ValueError(f"law 'transfer_gap' needs pretrain_tokens > 0 for pre-trained runs; runs {list(bad['run'][:8])} have 0")
@@ -132,105 +159,93 @@ def prepare(grid, law: str, scratch_law: str = "kaplan", ossification: bool = Tr
     pairs = sorted(set(zip(used.loc[is_ft, "source"], used.loc[is_ft, "target"])))
     pair_lookup = {p: i for i, p in enumerate(pairs)}
     pair_idx = np.array([pair_lookup[(s, t)] if f else -1 for s, t, f in zip(used["source"], used["target"], is_ft)])
-    kind_names = ("scratch", "pretrained" if law == "transfer_gap" else "finetuned")
+    kind_names = ("scratch", "pretrained" if spec.kind == "gap" else "finetuned")
     kinds = [kind_names[i] for i in (0, 1) if (is_ft == bool(i)).any()]
     kind_idx = np.array([kinds.index(kind_names[int(f)]) for f in is_ft])
+    pretrain_idx, pretrain_runs = pretrain_groups(used, is_ft)
 
     log_N = np.log(used["n_params"].to_numpy(float))
     log_D = np.log(used["data_tokens"].to_numpy(float))
     log_N0, log_D0 = float(log_N.mean()), float(log_D.mean())
     x_p = np.zeros(len(used))
     log_p0 = 0.0
-    if law == "transfer_gap":
+    if spec.kind == "gap":
         log_p = np.log(used.loc[is_ft, "pretrain_tokens"].to_numpy(float))
         log_p0 = float(log_p.mean())
         x_p[is_ft] = log_p - log_p0
     return ModelData(
-        law=law,
-        scratch_law=scratch_law,
-        ossification=ossification,
-        runs=used,
-        targets=targets,
-        pairs=pairs,
-        kinds=kinds,
-        log_N0=log_N0,
-        log_D0=log_D0,
-        log_p0=log_p0,
-        x_N=log_N - log_N0,
-        x_D=log_D - log_D0,
-        x_p=x_p,
-        target_idx=np.array([targets.index(t) for t in used["target"]]),
-        pair_idx=pair_idx,
-        kind_idx=kind_idx,
-        y=np.log(used["loss"].to_numpy(float)),
+        law=law, scratch_law=form.name, ossification=ossification, runs=used, targets=targets, pairs=pairs,
+        kinds=kinds, log_N0=log_N0, log_D0=log_D0, log_p0=log_p0, x_N=log_N - log_N0, x_D=log_D - log_D0, x_p=x_p,
+        target_idx=np.array([targets.index(t) for t in used["target"]]), pair_idx=pair_idx, kind_idx=kind_idx,
+        y=np.log(used["loss"].to_numpy(float)), censored=censored_runs(grid, used),
+        pretrain_idx=pretrain_idx, pretrain_runs=pretrain_runs,
+        inputs=form.inputs(used) if spec.kind != "gap" else {},
     )
 
 
 # ------------------------------------------------------------------ building blocks
 
 
-def _mean(d):
-    """A prior's mean (an array: inside a traced model it may not become a float)."""
-    return d.mean
+def _group(site: laws.Site, prior, tau_prior, n: int, plate: str):
+    """Per-group values of a site on its natural scale, partially pooled.
 
-
-def _group(name, prior, tau_prior, n, plate, scale="log", shift=0.0):
-    """Per-group values of a parameter on its unconstrained scale, partially pooled.
-
-    The population value is drawn from ``prior`` (natural scale) and moved to
-    the log/logit scale (plus ``shift``, see priors.py on centring); groups
-    are Normal(population, tau), sampled centred or not (``NONCENTRED``).
+    The population value is drawn from ``prior`` and moved to the log/logit
+    scale; groups are Normal(population, tau) there, sampled centred or not
+    (``site.noncentred``). tau = 0 makes the groups share the population value.
     """
-    mu = numpyro.sample(f"{name}_mu", prior)
-    u_mu = (jnp.log(mu) if scale == "log" else laws.logit(mu)) + shift
-    if n == 1:
-        return jnp.reshape(u_mu, (1,))
-    tau = numpyro.sample(f"{name}_tau", tau_prior) if isinstance(tau_prior, dist.Distribution) else tau_prior
-    site = f"{name}_u"
+    if site.scale == "free":
+        with numpyro.plate(plate, n):
+            return numpyro.sample(site.name, prior)
+    to_u, from_u = (jnp.log, jnp.exp) if site.scale == "log" else (laws.logit, jax.nn.sigmoid)
+    mu = numpyro.sample(f"{site.name}_mu", prior)
+    u_mu = to_u(mu)
+    if n == 1 or (not isinstance(tau_prior, dist.Distribution) and tau_prior == 0):
+        return from_u(jnp.broadcast_to(u_mu, (n,)))
+    tau = numpyro.sample(f"{site.name}_tau", tau_prior) if isinstance(tau_prior, dist.Distribution) else tau_prior
+    name = f"{site.name}_u"
     with numpyro.plate(plate, n):
-        if name not in NONCENTRED:
-            return numpyro.sample(site, dist.Normal(u_mu, tau))
-        with numpyro.handlers.reparam(config={site: LocScaleReparam(centered=0.0)}):
-            return numpyro.sample(site, dist.Normal(u_mu, tau))
+        if not site.noncentred:
+            return from_u(numpyro.sample(name, dist.Normal(u_mu, tau)))
+        with numpyro.handlers.reparam(config={name: LocScaleReparam(centered=0.0)}):
+            return from_u(numpyro.sample(name, dist.Normal(u_mu, tau)))
 
 
-def _scratch_params(data: ModelData, priors: dict, law: str):
-    """Per-target scratch-law parameters; returns a function x_N, x_D, target_idx -> log L."""
-    n = len(data.targets)
-    if law == "kaplan":
-        log_L0 = _group("L0", priors["L0"], priors["tau_L0"], n, "target")
-        logit_w = _group("w", priors["w"], priors["tau_w"], n, "target", scale="logit")
-        log_aN = _group("alpha_N", priors["alpha_N"], priors["tau_alpha_N"], n, "target")
-        log_aD = _group("alpha_D", priors["alpha_D"], priors["tau_alpha_D"], n, "target")
-        w, aN, aD = jax.nn.sigmoid(logit_w), jnp.exp(log_aN), jnp.exp(log_aD)
-        N_c, D_c = laws.kaplan_from_centred(data.log_N0, data.log_D0, log_L0, w, aN, aD)
-        numpyro.deterministic("N_c", N_c)
-        numpyro.deterministic("D_c", D_c)
-        numpyro.deterministic("alpha_N", aN)
-        numpyro.deterministic("alpha_D", aD)
+def _sample(sites, priors, sizes: dict, level: dict, skip=()) -> dict:
+    """Values of each site, per target or per pair (``level``: site -> "target"/"pair")."""
+    out = {}
+    for site in sites:
+        if site.name in skip:
+            continue
+        lv = level.get(site.name, "pair")
+        out[site.name] = _group(site, priors[site.name], priors.get(f"tau_{site.name}"), sizes[lv], lv)
+    return out
 
-        def log_loss(x_N, x_D, t):
-            return laws.log_kaplan_centred(x_N, x_D, log_L0[t], w[t], aN[t], aD[t])
 
-        return log_loss
-    if law == "chinchilla":
-        m_aN, m_aD = _mean(priors["alpha_N"]), _mean(priors["alpha_D"])
-        log_E = _group("E", priors["E"], priors["tau_E"], n, "target")
-        log_A0 = _group("A", priors["A"], priors["tau_A"], n, "target", shift=-m_aN * data.log_N0)
-        log_B0 = _group("B", priors["B"], priors["tau_B"], n, "target", shift=-m_aD * data.log_D0)
-        aN = jnp.exp(_group("alpha_N", priors["alpha_N"], priors["tau_alpha_N"], n, "target"))
-        aD = jnp.exp(_group("alpha_D", priors["alpha_D"], priors["tau_alpha_D"], n, "target"))
-        numpyro.deterministic("E", jnp.exp(log_E))
-        numpyro.deterministic("A", jnp.exp(log_A0 + aN * data.log_N0))
-        numpyro.deterministic("B", jnp.exp(log_B0 + aD * data.log_D0))
-        numpyro.deterministic("alpha_N", aN)
-        numpyro.deterministic("alpha_D", aD)
+def _record(natural: dict) -> None:
+    for name, value in natural.items():
+        numpyro.deterministic(name, value)
 
-        def log_loss(x_N, x_D, t):
-            return laws.log_chinchilla(x_N, x_D, log_E[t], log_A0[t], log_B0[t], aN[t], aD[t])
 
-        return log_loss
-    raise ValueError(f"unknown scratch law {law!r}")
+class UpperBounded(dist.Distribution):
+    """Student-t on log-loss where ``censored`` runs only bound the value from above.
+
+    log_prob: the density for exact runs, log P(Y <= y) for censored ones;
+    samples are the latent value (what the run would have reached).
+    """
+
+    arg_constraints = {}
+    support = dist.constraints.real
+
+    def __init__(self, base: dist.StudentT, censored):
+        self.base, self.censored = base, jnp.asarray(censored, bool)
+        super().__init__(batch_shape=base.batch_shape)
+
+    def sample(self, key, sample_shape=()):
+        return self.base.sample(key, sample_shape)
+
+    def log_prob(self, value):
+        bound = jnp.log(jnp.clip(self.base.cdf(value), 1e-300, 1.0))
+        return jnp.where(self.censored, bound, self.base.log_prob(value))
 
 
 def _likelihood(data: ModelData, priors: dict, mu, y):
@@ -238,20 +253,31 @@ def _likelihood(data: ModelData, priors: dict, mu, y):
         sigma = numpyro.sample("sigma", priors["sigma"])
     nu = priors["nu"]
     nu = numpyro.sample("nu", nu) if isinstance(nu, dist.Distribution) else numpyro.deterministic("nu", jnp.asarray(float(nu)))
+    if data.pretrain_runs and "sigma_pretrain" in priors:
+        scale = numpyro.sample("sigma_pretrain", priors["sigma_pretrain"])
+        with numpyro.plate("pretrain_run", len(data.pretrain_runs)):
+            z = numpyro.sample("pretrain_z", dist.Normal(0.0, 1.0))
+        mu = mu + jnp.where(data.pretrain_idx >= 0, scale * z[np.maximum(data.pretrain_idx, 0)], 0.0)
+    base = dist.StudentT(nu, mu, sigma[data.kind_idx])
+    censored = data.censored if data.censored is not None else np.zeros(len(data.y), bool)
     with numpyro.plate("run", len(data.y)):
-        numpyro.sample("log_loss", dist.StudentT(nu, mu, sigma[data.kind_idx]), obs=y)
+        numpyro.sample("log_loss", UpperBounded(base, censored) if censored.any() else base, obs=y)
 
 
 # ------------------------------------------------------------------ the models
 
 
 def scratch_model(data: ModelData, priors: dict, y=None):
-    """From-scratch law (``data.law``: kaplan or chinchilla) per target, pooled.
+    """From-scratch law (``data.law``, a scratch law of laws.py) per target, pooled.
 
     log L_r ~ StudentT(nu, log L_scratch(N_r, D_r; theta_target(r)), sigma)
     """
-    log_loss = _scratch_params(data, priors, data.law)
-    _likelihood(data, priors, log_loss(data.x_N, data.x_D, data.target_idx), y)
+    form = laws.scratch(data.law)
+    s = _sample(form.sites, priors, {"target": len(data.targets)}, form.level | {x.name: "target" for x in form.sites})
+    _record(form.natural(s, data))
+    t = data.target_idx
+    mu = form.log_loss_centred(data.x_N, data.x_D, {k: v[t] for k, v in s.items()}, data.inputs)
+    _likelihood(data, priors, mu, y)
 
 
 def transfer_model(data: ModelData, priors: dict, y=None):
@@ -264,31 +290,24 @@ def transfer_model(data: ModelData, priors: dict, y=None):
     With ``omega = 0`` (``ossification=False``) this is the paper's law and
     D_T = D_E - D_F > 0 always. The ``omega`` term is this package's
     extension: it lets pre-training hurt (D_T < 0 when omega D_F exceeds
-    k D_F^alpha N^beta: small N, large D_F, as in Hernandez Fig. 5), with a
-    prior concentrated near 0 so the data must ask for it.
+    k D_F^alpha N^beta: small N, large D_F), with a prior concentrated near
+    0 so the data must ask for it.
     """
-    log_loss = _scratch_params(data, priors, data.scratch_law)
-    n = len(data.pairs)
-    m_alpha, m_beta = _mean(priors["alpha"]), _mean(priors["beta"])
-    # log D_T at the grid centre (log D0, log N0); see priors.py
-    log_T0 = _group("k", priors["k"], priors["tau_k"], n, "pair", shift=m_alpha * data.log_D0 + m_beta * data.log_N0)
-    alpha = jnp.exp(_group("alpha", priors["alpha"], priors["tau_alpha"], n, "pair"))
-    beta = jnp.exp(_group("beta", priors["beta"], priors["tau_beta"], n, "pair"))
-    numpyro.deterministic("k", jnp.exp(log_T0 - alpha * data.log_D0 - beta * data.log_N0))
-    numpyro.deterministic("alpha", alpha)
-    numpyro.deterministic("beta", beta)
-    if data.ossification:
-        with numpyro.plate("pair", n):
-            omega = numpyro.sample("omega", priors["omega"])
-    else:
-        omega = numpyro.deterministic("omega", jnp.zeros(n))
-
+    form, law = laws.scratch(data.scratch_law), laws.TRANSFER
+    sizes = {"target": len(data.targets), "pair": len(data.pairs)}
+    s_scr = _sample(form.sites, priors, sizes, {x.name: "target" for x in form.sites})
+    s_tr = _sample(law.sites, priors, sizes, {}, skip=() if data.ossification else ("omega",))
+    if not data.ossification:
+        s_tr["omega"] = numpyro.deterministic("omega", jnp.zeros(len(data.pairs)))
+    _record(form.natural(s_scr, data))
+    _record(law.natural(s_tr, data))
     ft = data.finetuned
     j = np.where(ft, data.pair_idx, 0)
-    log_DT = log_T0[j] + alpha[j] * data.x_D + beta[j] * data.x_N  # centred: log D_T - log D0 + log D0
-    x_DE = laws.log_effective_finetune_data(data.x_D, log_DT - data.log_D0, omega[j])
+    x_DE = laws.transfer_log_effective_data(data.x_N, data.x_D, {k: v[j] for k, v in s_tr.items()})
     x_D = jnp.where(ft, x_DE, data.x_D)
-    _likelihood(data, priors, log_loss(data.x_N, x_D, data.target_idx), y)
+    t = data.target_idx
+    mu = form.log_loss_centred(data.x_N, x_D, {k: v[t] for k, v in s_scr.items()}, data.inputs)
+    _likelihood(data, priors, mu, y)
 
 
 def transfer_gap_model(data: ModelData, priors: dict, y=None):
@@ -299,37 +318,23 @@ def transfer_gap_model(data: ModelData, priors: dict, y=None):
 
     p^-alpha_p diverges at p = 0, so scratch runs get their own coefficient
     C_0; they share the target's fine-tuning exponent alpha_f and floor E
-    with the pre-trained runs, which is what ties the two together.
+    with the pre-trained runs, which is what ties the two together. The
+    coefficients are sampled as their terms at the grid centre (laws.py).
     """
-    nt, npair = len(data.targets), len(data.pairs)
-    log_f0 = data.log_D0
-    m_ap, m_af = _mean(priors["alpha_p"]), _mean(priors["alpha_f"])
-    alpha_f = jnp.exp(_group("alpha_f", priors["alpha_f"], priors["tau_alpha_f"], nt, "target"))
-    log_E = _group("E", priors["E"], priors["tau_E"], nt, "target")
-    log_C0 = _group("C_0", priors["C_0"], priors["tau_C_0"], nt, "target", shift=-m_af * log_f0)
-    alpha_p = jnp.exp(_group("alpha_p", priors["alpha_p"], priors["tau_alpha_p"], npair, "pair"))
-    log_A0 = _group("A_p", priors["A_p"], priors["tau_A_p"], npair, "pair", shift=-m_ap * data.log_p0 - m_af * log_f0)
-    log_G0 = _group("G", priors["G"], priors["tau_G"], npair, "pair", shift=-m_af * log_f0)
+    law = laws.TRANSFER_GAP
+    s = _sample(law.sites, priors, {"target": len(data.targets), "pair": len(data.pairs)}, law.site_level)
+    _record(law.natural(s, data))
     t, ft = data.target_idx, data.finetuned
     j = np.where(ft, data.pair_idx, 0)
-    numpyro.deterministic("alpha_f", alpha_f)
-    numpyro.deterministic("E", jnp.exp(log_E))
-    numpyro.deterministic("C_0", jnp.exp(log_C0 + alpha_f * log_f0))
-    # A_p and G multiply f^-alpha_f of their pair's target
-    pt = np.array([data.targets.index(tg) for _, tg in data.pairs])
-    numpyro.deterministic("alpha_p", alpha_p)
-    numpyro.deterministic("A_p", jnp.exp(log_A0 + alpha_p * data.log_p0 + alpha_f[pt] * log_f0))
-    numpyro.deterministic("G", jnp.exp(log_G0 + alpha_f[pt] * log_f0))
-    pre = laws.log_transfer_gap(data.x_p, data.x_D, log_A0[j], alpha_p[j], log_G0[j], alpha_f[t], log_E[t])
-    scr = laws.log_gap_scratch(data.x_D, log_C0[t], alpha_f[t], log_E[t])
+    log = {k: jnp.log(v) for k, v in s.items() if k not in ("alpha_f", "alpha_p")}
+    pre = laws.log_transfer_gap(data.x_p, data.x_D, log["A_p_term"][j], s["alpha_p"][j], log["G_term"][j],
+                                s["alpha_f"][t], log["E"][t])
+    scr = laws.log_gap_scratch(data.x_D, log["C_0_term"][t], s["alpha_f"][t], log["E"][t])
     _likelihood(data, priors, jnp.where(ft, pre, scr), y)
 
 
-MODELS = {"kaplan": scratch_model, "chinchilla": scratch_model, "transfer": transfer_model, "transfer_gap": transfer_gap_model}
-
-
 def model_for(law: str):
-    return MODELS[law]
+    return {"scratch": scratch_model, "transfer": transfer_model, "gap": transfer_gap_model}[laws.get(law).kind]
 
 
 # ------------------------------------------------------------------ simulation
@@ -339,16 +344,18 @@ def simulate_losses(design, law: str, params: dict, *, scratch_law: str = "kapla
     """Losses for a design table drawn from a law with known natural-scale parameters.
 
     ``design``: a DataFrame of runs (``n_params``, ``data_tokens``, optional
-    ``target``, ``source``, ``pretrain_tokens``, ``seed``). ``params`` maps
-    each parameter name to a number (shared) or a dict keyed by target (for
-    scratch/gap target parameters) or by (source, target) (pair parameters).
-    Noise: log-loss + sigma x (standard normal, or Student-t with ``nu``).
-    Returns the design with a ``loss`` column: the grid for recovery tests.
+    ``target``, ``source``, ``pretrain_tokens``, ``seed``, ``tokens_seen``).
+    ``params`` maps each parameter name to a number (shared) or a dict keyed
+    by target (for scratch/gap target parameters) or by (source, target)
+    (pair parameters). Noise: log-loss + sigma x (standard normal, or
+    Student-t with ``nu``). Returns the design with a ``loss`` column: the
+    grid for recovery tests.
     """
     df = design.copy()
     for col, default in (("target", "target"), ("source", SCRATCH), ("pretrain_tokens", 0.0), ("seed", 0)):
         if col not in df.columns:
             df[col] = default
+    spec = laws.get(law)
 
     def value(name, key):
         v = params[name]
@@ -357,25 +364,28 @@ def simulate_losses(design, law: str, params: dict, *, scratch_law: str = "kapla
     N = df["n_params"].to_numpy(float)
     D = df["data_tokens"].to_numpy(float)
     ft = (df["source"] != SCRATCH).to_numpy()
+    form = laws.scratch(law if spec.kind == "scratch" else scratch_law) if spec.kind != "gap" else None
+    inputs = form.inputs(df) if form is not None else {}
     mu = np.empty(len(df))
     for i, row in enumerate(df.itertuples()):
         tgt, pair = row.target, (row.source, row.target)
-        if law == "transfer_gap":
-            gp = {k: value(k, tgt) for k in ("alpha_f", "E")}
+        if spec.kind == "gap":
+            q = {k: value(k, tgt) for k in spec.params if spec.level[k] == "target"}
             if ft[i]:
-                loss = laws.transfer_gap(row.pretrain_tokens, D[i], value("A_p", pair), value("alpha_p", pair), value("G", pair), **gp)
+                q.update({k: value(k, pair) for k in spec.params if spec.level[k] == "pair"})
+                loss = laws.transfer_gap(row.pretrain_tokens, D[i], q["A_p"], q["alpha_p"], q["G"], q["alpha_f"], q["E"])
             else:
-                loss = laws.gap_scratch(D[i], value("C_0", tgt), **gp)
+                loss = laws.gap_scratch(D[i], q["C_0"], q["alpha_f"], q["E"])
         else:
-            form = law if law in laws.SCRATCH_LAWS else scratch_law
-            sp = {k: value(k, tgt) for k in PARAMS[form]}
+            p = {k: value(k, tgt) for k in form.params}
             d_eff = D[i]
             if ft[i]:
-                if law != "transfer":
+                if spec.kind != "transfer":
                     raise ValueError(f"law {law!r} has no fine-tuned runs; use 'transfer'")
-                omega = value("omega", pair) if "omega" in params else 0.0
-                d_eff = D[i] * (1 - omega) + float(laws.transferred_data(D[i], N[i], value("k", pair), value("alpha", pair), value("beta", pair)))
-            loss = (laws.kaplan if form == "kaplan" else laws.chinchilla)(N[i], d_eff, **sp)
+                tp = {k: value(k, pair) for k in ("k", "alpha", "beta")}
+                tp["omega"] = value("omega", pair) if "omega" in params else 0.0
+                d_eff = D[i] + laws.transferred(N[i], D[i], tp)
+            loss = form.loss(N[i], d_eff, p, **{k: v[i] for k, v in inputs.items()})
         mu[i] = float(np.log(loss))
     rng = np.random.default_rng(seed)
     eps = rng.standard_t(nu, len(df)) if nu else rng.standard_normal(len(df))

@@ -20,6 +20,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter
 
+from loss_grid import SCRATCH, split_pair
+
 from . import published
 from . import quantities as q
 
@@ -101,9 +103,9 @@ def _shade_outside(ax, lo: float, hi: float, x_min: float, x_max: float) -> None
 
 
 def _pair_runs(runs: pd.DataFrame, pair: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    source, target = pair.split("->", 1)
+    source, target = split_pair(pair)
     tuned = runs[(runs["source"] == source) & (runs["target"] == target)]
-    scratch = runs[(runs["source"] == "none") & (runs["target"] == target)]
+    scratch = runs[(runs["source"] == SCRATCH) & (runs["target"] == target)]
     return scratch, tuned
 
 
@@ -137,7 +139,7 @@ def plot_loss_grid(grid) -> Figure:
     sizes = sorted(runs["n_params"].unique())
     for ax, target in zip(axes, targets):
         rows = runs[runs["target"] == target]
-        sources = ["none"] + sorted(s for s in rows["source"].unique() if s != "none")
+        sources = [SCRATCH] + sorted(s for s in rows["source"].unique() if s != SCRATCH)
         for si, source in enumerate(sources):
             for ni, n in enumerate(sizes):
                 r = rows[(rows["source"] == source) & (rows["n_params"] == n)]
@@ -146,12 +148,12 @@ def plot_loss_grid(grid) -> Figure:
                 mean = r.groupby(["data_tokens", "pretrain_tokens"])["loss"].mean().reset_index()
                 for _, by_p in mean.groupby("pretrain_tokens"):
                     ax.plot(by_p["data_tokens"], by_p["loss"], color=colour(ni), marker=MARKERS[si % 8],
-                            ms=4, lw=1.2, ls="-" if source == "none" else "--")
+                            ms=4, lw=1.2, ls="-" if source == SCRATCH else "--")
                 ax.scatter(r["data_tokens"], r["loss"], color=colour(ni), marker=MARKERS[si % 8], s=10, alpha=0.5)
         ax.set(xscale="log", yscale="log", xlabel="data: D (scratch) or D_F (fine-tuned), bytes",
                ylabel="best validation loss (nats/byte)", title=f"target: {target}")
-        style = [Line2D([], [], color="0.3", marker=MARKERS[i % 8], ls="-" if s == "none" else "--",
-                        label="from scratch" if s == "none" else f"pre-trained on {s}")
+        style = [Line2D([], [], color="0.3", marker=MARKERS[i % 8], ls="-" if s == SCRATCH else "--",
+                        label="from scratch" if s == SCRATCH else f"pre-trained on {s}")
                  for i, s in enumerate(sources)]
         loss_axis(ax)
         _legend_sizes(ax, sizes, style)
@@ -175,7 +177,7 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
         if fit.law == "transfer":
             scratch, tuned = _pair_runs(runs, group)
         else:
-            scratch, tuned = runs[(runs["source"] == "none") & (runs["target"] == group)], runs.iloc[:0]
+            scratch, tuned = runs[(runs["source"] == SCRATCH) & (runs["target"] == group)], runs.iloc[:0]
         both = pd.concat([scratch, tuned])
         sizes = sorted(both["n_params"].unique())
         lo, hi = both["data_tokens"].min(), both["data_tokens"].max()
@@ -325,45 +327,12 @@ def plot_multiplier(fit, prob: float = 0.9) -> Figure | None:
 # ---------------------------------------------------------------- parameters
 
 
-def parameter_table(fit, prob: float = 0.9) -> pd.DataFrame:
-    """Posterior median and interval of each law parameter, per group, with the published value."""
-    post = fit.posterior
-    names = {"transfer": list(q.TRANSFER) + ["omega"], "transfer_gap": list(q.GAP)}.get(fit.law, [])
-    names = [n for n in names if n in post]
-    scratch_names = [] if fit.law == "transfer_gap" else list(
-        q.KAPLAN if q.scratch_form(fit) == "kaplan" else q.CHINCHILLA)
-    rows = []
-    lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
-    for name in scratch_names + names:
-        da = post[name]
-        group_dim = next((d for d in da.dims if d not in q.SAMPLE_DIMS), None)
-        groups = [None] if group_dim is None else [str(v) for v in da[group_dim].values]
-        for g in groups:
-            v = (da if g is None else da.sel({group_dim: g})).values.ravel()
-            pub = None
-            if name in scratch_names:
-                table = published.published_values(q.scratch_form(fit))
-            elif fit.law == "transfer" and group_dim == "pair":
-                table = published.published_values("transfer", g)
-            else:
-                table = published.published_values("transfer_gap")
-            hit = table[table["parameter"] == name]
-            if len(hit):
-                pub = (float(hit["value"].iloc[0]), str(hit["reference"].iloc[0]))
-            rows.append({"parameter": name, "group": g or "all", "median": float(np.median(v)),
-                         "lower": float(np.quantile(v, lo_q)), "upper": float(np.quantile(v, hi_q)),
-                         "published": np.nan if pub is None else pub[0],
-                         "reference": "" if pub is None else pub[1]})
-    return pd.DataFrame(rows)
-
-
 @styled
 def plot_parameters(fit, prob: float = 0.9) -> Figure:
     """Each parameter's posterior median and interval per group, against published values."""
-    table = parameter_table(fit, prob)
+    table = published.compare(fit, prob)
     names = list(dict.fromkeys(table["parameter"]))
     fig, axes = _panels(len(names), width=4.2, height=0.6 + 0.45 * max(table.groupby("parameter").size().max(), 2))
-    logs = {"k", "N_c", "D_c", "A", "B", "A_p", "G", "C_0"}
     for ax, name in zip(axes, names):
         rows = table[table["parameter"] == name].reset_index(drop=True)
         y = np.arange(len(rows))
@@ -372,18 +341,18 @@ def plot_parameters(fit, prob: float = 0.9) -> Figure:
         has_pub = rows["published"].notna()
         if has_pub.any():
             ax.plot(rows.loc[has_pub, "published"], y[has_pub], "D", color=PALETTE[1], mfc="none", ms=8, mew=1.5)
-        ax.set_yticks(y, rows["group"])
+        ax.set_yticks(y, [g + (" (prior-driven)" if pd_ else "") for g, pd_ in zip(rows["group"], rows["prior_driven"])])
         ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set_title(name)
         values = pd.concat([rows["lower"], rows["upper"], rows["published"]]).dropna()
-        if name in logs and values.min() > 0 and values.max() / values.min() > 20:
+        if values.min() > 0 and values.max() / values.min() > 20:
             ax.set_xscale("log")
         else:
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     handles = [Line2D([], [], color=PALETTE[0], marker="o", lw=2.5, label=f"posterior median, {prob:.0%} interval")]
     if table["published"].notna().any():
         handles.append(Line2D([], [], color=PALETTE[1], marker="D", mfc="none", ls="", ms=8,
-                              label="published (REFERENCE.md)"))
+                              label="published (docs/published.md)"))
     fig.suptitle("Fitted parameters against the published values (units differ: see the table)")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
@@ -422,7 +391,7 @@ def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
         handles = [Line2D([], [], color=PALETTE[4], ls="--", lw=2, label="measured grid (outside: extrapolated)"),
                    Line2D([], [], color="white", lw=1.5, label="P = 0.5")]
         if fit.law == "transfer":
-            boundary = q.low_data_boundary(fit, other, target=pair.split("->", 1)[1])
+            boundary = q.low_data_boundary(fit, other, target=split_pair(pair)[1])
             ax.plot(boundary.median(q.SAMPLE_DIMS), other, color=PALETTE[5], lw=1.5, ls=":")
             handles.append(Line2D([], [], color=PALETTE[5], ls=":", label="low-data boundary 0.1 D(N)"))
         ax.set(xscale="log", yscale="log", xlabel="fine-tuning data D_F (bytes)", ylabel=y_name,
@@ -469,52 +438,14 @@ def _n_panels(post, var_names) -> int:
     return total
 
 
-def posterior_predictive_table(fit, prob: float = 0.9, seed: int = 0) -> pd.DataFrame:
-    """Each run's observed loss against its posterior-predictive median and interval."""
-    runs = q.fit_runs(fit)
-    rows = []
-    lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
-    pairs = set(q.pairs(fit))
-    targets = set(str(t) for t in fit.posterior["target"].values) if "target" in fit.posterior.dims else None
-    for i, run in enumerate(runs.itertuples(index=False)):
-        pair = f"{run.source}->{run.target}"
-        if fit.law == "transfer_gap":
-            if run.source == "none":
-                match = [p for p in pairs if p.endswith(f"->{run.target}")]
-                if not match:
-                    continue
-                pred = q.predicted_loss(fit, None, run.data_tokens, p=0, pair=match[0], predictive=True, seed=seed + i)
-            elif pair in pairs:
-                pred = q.predicted_loss(fit, None, run.data_tokens, p=run.pretrain_tokens, pair=pair,
-                                        predictive=True, seed=seed + i)
-            else:
-                continue
-        elif run.source == "none":
-            if targets is not None and run.target not in targets:
-                continue
-            kw = dict(p=0) if fit.law == "transfer" else {}
-            pred = q.predicted_loss(fit, run.n_params, run.data_tokens, target=run.target, predictive=True,
-                                    seed=seed + i, **kw)
-        elif fit.law == "transfer" and pair in pairs:
-            pred = q.predicted_loss(fit, run.n_params, run.data_tokens, pair=pair, predictive=True, seed=seed + i)
-        else:
-            continue
-        v = pred.values.ravel()
-        lo, med, hi = np.quantile(v, [lo_q, 0.5, hi_q])
-        rows.append({"source": run.source, "target": run.target, "n_params": run.n_params,
-                     "data_tokens": run.data_tokens, "loss": run.loss, "median": med, "lower": lo, "upper": hi,
-                     "inside": bool(lo <= run.loss <= hi)})
-    return pd.DataFrame(rows)
-
-
 @styled
 def plot_ppc(fit, prob: float = 0.9, table: pd.DataFrame | None = None) -> Figure:
     """Observed loss against the posterior predictive (median, interval) for every run."""
-    table = posterior_predictive_table(fit, prob) if table is None else table
+    table = q.posterior_predictive_table(fit, prob) if table is None else table
     fig = Figure(figsize=(6.2, 5.4))
     ax = fig.subplots()
     for i, (source, rows) in enumerate(table.groupby("source", sort=True)):
-        label = "from scratch" if source == "none" else f"pre-trained on {source}"
+        label = "from scratch" if source == SCRATCH else f"pre-trained on {source}"
         ax.errorbar(rows["loss"], rows["median"],
                     yerr=[rows["median"] - rows["lower"], rows["upper"] - rows["median"]],
                     fmt=MARKERS[i % 8], color=colour(i), ms=4, capsize=2, alpha=0.85, label=label)

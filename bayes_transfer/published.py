@@ -1,14 +1,18 @@
-"""The published values the fits are compared against (REFERENCE.md), in one place.
+"""The published values the fits are compared against (docs/published.md), in one place.
 
 Units differ from this package's bytes and nats per byte: Kaplan's and
 Chinchilla's fits are for BPE tokens of web text, so they are a sanity scale,
 not a target. Hernandez et al.'s transfer fits are in characters of Python,
-comparable to bytes.
+comparable to bytes. These values sit beside results only: no prior uses them.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+
+from bayes_transfer import laws
+from loss_grid import split_pair
 
 SCRATCH = {
     "kaplan": {
@@ -51,10 +55,39 @@ def published_values(law: str, pair: str | None = None) -> pd.DataFrame:
     elif law == "transfer":
         if pair is None:
             raise ValueError("published transfer values depend on the source: give pair='source->target'")
-        key = transfer_source(pair.split("->", 1)[0])
+        key = transfer_source(split_pair(pair)[0])
         if key is not None:
             entry = TRANSFER[key]
             rows += [(name, value, entry["reference"]) for name, value in entry["values"].items()]
-    elif law != "transfer_gap":  # Barnett's law has no published numbers we could check
-        raise ValueError(f"unknown law {law!r}")
+    elif law not in laws.LAWS:
+        raise ValueError(f"unknown law {law!r}")  # others (Barnett's) have no published numbers we could check
     return pd.DataFrame(rows, columns=["parameter", "value", "reference"])
+
+
+def compare(fit, prob: float = 0.9) -> pd.DataFrame:
+    """Each law parameter's posterior median and interval per group, how far the data
+    narrowed it (``width_ratio``, ``prior_driven``: see ``Fit.summary``), and the
+    published value beside it."""
+    from bayes_transfer import quantities as q
+
+    spec = laws.get(fit.law)
+    scratch = [] if spec.kind == "gap" else list(laws.scratch(q.scratch_form(fit)).params)
+    own = [] if spec.kind == "scratch" else list(spec.params)
+    summary = fit.summary(var_names=[n for n in scratch + own if n in fit.posterior], prob=prob)
+    lo, hi = f"{(1 - prob) / 2:.0%}", f"{(1 + prob) / 2:.0%}"
+    rows = []
+    for label, row in summary.iterrows():
+        name, _, group = label.partition("[")
+        group = group.rstrip("]") or None
+        if name in scratch:
+            table = published_values(q.scratch_form(fit))
+        elif spec.kind == "transfer" and group is not None:
+            table = published_values("transfer", group)
+        else:
+            table = published_values(fit.law) if fit.law != "transfer" else published_values("kaplan").iloc[:0]
+        hit = table[table["parameter"] == name]
+        rows.append({"parameter": name, "group": group or "all", "median": row["median"], "lower": row[lo],
+                     "upper": row[hi], "width_ratio": row["width ratio"], "prior_driven": bool(row["prior-driven"]),
+                     "published": float(hit["value"].iloc[0]) if len(hit) else np.nan,
+                     "reference": str(hit["reference"].iloc[0]) if len(hit) else ""})
+    return pd.DataFrame(rows)

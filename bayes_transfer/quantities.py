@@ -1,7 +1,7 @@
 """Posterior quantities of a fit, at any (N, D_F, p), with extrapolation flagged.
 
 Every function takes a `Fit` and returns an `xarray.DataArray` over
-(chain, draw, ...): one value per posterior draw, so any summary (mean,
+(chain, draw, ...): one value per posterior draw, so any summary (median,
 interval, probability) is a reduction over those two dims (see `band`).
 N, D_F and p may be scalars or 1-d sequences; a sequence becomes a dimension
 of the same name ("N", "D_F", "p") so maps over N x D_F come out of one call.
@@ -10,12 +10,10 @@ Each result carries an `extrapolated` boolean coordinate over its input dims
 (True where N, D_F or p lies outside the range the grid measured) and an
 `extrapolated` attribute (True if any point is); plots and reports mark it.
 
-The laws (REFERENCE.md), in natural-scale parameter names:
-- scratch, Kaplan:      L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D
-- scratch, Chinchilla:  L = E + A N^-alpha_N + B D^-alpha_D
-- transfer:             D_T = k D_F^alpha N^beta - omega D_F, L_ft = L_scratch(N, D_F + D_T)
-- transfer gap:         L = (A_p p^-alpha_p + G) f^-alpha_f + E   (p > 0)
-                        L = C_0 f^-alpha_f + E                    (p = 0, from scratch)
+The laws are evaluated through their one definition in `laws.py` (see
+docs/laws.md). A fit that did not converge gives no answers here unless
+`allow_unconverged=True` (or the fit was accepted with
+`Fit.accept_unconverged()`): `NotConvergedError` says why.
 """
 
 from __future__ import annotations
@@ -24,14 +22,23 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayes_transfer import laws
+from bayes_transfer.fit import NotConvergedError, PRIOR_DRIVEN, width_ratio
+from loss_grid import SCRATCH, pair_label, split_pair
+
 SAMPLE_DIMS = ("chain", "draw")
-KAPLAN = ("N_c", "D_c", "alpha_N", "alpha_D")
-CHINCHILLA = ("E", "A", "B", "alpha_N", "alpha_D")
-TRANSFER = ("k", "alpha", "beta")
-GAP = ("A_p", "alpha_p", "G", "alpha_f", "E", "C_0")
 # "within 1% of the infinite-data loss" and "at most 10% of that data" (Hernandez et al.)
 _NEAR_FLOOR = 0.01
 _LOW_DATA_FRACTION = 0.1
+
+
+def checked(fit, allow_unconverged: bool = False):
+    """The fit, if its answers can be trusted or the caller allows it; else NotConvergedError."""
+    if allow_unconverged or getattr(fit, "allow_unconverged", False) or fit.converged:
+        return fit
+    diag = fit.diagnostics() if hasattr(fit, "diagnostics") else "diagnostics failed"
+    raise NotConvergedError(f"the {fit.law} fit did not converge ({diag}); its answers are not trustworthy. "
+                            "Refit with more warm-up and draws, or pass allow_unconverged=True to use it anyway")
 
 
 # ---------------------------------------------------------------- inputs
@@ -53,14 +60,16 @@ def _axis(values, name: str) -> xr.DataArray:
 
 
 def scratch_form(fit) -> str:
-    """'kaplan' or 'chinchilla': which scratch law the fit's posterior holds."""
+    """The name of the scratch law the fit's posterior holds (laws.SCRATCH_LAWS)."""
+    named = (getattr(fit, "config", None) or {}).get("scratch_law")
+    if named:
+        return named
     post = fit.posterior
-    if all(v in post for v in KAPLAN):
-        return "kaplan"
-    if all(v in post for v in CHINCHILLA):
-        return "chinchilla"
-    raise ValueError(f"the fit (law {fit.law!r}) has no scratch-law parameters "
-                     f"({', '.join(KAPLAN)} or {', '.join(CHINCHILLA)})")
+    # the most specific law whose parameters are all there (data_constrained extends chinchilla)
+    for law in sorted(laws.SCRATCH_LAWS.values(), key=lambda x: -len(x.params)):
+        if all(v in post for v in law.params):
+            return law.name
+    raise ValueError(f"the fit (law {fit.law!r}) has no scratch-law parameters")
 
 
 def pairs(fit) -> list[str]:
@@ -69,7 +78,7 @@ def pairs(fit) -> list[str]:
     return [str(p) for p in post["pair"].values] if "pair" in post.dims else []
 
 
-def _select_pair(fit, pair: str | None) -> xr.Dataset:
+def select_pair(fit, pair: str | None) -> xr.Dataset:
     """The posterior with scratch params aligned to pairs (dim `pair`, or none if one is named)."""
     post = fit.posterior
     if "pair" not in post.dims:
@@ -88,7 +97,8 @@ def _select_pair(fit, pair: str | None) -> xr.Dataset:
     return post
 
 
-def _select_target(fit, target: str | None) -> xr.Dataset:
+def select_target(fit, target: str | None) -> xr.Dataset:
+    """The posterior of one target (all targets when `target` is None)."""
     post = fit.posterior
     if target is not None:
         if "target" not in post.dims:
@@ -98,51 +108,6 @@ def _select_target(fit, target: str | None) -> xr.Dataset:
             raise ValueError(f"unknown target {target!r}; the fit has {known}")
         post = post.sel(target=target)
     return post
-
-
-# ---------------------------------------------------------------- laws on draws
-
-
-def scratch_loss(params, N, D, form: str):
-    """The scratch law evaluated on posterior draws (any broadcastable arrays)."""
-    if form == "kaplan":
-        ratio = params["alpha_N"] / params["alpha_D"]
-        return ((params["N_c"] / N) ** ratio + params["D_c"] / D) ** params["alpha_D"]
-    return params["E"] + params["A"] * N ** -params["alpha_N"] + params["B"] * D ** -params["alpha_D"]
-
-
-def scratch_floor(params, N, form: str):
-    """The infinite-data loss of a size-N model."""
-    if form == "kaplan":
-        return (params["N_c"] / N) ** params["alpha_N"]
-    return params["E"] + params["A"] * N ** -params["alpha_N"]
-
-
-def invert_scratch(params, N, loss, form: str):
-    """Effective data D_E with L_scratch(N, D_E) = loss; +inf at or below the floor."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if form == "kaplan":
-            gap = loss ** (1.0 / params["alpha_D"]) - (params["N_c"] / N) ** (
-                params["alpha_N"] / params["alpha_D"])
-            d_e = params["D_c"] / gap
-        else:
-            gap = loss - params["E"] - params["A"] * N ** -params["alpha_N"]
-            d_e = (params["B"] / gap) ** (1.0 / params["alpha_D"])
-    return xr.where(gap > 0, d_e, np.inf)
-
-
-def _transferred(params, N, D_F):
-    d_t = params["k"] * D_F ** params["alpha"] * N ** params["beta"]
-    if "omega" in params:
-        d_t = d_t - params["omega"] * D_F
-    return d_t
-
-
-def _gap_loss(params, p, f):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pretrained = (params["A_p"] * p ** -params["alpha_p"] + params["G"]) * f ** -params["alpha_f"]
-    scratch = params["C_0"] * f ** -params["alpha_f"]
-    return xr.where(p > 0, pretrained, scratch) + params["E"]
 
 
 # ---------------------------------------------------------------- extrapolation
@@ -166,12 +131,12 @@ def grid_ranges(fit, pair: str | None = None, finetuned: bool = True) -> dict:
     """The measured ranges of N, D_F and p: fine-tuned runs (of `pair`) or scratch runs."""
     runs = fit_runs(fit)
     if finetuned:
-        rows = runs[runs["source"] != "none"]
-        if pair is not None and "->" in pair:
-            source, target = pair.split("->", 1)
+        rows = runs[runs["source"] != SCRATCH]
+        if pair is not None:
+            source, target = split_pair(pair)
             rows = rows[(rows["source"] == source) & (rows["target"] == target)]
     else:
-        rows = runs[runs["source"] == "none"]
+        rows = runs[runs["source"] == SCRATCH]
     out = {"N": _range(rows["n_params"]), "D_F": _range(rows["data_tokens"])}
     if "pretrain_tokens" in rows:
         out["p"] = _range(rows["pretrain_tokens"])
@@ -206,7 +171,7 @@ def _finish(result: xr.DataArray, name: str, units: str, long_name: str) -> xr.D
 # ---------------------------------------------------------------- quantities
 
 
-def transferred_data(fit, N, D_F, pair: str | None = None) -> xr.DataArray:
+def transferred_data(fit, N, D_F, pair: str | None = None, *, allow_unconverged: bool = False) -> xr.DataArray:
     """D_T: the data pre-training is worth, in target tokens (bytes); negative = ossification.
 
     From a 'transfer' fit: D_T = k D_F^alpha N^beta - omega D_F, per posterior draw.
@@ -214,35 +179,35 @@ def transferred_data(fit, N, D_F, pair: str | None = None) -> xr.DataArray:
     """
     if fit.law != "transfer":
         raise ValueError(f"transferred_data needs a 'transfer' fit (k, alpha, beta); this fit is {fit.law!r}")
-    post = _select_pair(fit, pair)
+    post = select_pair(checked(fit, allow_unconverged), pair)
     n, d = _axis(N, "N"), _axis(D_F, "D_F")
-    result = _transferred(post, n, d)
-    result = _finish(result, "D_T", "bytes", "data transferred by pre-training")
+    result = _finish(laws.transferred(n, d, post), "D_T", "bytes", "data transferred by pre-training")
     return _flag(result, fit, {"N": n, "D_F": d}, grid_ranges(fit, pair))
 
 
-def effective_multiplier(fit, N, D_F, pair: str | None = None) -> xr.DataArray:
+def effective_multiplier(fit, N, D_F, pair: str | None = None, *, allow_unconverged: bool = False) -> xr.DataArray:
     """(D_F + D_T) / D_F: how many times the fine-tuning data pre-training is worth."""
-    d_t = transferred_data(fit, N, D_F, pair)
-    d = _axis(D_F, "D_F")
-    result = (d + d_t) / d
+    d_t = transferred_data(fit, N, D_F, pair, allow_unconverged=allow_unconverged)
+    result = (_axis(D_F, "D_F") + d_t) / _axis(D_F, "D_F")
     result.attrs = dict(d_t.attrs)
     return _finish(result, "multiplier", "1", "effective data multiplier (D_F + D_T) / D_F")
 
 
-def ossification_probability(fit, N, D_F, pair: str | None = None, p=None) -> xr.DataArray:
+def ossification_probability(fit, N, D_F, pair: str | None = None, p=None, *,
+                             allow_unconverged: bool = False) -> xr.DataArray:
     """Posterior probability that pre-training hurts at (N, D_F): a reduction over draws.
 
     'transfer' fit: P(D_T < 0). 'transfer_gap' fit (needs p > 0): P(L(p, D_F) > L(0, D_F)).
     """
+    kw = dict(pair=pair, allow_unconverged=allow_unconverged)
     if fit.law == "transfer":
-        d_t = transferred_data(fit, N, D_F, pair)
+        d_t = transferred_data(fit, N, D_F, **kw)
         worse, attrs, extrap = d_t < 0, dict(d_t.attrs), d_t["extrapolated"]
     elif fit.law == "transfer_gap":
         if p is None or np.any(np.asarray(p, dtype=float) <= 0):
             raise ValueError("ossification under a 'transfer_gap' fit needs pre-training tokens p > 0")
-        with_p = predicted_loss(fit, N, D_F, p=p, pair=pair)
-        without = predicted_loss(fit, N, D_F, p=0.0, pair=pair)
+        with_p = predicted_loss(fit, N, D_F, p=p, **kw)
+        without = predicted_loss(fit, N, D_F, p=0.0, **kw)
         worse = with_p > without.drop_vars("extrapolated")
         attrs, extrap = dict(with_p.attrs), with_p["extrapolated"]
     else:
@@ -254,84 +219,86 @@ def ossification_probability(fit, N, D_F, pair: str | None = None, p=None) -> xr
     return prob
 
 
-def data_to_converge(fit, N, target: str | None = None) -> xr.DataArray:
+def data_to_converge(fit, N, target: str | None = None, *, allow_unconverged: bool = False) -> xr.DataArray:
     """D(N): data a size-N model needs (scratch law) to get within 1% of its infinite-data loss."""
-    form = scratch_form(fit)
-    post = _select_target(fit, target)
+    post = select_target(checked(fit, allow_unconverged), target)
     n = _axis(N, "N")
-    if form == "kaplan":
-        # (x + D_c/D)^a_D = 1.01 x^a_D with x = (N_c/N)^(a_N/a_D)
-        x = (post["N_c"] / n) ** (post["alpha_N"] / post["alpha_D"])
-        result = post["D_c"] / (x * ((1 + _NEAR_FLOOR) ** (1 / post["alpha_D"]) - 1))
-    else:
-        # B D^-a_D = 0.01 (E + A N^-a_N)
-        floor = scratch_floor(post, n, form)
-        result = (post["B"] / (_NEAR_FLOOR * floor)) ** (1 / post["alpha_D"])
+    result = laws.scratch(scratch_form(fit)).data_to_converge(n, post, _NEAR_FLOOR)
     result = _finish(result, "D_N", "bytes", "data to reach 1% of the infinite-data loss")
     return _flag(result, fit, {"N": n}, grid_ranges(fit, finetuned=False))
 
 
-def low_data_boundary(fit, N, target: str | None = None) -> xr.DataArray:
+def low_data_boundary(fit, N, target: str | None = None, *, allow_unconverged: bool = False) -> xr.DataArray:
     """The largest D_F of the low-data regime at size N: 0.1 D(N) (where the transfer law holds)."""
-    result = _LOW_DATA_FRACTION * data_to_converge(fit, N, target)
+    result = _LOW_DATA_FRACTION * data_to_converge(fit, N, target, allow_unconverged=allow_unconverged)
     result.attrs["long_name"] = "low-data regime boundary 0.1 D(N)"
     result.name = "D_low"
     return result
 
 
+def law_loss(fit, post, N, f, p=None):
+    """The fitted law's loss on the draws ``post`` at (N, f[, p]) (any broadcastable inputs).
+
+    'transfer': p None is the fine-tuned loss, p = 0 the scratch loss;
+    'transfer_gap': p >= 0 (0 = from scratch), N unused; scratch laws: N and f.
+    """
+    if fit.law == "transfer_gap":
+        return laws.gap_loss(p, f, post)
+    form = laws.scratch(scratch_form(fit))
+    if fit.law == "transfer" and p is None:
+        return form.loss(N, f + laws.transferred(N, f, post), post)
+    return form.loss(N, f, post)
+
+
 def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: bool = False,
-                   target: str | None = None, seed: int = 0) -> xr.DataArray:
+                   target: str | None = None, seed: int = 0, *, allow_unconverged: bool = False) -> xr.DataArray:
     """Loss (nats/byte) at (N, D_F[, p]) per draw; `predictive` adds the fitted noise.
 
-    - scratch fits ('kaplan', 'chinchilla'): the scratch law of each target (`target` picks one).
+    - scratch fits: the scratch law of each target (`target` picks one).
     - 'transfer': p=None gives the fine-tuned loss L_scratch(N, D_F + D_T) of each pair;
       p=0 gives the from-scratch loss of the pair's target.
     - 'transfer_gap': p is required (0 = from scratch); the law is at the grid's model size,
       so N only marks extrapolation (N=None: the grid's size).
     """
+    checked(fit, allow_unconverged)
+    kind = laws.get(fit.law).kind
     ranges_ft = None
-    if fit.law in ("kaplan", "chinchilla"):
+    if kind == "scratch":
         if pair is not None or p not in (None, 0):
             raise ValueError(f"a {fit.law!r} fit is from scratch only: drop pair / p")
-        post = _select_target(fit, target)
+        post = select_target(fit, target)
         n, d = _axis(N, "N"), _axis(D_F, "D_F")
-        mu = scratch_loss(post, n, d, scratch_form(fit))
+        mu = law_loss(fit, post, n, d)
         inputs, ranges = {"N": n, "D_F": d}, grid_ranges(fit, finetuned=False)
-    elif fit.law == "transfer":
+    elif kind == "transfer":
         if p is not None and np.any(np.asarray(p, dtype=float) != 0):
             raise ValueError("a 'transfer' fit has no pre-training-size dependence: "
                              "use p=None (fine-tuned) or p=0 (from scratch)")
         # from scratch, a target may be named instead of a pair
-        post = _select_target(fit, target) if p is not None and target is not None else _select_pair(fit, pair)
+        post = select_target(fit, target) if p is not None and target is not None else select_pair(fit, pair)
         n, d = _axis(N, "N"), _axis(D_F, "D_F")
-        form = scratch_form(fit)
-        if p is None:
-            mu = scratch_loss(post, n, d + _transferred(post, n, d), form)
-            inputs, ranges = {"N": n, "D_F": d}, grid_ranges(fit, pair)
-        else:
-            mu = scratch_loss(post, n, d, form)
-            inputs, ranges = {"N": n, "D_F": d}, grid_ranges(fit, finetuned=False)
-    elif fit.law == "transfer_gap":
+        mu = law_loss(fit, post, n, d, None if p is None else 0.0)
+        inputs = {"N": n, "D_F": d}
+        ranges = grid_ranges(fit, pair) if p is None else grid_ranges(fit, finetuned=False)
+    else:
         if p is None:
             raise ValueError("a 'transfer_gap' fit needs p (pre-training tokens; 0 = from scratch)")
-        post = _select_pair(fit, pair)
+        post = select_pair(fit, pair)
         d, pp = _axis(D_F, "D_F"), _axis(p, "p")
-        mu = _gap_loss(post, pp, d)
+        mu = law_loss(fit, post, None, d, pp)
         n = None if N is None else _axis(N, "N")
         ranges = grid_ranges(fit, pair)
         # p = 0 is the scratch branch, measured by the scratch runs: not an extrapolation in p
         p_checked = pp.where(pp > 0, ranges["p"][0]) if ranges.get("p") else pp
         inputs = {"N": n, "D_F": d, "p": p_checked}
         ranges_ft = grid_ranges(fit, finetuned=False)
-    else:
-        raise ValueError(f"unknown law {fit.law!r}")
     if ranges_ft is not None and ranges.get("N") is None:
         ranges["N"] = ranges_ft["N"]
     if predictive:
-        scratch = fit.law in ("kaplan", "chinchilla") or (p is not None and np.all(np.asarray(p) == 0))
+        scratch = kind == "scratch" or (p is not None and np.all(np.asarray(p) == 0))
         mu = _add_noise(mu, _sigma(post, 0 if scratch else -1), post, seed)
-    kind = "posterior predictive" if predictive else "expected"
-    result = _finish(mu, "loss", "nats/byte", f"{kind} loss")
+    what = "posterior predictive" if predictive else "expected"
+    result = _finish(mu, "loss", "nats/byte", f"{what} loss")
     return _flag(result, fit, inputs, ranges)
 
 
@@ -356,27 +323,27 @@ def _add_noise(mu: xr.DataArray, sigma: xr.DataArray, post: xr.Dataset, seed: in
     return parts[0].copy(data=np.exp(np.log(parts[0].values) + parts[1].values * noise))
 
 
-def observed_transferred_data(fit, prob: float = 0.9) -> pd.DataFrame:
+def observed_transferred_data(fit, prob: float = 0.9, *, allow_unconverged: bool = False) -> pd.DataFrame:
     """The paper's two-stage points: each fine-tuned run inverted through the scratch law.
 
     One row per fine-tuned run: D_T median and `prob` interval over the scratch-law
     posterior, and the share of draws where the run's loss lies at or below the
     scratch floor (D_E unbounded, reported, not dropped).
     """
-    form = scratch_form(fit)
+    form = laws.scratch(scratch_form(fit))
     runs = fit_runs(fit)
-    ft = runs[runs["source"] != "none"].reset_index(drop=True)
-    post = fit.posterior
+    ft = runs[runs["source"] != SCRATCH].reset_index(drop=True)
+    post = checked(fit, allow_unconverged).posterior
     rows = []
     lo_q, hi_q = (1 - prob) / 2, (1 + prob) / 2
     for _, run in ft.iterrows():
         params = post.sel(target=run["target"]) if "target" in post.dims else post
-        d_e = invert_scratch(params, float(run["n_params"]), float(run["loss"]), form)
+        d_e = form.invert(float(run["n_params"]), float(run["loss"]), params)
         d_t = (d_e - float(run["data_tokens"])).values.ravel()
         finite = d_t[np.isfinite(d_t)]
         q = np.quantile(finite, [lo_q, 0.5, hi_q]) if finite.size else [np.nan] * 3
         rows.append({"source": run["source"], "target": run["target"],
-                     "pair": f"{run['source']}->{run['target']}",
+                     "pair": pair_label(run["source"], run["target"]),
                      "n_params": run["n_params"], "data_tokens": run["data_tokens"],
                      "loss": run["loss"], "D_T_lower": q[0], "D_T_median": q[1], "D_T_upper": q[2],
                      "share_unbounded": 1 - finite.size / d_t.size})
@@ -384,7 +351,7 @@ def observed_transferred_data(fit, prob: float = 0.9) -> pd.DataFrame:
 
 
 def band(da: xr.DataArray, prob: float = 0.9) -> xr.Dataset:
-    """Posterior mean, median and central `prob` interval over (chain, draw)."""
+    """Posterior median, mean and central `prob` interval over (chain, draw)."""
     if not 0 < prob < 1:
         raise ValueError(f"prob must be in (0, 1), got {prob}")
     dims = [d for d in SAMPLE_DIMS if d in da.dims]
@@ -392,10 +359,62 @@ def band(da: xr.DataArray, prob: float = 0.9) -> xr.Dataset:
         raise ValueError("band needs a DataArray over (chain, draw)")
     q = da.quantile([(1 - prob) / 2, (1 + prob) / 2], dim=dims)
     out = xr.Dataset({
-        "mean": da.mean(dims),
         "median": da.median(dims),
+        "mean": da.mean(dims),
         "lower": q.isel(quantile=0, drop=True),
         "upper": q.isel(quantile=1, drop=True),
     })
     out.attrs = dict(da.attrs, prob=prob)
     return out
+
+
+# ---------------------------------------------------------------- what the data decided
+
+
+def prior_view(fit):
+    """The same fit with its prior draws in place of the posterior (quantities work on it)."""
+    from dataclasses import replace
+
+    import arviz as az
+
+    if getattr(fit, "prior", None) is None:
+        raise ValueError("the fit holds no prior draws (refit with this version to get them)")
+    return replace(fit, idata=az.InferenceData(posterior=fit.prior), allow_unconverged=True, _diagnostics=None)
+
+
+def prior_driven(fit, quantity, *args, **kwargs) -> xr.DataArray:
+    """Whether ``quantity(fit, *args, **kwargs)`` is decided by the prior, per point.
+
+    True where the posterior's 90% interval is at least ``PRIOR_DRIVEN``
+    (a half) as wide as the same quantity's under the prior (log scale for
+    positive quantities). The ratio itself is the ``width_ratio`` coordinate.
+    """
+    post = quantity(fit, *args, **kwargs)
+    prior = quantity(prior_view(fit), *args, **kwargs)
+    dims = [d for d in post.dims if d not in SAMPLE_DIMS]
+    stack = (lambda da: da.stack(point=dims).transpose(..., "point")) if dims else (lambda da: da.expand_dims(point=[0]))
+    a, b = stack(post), stack(prior)
+    ratios = np.array([width_ratio(a.isel(point=i).values, b.isel(point=i).values) for i in range(a.sizes["point"])])
+    out = xr.DataArray(ratios >= PRIOR_DRIVEN, dims=["point"], coords=a["point"].coords) if dims else \
+        xr.DataArray(bool(ratios[0] >= PRIOR_DRIVEN))
+    out = out.unstack("point") if dims else out
+    return out.assign_coords(width_ratio=xr.DataArray(ratios, dims=["point"], coords=a["point"].coords).unstack("point")
+                             if dims else ratios[0])
+
+
+def posterior_predictive_table(fit, prob: float = 0.9) -> pd.DataFrame:
+    """Each fitted run's observed loss against its posterior-predictive median and interval.
+
+    Read from the draws the fit stored (``idata.posterior_predictive``);
+    ``censored`` runs only bound their loss from above, so for them a
+    prediction below the recorded loss is no misfit.
+    """
+    pp = np.exp(fit.idata.posterior_predictive["log_loss"])
+    lo, med, hi = (pp.quantile(x, dim=SAMPLE_DIMS).values for x in ((1 - prob) / 2, 0.5, (1 + prob) / 2))
+    runs = fit.grid.runs.set_index("run").loc[pp["run"].values].reset_index()
+    censored = pp["run_censored"].values if "run_censored" in pp.coords else np.zeros(len(runs), bool)
+    loss = runs["loss"].to_numpy()
+    inside = (lo <= loss) & ((loss <= hi) | censored)
+    return pd.DataFrame({"source": runs["source"], "target": runs["target"], "n_params": runs["n_params"],
+                         "data_tokens": runs["data_tokens"], "loss": loss, "median": med, "lower": lo, "upper": hi,
+                         "censored": censored, "inside": inside})

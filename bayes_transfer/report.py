@@ -20,26 +20,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import plots, published
 from . import quantities as q
-from .allocate import _display_table, markdown_table, recommend
-
-
-def default_law(grid) -> str:
-    """'transfer_gap' if one size has several pre-training amounts, else 'transfer' with
-    fine-tuned runs, else 'kaplan'."""
-    tuned = grid.finetuned
-    if tuned.empty:
-        return "kaplan"
-    per_size = tuned.groupby(["source", "target", "n_params"])["pretrain_tokens"].nunique()
-    return "transfer_gap" if (per_size > 1).any() else "transfer"
-
-
-def gap_size(grid) -> float:
-    """The model size a transfer-gap fit uses: the one with the most pre-training amounts."""
-    tuned = grid.finetuned
-    counts = tuned.groupby("n_params")["pretrain_tokens"].nunique()
-    return float(counts.idxmax())
+from .allocate import display_table, markdown_table, recommend
+from .fit import default_law, gap_size
 
 
 def illustrative_costs(fit, pair=None) -> dict:
@@ -182,7 +166,7 @@ def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, b
 
     Recommendations use the given prices; without them, `illustrative_costs` (said so in the report).
     """
-    fit = _load(grid_or_fit, law, fit_options)
+    fit = _load(grid_or_fit, law, fit_options).accept_unconverged()  # non-convergence is announced at the top
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     page = _Page(out)
@@ -225,9 +209,9 @@ def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, b
                     "(D_F + D_T) / D_F: how many times its fine-tuning data pre-training is worth.")
 
     page.heading("Parameters against published values")
-    table = plots.parameter_table(fit, prob)
+    table = published.compare(fit, prob)
     page.figure("parameters", plots.plot_parameters(fit, prob),
-                f"Posterior median and {prob:.0%} interval per group; diamonds: published values (REFERENCE.md).")
+                f"Posterior median and {prob:.0%} interval per group; diamonds: published values (docs/published.md).")
     page.table(_format_params(table, prob))
     page.para("Published scratch-law values are for BPE tokens of web text, a sanity scale only; "
               "Hernandez et al.'s transfer fits are for characters of Python, comparable to bytes.")
@@ -244,7 +228,7 @@ def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, b
                 "Rank plots: each chain's ranks should be uniform; a chain whose bars lean is stuck.")
 
     page.heading("Posterior predictive check")
-    ppc = plots.posterior_predictive_table(fit, prob)
+    ppc = q.posterior_predictive_table(fit, prob)
     page.figure("ppc", plots.plot_ppc(fit, prob, ppc),
                 f"Each run's observed loss against its {prob:.0%} posterior-predictive interval (noise included).")
     worst = ppc.assign(z=np.abs(np.log(ppc["loss"] / ppc["median"]))).nlargest(min(5, len(ppc)), "z")
@@ -296,12 +280,13 @@ def _headline(page: _Page, fit, prob: float) -> None:
                 d_t = q.band(q.transferred_data(fit, n, d, pair=pair), prob)
                 m = q.band(q.effective_multiplier(fit, n, d, pair=pair), prob)
                 p_oss = float(q.ossification_probability(fit, n, d, pair=pair))
+                by_prior = bool(q.prior_driven(fit, q.effective_multiplier, n, d, pair=pair))
                 rows.append({"pair": pair, "N": f"{n:.3g}", "D_F (bytes)": f"{d:.3g}",
                              "D_T median (bytes)": f"{float(d_t['median']):.3g}",
                              f"D_T {prob:.0%} interval": f"{float(d_t['lower']):.3g} to {float(d_t['upper']):.3g}",
                              "multiplier": f"{float(m['median']):.3g}",
                              f"multiplier {prob:.0%}": f"{float(m['lower']):.3g} to {float(m['upper']):.3g}",
-                             "P(ossified)": f"{p_oss:.2f}"})
+                             "P(ossified)": f"{p_oss:.2f}" + (" (prior-driven)" if by_prior else "")})
     page.table(pd.DataFrame(rows))
 
 
@@ -309,6 +294,8 @@ def _format_params(table: pd.DataFrame, prob: float) -> pd.DataFrame:
     out = pd.DataFrame({"parameter": table["parameter"], "group": table["group"]})
     out["median"] = table["median"].map(lambda v: f"{v:.4g}")
     out[f"{prob:.0%} interval"] = [f"{a:.4g} to {b:.4g}" for a, b in zip(table["lower"], table["upper"])]
+    out["posterior / prior width"] = [f"{r:.2f}" + (" prior-driven" if d else "")
+                                      for r, d in zip(table["width_ratio"], table["prior_driven"])]
     out["published"] = table["published"].map(lambda v: "-" if np.isnan(v) else f"{v:.4g}")
     out["inside interval"] = [("-" if np.isnan(p) else ("yes" if lo <= p <= hi else "no"))
                               for p, lo, hi in zip(table["published"], table["lower"], table["upper"])]
@@ -348,7 +335,7 @@ def _recommendations(page: _Page, fit, pairs, prob, costs, current, currency) ->
         if group is not None:
             page.heading(f"{group}", 3)
         page.para(f"Spend the budget on: {rec.best}.", css="answer")
-        page.table(_display_table(rec.table, prob))
+        page.table(display_table(rec.table, prob))
         if rec.optimal_share is not None:
             a, b = rec.split_resources
             qs = np.quantile(rec.optimal_share.values.ravel(), [(1 - prob) / 2, 0.5, (1 + prob) / 2])

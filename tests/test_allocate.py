@@ -1,4 +1,4 @@
-"""`recommend` against numeric optimisation and the closed form of REFERENCE.md."""
+"""`recommend` against numeric optimisation and the closed form of docs/laws.md."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from bayes_transfer import laws
 from bayes_transfer import quantities as q
 
 KAPLAN_TRUE = dict(N_c=5e13, D_c=2e13, alpha_N=0.08, alpha_D=0.1)
@@ -102,7 +103,6 @@ def test_transferred_data_is_the_law_on_every_draw():
 
 
 def test_transfer_law_matches_the_core_jax_law():
-    laws = pytest.importorskip("bayes_transfer.laws")
     fit = fake_fit()
     d_t = q.transferred_data(fit, 3e6, 2e5, pair="text->python")
     t = TRANSFER_TRUE
@@ -165,8 +165,8 @@ def test_low_data_boundary_is_one_percent_above_the_floor(scratch):
     boundary = q.low_data_boundary(fit, N)
     post = fit.posterior
     d_n = 10 * boundary
-    loss = q.scratch_loss(post, xr.DataArray(N, dims="N", coords={"N": N}), d_n, scratch)
-    floor = q.scratch_floor(post, xr.DataArray(N, dims="N", coords={"N": N}), scratch)
+    law, n = laws.scratch(scratch), xr.DataArray(N, dims="N", coords={"N": N})
+    loss, floor = law.loss(n, d_n, post), law.floor(n, post)
     np.testing.assert_allclose((loss / floor).values, 1.01, rtol=1e-9)
     # bigger models need more data to converge
     assert np.all(np.diff(boundary.median(("chain", "draw")).values) > 0)
@@ -176,7 +176,6 @@ def test_low_data_boundary_is_one_percent_above_the_floor(scratch):
 
 
 def test_finetuned_loss_inverts_back_to_effective_data():
-    laws = pytest.importorskip("bayes_transfer.laws")
     fit = fake_fit(overrides={"omega": np.full((2, 400, 1), 0.1)})
     N, D_F = 2e6, 3e5
     loss = q.predicted_loss(fit, N, D_F, pair="text->python")
@@ -184,7 +183,7 @@ def test_finetuned_loss_inverts_back_to_effective_data():
     d_e = 0.9 * D_F + t["k"] * D_F ** t["alpha"] * N ** t["beta"]
     expect = float(laws.kaplan(N, d_e, **k))
     np.testing.assert_allclose(loss.values, expect, rtol=1e-5)
-    back = q.invert_scratch(fit.posterior.sel(target="python"), N, loss, "kaplan")
+    back = laws.KAPLAN.invert(N, loss, fit.posterior.sel(target="python"))
     np.testing.assert_allclose(back.values, d_e, rtol=1e-8)
     scratch = q.predicted_loss(fit, N, D_F, p=0, pair="text->python")
     np.testing.assert_allclose(scratch.values, float(laws.kaplan(N, D_F, **k)), rtol=1e-5)
@@ -192,7 +191,6 @@ def test_finetuned_loss_inverts_back_to_effective_data():
 
 
 def test_gap_loss_matches_the_core_law_and_scratch_branch():
-    laws = pytest.importorskip("bayes_transfer.laws")
     fit = fake_fit(law="transfer_gap")
     p = np.array([0.0, 1e6, 1e8])
     loss = q.predicted_loss(fit, None, 1e6, p=p, pair="text->python")

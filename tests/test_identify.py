@@ -1,0 +1,26 @@
+"""Refusing grids that cannot identify a law's parameters."""
+
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+from bayes_transfer.identify import NotIdentifiedError, check_identifiable
+from bayes_transfer.models import design_grid, prepare, simulate_grid
+
+KAPLAN = dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3)
+TRANSFER = dict(KAPLAN, k=90.0, alpha=0.18, beta=0.38, omega=0.0)
+SIZES, DATA = np.geomspace(1e5, 3e6, 3), np.geomspace(6e4, 3e7, 3)
+
+
+def test_identifiability_names_the_parameter():
+    design = design_grid(SIZES, DATA, sources=("text",))
+    design = design[(design["source"] == "none") | (design["n_params"] == SIZES[0])]
+    g = simulate_grid(design, "transfer", TRANSFER)
+    data = prepare(g, "transfer")
+    with pytest.raises(NotIdentifiedError, match=r"beta cannot be identified for pair 'text->target'.*single model size"):
+        check_identifiable(data, {})
+    with pytest.warns(UserWarning, match="beta cannot be identified.*the prior you gave"):
+        check_identifiable(data, {"beta": dist.LogNormal(-1.0, 0.1)})
+    one_d = simulate_grid(design_grid(SIZES, DATA[:1]), "kaplan", KAPLAN)
+    with pytest.raises(NotIdentifiedError, match="alpha_D cannot be identified for target 'target'"):
+        check_identifiable(prepare(one_d, "kaplan"), {})
