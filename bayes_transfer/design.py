@@ -29,19 +29,25 @@ Method (preposterior analysis by importance weighting; no refit):
 3. The criterion is the mean over worlds of the reweighted posterior variance
    of the target (on the log scale when the target is positive in every draw;
    bias-corrected for the weights' effective sample size), or of the regret.
-4. Greedy batch: repeatedly add the affordable candidate with the largest
-   expected reduction per unit cost, conditioning on the runs already chosen
-   (their simulated outcomes reweight jointly with the new one's), until the
-   budget is spent or no candidate helps.
+4. Greedy batch: repeatedly add the affordable candidate (or, with
+   lookahead, pair) with the largest expected reduction per unit cost,
+   conditioning on the runs already chosen (their simulated outcomes reweight
+   jointly with the new one's), until the budget is spent or nothing helps.
 
 The approximation: (a) the posterior draws stand in for the posterior after
 the new runs; this is exact as S grows but degrades when the new runs are so
 informative that few draws keep weight (the table reports the effective
 number of draws; below ~30 the expected variance is too optimistic);
 (b) M worlds give a Monte Carlo estimate (its standard error is reported);
-(c) greedy selection is not the optimal batch, though variance reduction is
-close to submodular here. A fit from the prior alone (``prior_fit``) works the
-same way for a first batch.
+(c) greedy selection is not the optimal batch: runs that inform the target
+only together (a scratch run and its fine-tuned twin, when neither law is
+known) are missed one at a time, which ``lookahead=2`` (pairs) addresses;
+(d) where the model has a shared effect per pre-training run, a candidate
+from a pre-training run the fit has seen carries that run's effect in each
+draw; one from a new pre-training run gets its effect folded into its noise,
+so two candidates sharing a new pre-training run count as more independent
+than they are. A fit from the prior alone (``prior_fit``) works the same way
+for a first batch.
 """
 
 from __future__ import annotations

@@ -305,3 +305,39 @@ def test_command_writes_the_spec_and_the_table(cli):
     assert {"expected_gain", "cost", "size"} <= set(table.columns) and table["cost"].sum() <= 1.0
     assert "next.toml" in written or "next.1.toml" in written
     assert "Next runs for multiplier" in result.stdout
+
+
+@pytest.mark.slow
+def test_importance_weighting_agrees_with_nuts_refits(tmp_path):
+    """Brute force with the real sampler: refit with the chosen run's simulated outcome, world by world."""
+    import warnings
+
+    import bayes_transfer as bt
+    from bayes_transfer.design import candidate_predictions, target_draws
+    from bayes_transfer.models import simulate_losses
+
+    truth = dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3, k=30.0, alpha=0.3, beta=0.38, omega=0.0)
+    seed_design = cands(sizes=(24736, 332448), data=(8192, 131072), pretrain=4194304)
+    runs = simulate_losses(seed_design[["n_params", "data_tokens", "source", "target", "pretrain_tokens", "seed"]],
+                           "transfer", truth, sigma=0.02, seed=0)
+    sampler = dict(chains=2, draws=600, warmup=400, progress=False)
+
+    def fit_runs(table):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bt.fit(table, law="transfer", **sampler).accept_unconverged()
+
+    base = fit_runs(runs)
+    target = parse_target("multiplier:N=3.3e5,D_F=32768")
+    values, _ = target_draws(base, target)
+    pool = cands(sizes=(98624, 787584), data=(32768,), pretrain=4194304)
+    mu, sig, nu, _ = candidate_predictions(base, pool)
+    engine = Preposterior(values, mu, sig, nu, n_worlds=3, seed=1)
+    c = int(np.argmin([engine.criterion([j])[0].mean() for j in range(len(pool))]))
+    crit, ess = engine.criterion([c])
+    refit = []
+    for m in range(3):
+        run = pool.iloc[[c]][runs.columns.drop("loss")].assign(loss=float(np.exp(engine.y[m, c])))
+        refit.append(target_draws(fit_runs(pd.concat([runs, run], ignore_index=True)), target)[0].var(ddof=1))
+    assert np.all(ess > 30)
+    assert crit.mean() == pytest.approx(np.mean(refit), rel=0.25)
