@@ -161,7 +161,7 @@ def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed)
 
 def _converged_or_exit(fit, allow: bool, what: str) -> None:
     diag = fit.diagnostics()
-    if fit.point_estimate:
+    if fit.point_estimate and diag.converged:
         err.print(f"[yellow]note:[/] {escape(str(diag))}", highlight=False)
         return
     if diag.converged:
@@ -178,14 +178,17 @@ def _summary_table(fit) -> Table:
         warnings.simplefilter("ignore", RuntimeWarning)  # r_hat of a fixed parameter (nu) is 0/0
         summary = fit.summary()
     table = Table(title=f"posterior of the {fit.law} law", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = {"mean": "{:.3g}", "sd": "{:.2g}", "5%": "{:.3g}", "95%": "{:.3g}", "r_hat": "{:.3f}",
-               "ess_bulk": "{:.0f}"}
-    names = {"ess_bulk": "ESS"}
+    # medians (means of heavy-tailed parameters mislead); width ratio = posterior / prior 90% width
+    columns = {"median": "{:.3g}", "5%": "{:.3g}", "95%": "{:.3g}", "width ratio": "{:.2f}", "r_hat": "{:.3f}",
+               "ess_bulk": "{:.0f}", "ess_tail": "{:.0f}"}
+    names = {"ess_bulk": "bulk ESS", "ess_tail": "tail ESS", "width ratio": "post/prior"}
     table.add_column("parameter", no_wrap=True)
     for col in columns:
         table.add_column(names.get(col, col), justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
     for name, row in summary.iterrows():
-        table.add_row(escape(str(name)), *[fmt.format(row[c]) for c, fmt in columns.items()])
+        table.add_row(escape(str(name)), *[fmt.format(row[c]) for c, fmt in columns.items()],
+                      "prior-driven" if row["prior-driven"] else "")
     return table
 
 
