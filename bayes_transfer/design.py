@@ -438,6 +438,17 @@ def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost
         width_before = float(hi - lo)
         width_after = float(weighted_width(values, logw).mean()) if rows else width_before
     notes = []
+    if rows:
+        import arviz as az
+
+        # Pareto k of each world's weights (PSIS): above 0.7 the reweighted draws are unreliable
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            khat = np.asarray(az.psislw(logw - logw.max(axis=1, keepdims=True), reff=1.0)[1])
+        share = float(np.mean(khat > 0.7))
+        if share > 0.1:
+            notes.append(f"in {share:.0%} of simulated worlds the importance weights have Pareto k > 0.7: the "
+                         "expected shrinkage there rests on too few draws; refit after fewer runs")
     if rows and table["ess"].min() < MIN_ESS:
         notes.append(f"the effective number of draws fell to {table['ess'].min():.0f}: the expected shrinkage is "
                      "optimistic; refit after these runs (or fit with more draws) before choosing more")

@@ -18,8 +18,14 @@ over the tokens trainer/spec.py expects a run to train before early stopping.
 posterior variance with brute force: K simulated outcomes of the chosen run,
 each refitted with NUTS.
 
-Usage (full setting, hours on a 2-core CPU; see the README for a reduced run):
+Usage. The full setting is 20 truths x (seed + factorial + 2 x 6 rounds) = 280
+NUTS fits: about 3.5 hours on an idle 2-core CPU at ~45 s a fit, several
+times that on a shared one; truths are independent, so a many-core machine
+can run them side by side. A reduced check:
     python benchmarks/design_benchmark.py --truths 20 --rounds 6 --out bench-design/
+    python benchmarks/design_benchmark.py --truths 1 --rounds 2 --chains 1 --draws 500 --warmup 300 --worlds 64
+Add --time-limit SECONDS to stop starting fits after that long; fits are
+cached in OUT/fits, so the same command goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -249,7 +255,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--truths", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--round-budget", type=float, default=0.5, help="stand-in core-hours per round")
+    ap.add_argument("--round-budget", type=float, default=3.0,
+                    help="stand-in core-hours per round (the factorial grid costs 22.9)")
     ap.add_argument("--cost", default="cost_core_hours")
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--draws", type=int, default=500)
