@@ -63,8 +63,17 @@ from scipy.special import gammaln, logsumexp
 
 import loss_grid as lg
 from bayes_transfer import quantities as q
-from bayes_transfer.design_io import (COSTS, _flat, candidate_predictions, check_domain, law_kind, load_candidates,
-                                      prior_fit, run_specs, spec_base)
+from bayes_transfer.design_io import (
+    COSTS,
+    _flat,
+    candidate_predictions,
+    check_domain,
+    law_kind,
+    load_candidates,
+    prior_fit,
+    run_specs,
+    spec_base,
+)
 
 __all__ = ["COSTS", "NextRuns", "Preposterior", "Target", "load_candidates", "next_runs", "parse_target",
            "prior_fit", "run_specs"]

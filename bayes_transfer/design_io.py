@@ -9,7 +9,6 @@ those runs (``run_specs``).
 
 from __future__ import annotations
 
-import math
 import tomllib
 import warnings
 from pathlib import Path
@@ -63,6 +62,10 @@ def load_candidates(candidates, cost: str = lg.COST_CORE_HOURS) -> pd.DataFrame:
         if len(bad):
             raise ValueError(f"candidates rows {list(bad[:8])}: {col} must be a positive finite number")
     df[lg.SOURCE] = df[lg.SOURCE].astype(str)
+    cell = [c for c in lg.CELL if c in df.columns]
+    dup = df.index[df.duplicated(cell, keep=False)]
+    if len(dup):
+        raise ValueError(f"candidates rows {list(dup[:8])} are the same run ({', '.join(cell)} agree)")
     return df.reset_index(drop=True)
 
 
@@ -71,7 +74,6 @@ def check_domain(fit, cands: pd.DataFrame) -> None:
     runs = q.fit_runs(fit)
     targets = sorted(set(map(str, fit.posterior["target"].values))) if "target" in fit.posterior.dims else None
     pairs = set(q.pairs(fit))
-    scratch = cands[lg.SOURCE] == lg.SCRATCH
     if lg.TARGET not in cands.columns:
         if targets is None or len(targets) != 1:
             raise ValueError(f"candidates table lacks a target column and the fit has targets {targets}")
@@ -163,7 +165,8 @@ def prior_fit(candidates, law: str = "transfer", *, seed: int = 0, **fit_kwargs)
     priors of scale parameters apply at the design's centre, priors.py); only
     its prior draws are kept (``Fit.prior``, the law's own prior sampler).
     """
-    from bayes_transfer.fit import Fit, fit as fit_law
+    from bayes_transfer.fit import Fit
+    from bayes_transfer.fit import fit as fit_law
 
     cands = load_candidates(candidates, cost=next(c for c in COSTS if c in _columns(candidates)))
     table = cands[[lg.N_PARAMS, lg.DATA_TOKENS, lg.SOURCE, lg.TARGET, lg.PRETRAIN_TOKENS, lg.SEED]].copy()

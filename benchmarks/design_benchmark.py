@@ -40,7 +40,13 @@ import numpy as np
 import pandas as pd
 
 import bayes_transfer as bt
-from bayes_transfer.design import Preposterior, candidate_predictions, next_runs, target_draws, parse_target
+from bayes_transfer.design import (
+    Preposterior,
+    candidate_predictions,
+    next_runs,
+    parse_target,
+    target_draws,
+)
 from bayes_transfer.models import simulate_losses
 
 TRUTH = dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3, k=30.0, alpha=0.3, beta=0.38, omega=0.0)

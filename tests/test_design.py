@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from bayes_transfer.design import Preposterior, greedy, next_runs, parse_target, run_specs
 from test_quantities import fake_fit
+
+from bayes_transfer.design import (
+    Preposterior,
+    greedy,
+    next_runs,
+    parse_target,
+    run_specs,
+)
 
 PAIR = "text->python"
 
@@ -241,9 +247,9 @@ def test_specs_expand_to_exactly_the_chosen_runs(seed):
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch, fit):
-    from typer.testing import CliRunner
-
     import importlib
+
+    from typer.testing import CliRunner
 
     from bayes_transfer.cli import app
 
