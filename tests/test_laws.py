@@ -100,3 +100,71 @@ def test_transfer_gap_forms_agree():
     np.testing.assert_allclose(far, 2.0 * f**-0.2 + 0.7, rtol=1e-12)
     sc = laws.log_gap_scratch(np.log(f), np.log(5.0), 0.2, np.log(0.7))
     np.testing.assert_allclose(np.exp(sc), laws.gap_scratch(f, 5.0, 0.2, 0.7), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- the registry and the data-constrained law
+
+DC = dict(CHIN, R_star=5.0)
+
+
+def test_every_law_is_registered_with_its_parts():
+    for name, law in laws.LAWS.items():
+        assert law.name == name and law.formula and law.reference and law.needs
+        assert set(law.level) == set(law.params) and set(law.level.values()) <= {"target", "pair"}
+        sites = [s.name for s in law.sites]
+        assert len(sites) == len(set(sites))
+        for site in law.sites:
+            assert site.prior().support is not None and site.meaning
+    with pytest.raises(ValueError, match="unknown law 'power'.*kaplan"):
+        laws.get("power")
+
+
+def test_repeated_data_closed_form():
+    # one epoch is the unique data; repeats add less and less, up to D (1 + R*)
+    assert laws.repeated_data(1e6, 1.0, 5.0) == pytest.approx(1e6)
+    two = laws.repeated_data(1e6, 2.0, 5.0)
+    assert two == pytest.approx(1e6 * (1 + 5.0 * (1 - np.exp(-1 / 5.0))))
+    assert 1e6 < two < 2e6
+    assert laws.repeated_data(1e6, 1e6, 5.0) == pytest.approx(6e6, rel=1e-9)
+
+
+def test_data_constrained_law_is_chinchilla_at_one_epoch_and_inverts():
+    law = laws.scratch("data_constrained")
+    N, D = np.array([1e5, 1e7]), np.array([1e6, 1e9])
+    np.testing.assert_allclose(law.loss(N, D, DC), laws.chinchilla(N, D, **CHIN), rtol=1e-12)
+    many = law.loss(N, D, DC, epochs=10.0)
+    np.testing.assert_allclose(many, laws.chinchilla(N, laws.repeated_data(D, 10.0, 5.0), **CHIN), rtol=1e-12)
+    assert np.all(many < law.loss(N, D, DC))  # repeats help, a little
+    # effective data is the single-epoch equivalent D'
+    np.testing.assert_allclose(law.invert(N, many, DC), laws.repeated_data(D, 10.0, 5.0), rtol=1e-8)
+
+
+def test_data_constrained_centred_log_form_matches_natural():
+    import jax.numpy as jnp
+    from types import SimpleNamespace
+
+    law = laws.scratch("data_constrained")
+    c = SimpleNamespace(log_N0=np.log(1e6), log_D0=np.log(1e7))
+    N, D, epochs = np.array([1e5, 1e6, 1e7]), np.array([1e6, 1e7, 1e8]), np.array([1.0, 4.0, 30.0])
+    s = {"E": 0.8, "alpha_N": 0.3, "alpha_D": 0.25, "R_star": 5.0,
+         "A_term": 40.0 * 1e6 ** -0.3, "B_term": 60.0 * 1e7 ** -0.25}
+    nat = law.natural({k: jnp.asarray(v) for k, v in s.items()}, c)
+    assert float(nat["A"]) == pytest.approx(40.0) and float(nat["B"]) == pytest.approx(60.0)
+    log_l = law.log_loss_centred(np.log(N) - c.log_N0, np.log(D) - c.log_D0, s, {"epochs": epochs})
+    np.testing.assert_allclose(np.exp(log_l), law.loss(N, D, DC, epochs=epochs), rtol=1e-10)
+    with pytest.raises(ValueError, match="tokens_seen"):
+        law.inputs(__import__("pandas").DataFrame({"data_tokens": [1.0]}))
+
+
+def test_a_registered_law_fits_without_code_elsewhere():
+    """The data-constrained law is only a registry entry; the models and the fit serve it as they are."""
+    from bayes_transfer import fit
+    from bayes_transfer.models import design_grid, simulate_grid
+
+    design = design_grid(np.geomspace(1e5, 1e7, 4), np.geomspace(1e5, 1e8, 4))
+    design["tokens_seen"] = design["data_tokens"] * np.tile([1.0, 3.0, 10.0, 30.0], 4)
+    g = simulate_grid(design, "data_constrained", DC, sigma=0.005, seed=0)
+    f = fit(g, "data_constrained", method="map", map_steps=3000)
+    assert set(laws.DATA_CONSTRAINED.params) <= set(f.posterior.data_vars)
+    assert f.posterior["R_star"].dims == ("chain", "draw", "target")
+    assert f.config["priors"]["R_star"].startswith("LogNormal")
