@@ -22,11 +22,13 @@ N_PARAMS = "n_params"  # parameters of the model
 PRETRAIN_TOKENS = "pretrain_tokens"  # source data seen in pre-training (DATA_UNIT); 0 for scratch
 DATA_TOKENS = "data_tokens"  # target data trained on (DATA_UNIT); the fine-tuning amount D_F
 SEED = "seed"  # integer seed of the run (of its data subset and initialisation)
+PRETRAIN_RUN = "pretrain_run"  # trainer grids only: id of the pre-training run a run starts from ("" for scratch)
 N_LAYER = "n_layer"  # trainer grids only: the architecture behind n_params
 D_MODEL = "d_model"
 
 # ------------------------------------------------------------------ per-run data (dims: run)
 LOSS = "loss"  # the run's best validation loss on the target (LOSS_UNITS, METRIC)
+LOSS_SELECT = "loss_select"  # trainer grids only: the loss on the windows that chose the best point
 BEST_STEP = "best_step"  # optimiser step at which LOSS was reached
 STATUS = "status"  # one of STATUSES
 STATUS_REASON = "status_reason"  # why, when STATUS is not OK ("" otherwise)
@@ -69,6 +71,7 @@ ATTR_CODE_VERSION = "code_version"  # commits the runs were trained with, comma-
 ATTR_EXPORT_CODE_VERSION = "export_code_version"  # commit of the exporter
 ATTR_HARDWARE = "hardware"
 ATTR_WALL_TIME_S = "wall_time_s"
+ATTR_CORE_HOURS = "core_hours"  # compute of the runs and their pre-training (one thread per process on a CPU)
 ATTR_SPEC = "spec"  # the grid spec's TOML text
 ATTR_SPEC_NAME = "spec_name"
 ATTR_PRETRAIN = "pretrain"  # JSON object: the pre-training runs the fine-tuned runs start from
@@ -100,7 +103,7 @@ BYTE = "byte"  # ATTR_TOKEN of the trainer's grids (vocab_size 256)
 # ------------------------------------------------------------------ candidates table
 # Written by `transfer-train grid price`: one row per run a grid could add,
 # with what it would cost. Same meaning and units as the loss grid's columns.
-SIZE = "size"  # the trainer's name for the architecture (e.g. "s3")
+SIZE = "size"  # the trainer's name for the architecture (e.g. "100k")
 COST_CORE_HOURS = "cost_core_hours"  # estimated accelerator (or CPU core) hours
 COST_FLOPS = "cost_flops"  # estimated training FLOPs, pre-training share included
 CANDIDATE_COLUMNS = (SIZE, N_PARAMS, DATA_TOKENS, SOURCE, TARGET, PRETRAIN_TOKENS, SEED,

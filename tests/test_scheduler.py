@@ -25,54 +25,6 @@ MICRO = Path(__file__).parents[1] / "trainer" / "specs" / "micro.toml"
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
 
 
-def spec_dict(**grid):
-    g = dict(sizes=["25k"], targets=["python"], sources=["none"], data_tokens=[4096], seeds=[0])
-    g.update(grid)
-    return {"grid": g, "train": {"batch": 2, "eval_interval": 3, "eval_seqs": 4, "patience": 1}}
-
-
-@pytest.mark.parametrize("grid,msg", [
-    (dict(sizes=["1b"]), "unknown model size '1b'"),
-    (dict(targets=["klingon"]), "unknown corpus 'klingon'"),
-    (dict(sources=["none", "poetry"]), "unknown source 'poetry'"),
-    (dict(data_tokens=[0]), r"data_tokens: 0 is out of range \[257, "),
-    (dict(data_tokens=[-5]), r"data_tokens: -5 is out of range \[257, "),
-    (dict(data_tokens=[4096, 4096]), "duplicate cells"),
-    (dict(seeds=[1.5]), "not a whole number"),
-    (dict(seeds=[True]), "not a number"),
-    (dict(data_tokens="4096"), "must be a non-empty list"),
-    (dict(sources=["text"]), "missing `pretrain_tokens`"),
-    (dict(sources=["text"], pretrain_tokens=[0]), "no positive value"),
-])
-def test_bad_specs_are_refused_with_a_clear_error(grid, msg):
-    with pytest.raises(SpecError, match=msg):
-        parse_spec(spec_dict(**grid))
-
-
-def test_unknown_keys_and_budget_are_checked():
-    d = spec_dict()
-    d["train"]["patienc"] = 3
-    with pytest.raises(SpecError, match="unknown key `patienc` \\(did you mean `patience`\\?\\)"):
-        parse_spec(d)
-    d = spec_dict(sources=["text"], pretrain_tokens=[10**6])
-    d["pretrain"] = {"tokens": 1000}
-    with pytest.raises(SpecError, match="at least the largest pretrain_tokens"):
-        parse_spec(d)
-
-
-def test_micro_spec_expands():
-    sp = load_spec(MICRO)
-    assert len(sp.pretrain_jobs) == 1 and sp.pretrain_jobs[0].checkpoints == (32768, 65536)
-    # every cell's token budget covers 1.5x its expected tokens to early stopping
-    from trainer.plan import check_budgets
-
-    check_budgets(sp)
-    # 2 targets x (D_F 4096: 2 seeds, 16384: 1 seed) x (scratch + text)
-    assert len(sp.cells) == 2 * 3 * 2
-    assert len({c.run_id for c in sp.cells}) == len(sp.cells)
-    assert {c.source for c in sp.cells} == {"none", "text"}
-
-
 def test_grid_runs_exports_and_is_not_redone(tmp_path):
     root = corpus_root(tmp_path)
     sp = load_spec(MICRO)
@@ -230,3 +182,85 @@ def test_a_pretraining_run_whose_checkpoints_are_gone_is_redone_for_pending_runs
         p.unlink()
     g.refresh()
     assert not g.job_needed(job)
+
+
+def test_a_damaged_run_record_is_redone_with_a_warning(tmp_path):
+    root = corpus_root(tmp_path)
+    sp = parse_spec(spec_dict_small())
+    out = tmp_path / "out"
+    run_grid(sp, out, root)
+    rec = next((out / "runs").glob("*.json"))
+    good = json.loads(rec.read_text())
+    rec.write_text(rec.read_text()[:40])  # truncated
+    with pytest.warns(UserWarning, match="is damaged .* it will be redone"):
+        st = status(out)
+    assert st[0].get("damaged") == 1
+    with pytest.warns(UserWarning, match="is damaged"):
+        summary = run_grid(sp, out, root)
+    assert summary["finished_runs"] == 1 and summary["complete"]
+    assert json.loads(rec.read_text())["result"]["curve_loss"] == good["result"]["curve_loss"]
+
+
+def test_temporary_files_of_a_killed_writer_are_swept(tmp_path):
+    root = corpus_root(tmp_path)
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    stale = out / "runs" / ".tmp-12345-x.json"
+    stale.write_text("{")
+    logs = []
+    run_grid(parse_spec(spec_dict_small()), out, root, log=logs.append)
+    assert not stale.exists() and any("removed 1 temporary file" in m for m in logs)
+
+
+def test_a_second_grid_run_on_the_same_directory_is_refused(tmp_path):
+    from trainer.scheduler import DirLock, GridLocked
+
+    out = tmp_path / "out"
+    with DirLock(out):
+        with pytest.raises(GridLocked, match="is in use by `grid run` pid"):
+            run_grid(parse_spec(spec_dict_small()), out, corpus_root(tmp_path))
+    # released on exit (and by the kernel if the holder dies)
+    run_grid(parse_spec(spec_dict_small()), out, corpus_root(tmp_path))
+
+
+def test_a_complete_grid_runs_in_a_read_only_directory(tmp_path):
+    root = corpus_root(tmp_path)
+    sp = parse_spec(spec_dict_small())
+    out = tmp_path / "out"
+    run_grid(sp, out, root)
+    (out / ".lock").chmod(0o444)
+    for p in [out, *out.rglob("*")]:
+        if p.is_dir():
+            p.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("running as a user that ignores permissions")
+        assert run_grid(sp, out, root)["complete"]
+    finally:
+        for p in [out, *out.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_runs_on_other_corpora_are_refused_naming_them(tmp_path):
+    import shutil
+
+    root = corpus_root(tmp_path)
+    sp = parse_spec(spec_dict_small())
+    out = tmp_path / "out"
+    run_grid(sp, out, root)
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    man = json.loads((other / "manifest.json").read_text())
+    man["distributions"]["python"]["splits"]["train"]["sha256"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(man))
+    sp2 = parse_spec(spec_dict_small(seeds=[0, 1]))
+    with pytest.raises(SpecError, match="corpora python in .* differ from the build"):
+        run_grid(sp2, out, other)
+
+
+def spec_dict_small(**grid):
+    g = dict(sizes=["25k"], targets=["python"], sources=["none"], data_tokens=[4096], seeds=[0])
+    g.update(grid)
+    return {"name": "small", "grid": g,
+            "train": {"batch": 2, "eval_interval": 3, "eval_seqs": 4, "report_seqs": 4, "patience": 1,
+                      "budget": 1.5}}

@@ -271,3 +271,29 @@ def test_bf16_autocast_tracks_fp32():
     np.testing.assert_allclose(bf16["curve_loss"], fp32["curve_loss"], atol=3e-2)
     assert bf16["curve_loss"] != fp32["curve_loss"]  # autocast really ran
 
+
+
+def test_pretraining_saves_resume_state_between_checkpoints(tmp_path, monkeypatch):
+    """A kill long after the last checkpoint loses at most RESUME_EVERY_S of pre-training."""
+    import trainer.train as tt
+
+    mk = lambda: [Member("pre", 0, Stream([TEXT], [1.0]), Stream([TEXT[-2000:]], [1.0]),  # noqa: E731
+                         checkpoints=[16384])]
+    s = settings(eval_interval=16, total_tokens=16384)
+    full = train_group(CFG, mk(), s, device=torch.device("cpu"))[0]
+
+    class Killed(Exception):
+        pass
+
+    def kill(m, p, tokens, st):
+        raise Killed
+
+    monkeypatch.setattr(tt, "RESUME_EVERY_S", -1.0)  # save at every step
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(Killed):
+        train_group(CFG, mk(), s, device=torch.device("cpu"), on_checkpoint=kill, resume_path=resume)
+    import json as _json
+
+    assert _json.loads(torch.load(resume, weights_only=True)["meta"])["step"] == 63  # the step before the last
+    again = train_group(CFG, mk(), s, device=torch.device("cpu"), resume_path=resume)[0]
+    np.testing.assert_array_equal(again["curve_loss"], full["curve_loss"])

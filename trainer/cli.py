@@ -58,14 +58,22 @@ def _be_nice(dev, nice: bool) -> None:
             pass
 
 
-def _specs(paths: list[Path]):
-    from trainer.plan import check_budgets
+def _specs(paths: list[Path], corpora: Optional[Path] = None):
+    """Load and check specs: schema, token budgets, and D_F against the corpus
+    sizes (of the built corpora, or of the reference build before any is built)."""
+    from trainer.corpora.store import CorpusError, manifest, reference_manifest
+    from trainer.plan import check_budgets, check_sizes
     from trainer.spec import SpecError, load_spec
 
+    try:
+        man = manifest(corpora)
+    except CorpusError:
+        man = reference_manifest()
     try:
         sps = [load_spec(s) for s in paths]
         for sp in sps:
             check_budgets(sp)
+            check_sizes(sp, man)
     except SpecError as e:
         _fail(str(e))
     return sps
@@ -145,7 +153,7 @@ def grid_run(
     from trainer.scheduler import GridLocked, run_grid
     from trainer.spec import SpecError
 
-    sps = _specs(specs)
+    sps = _specs(specs, corpora)
     dev = _device(device)
     if dry_run:
         for sp in sps:
@@ -214,8 +222,9 @@ def grid_price(
 
     import torch
 
+    import loss_grid as lg
     from trainer.files import atomic_write_text
-    from trainer.plan import flops_per_token, group_seconds, probe_tokens_per_s
+    from trainer.plan import flops_per_token, group_seconds, pretrain_seconds, probe_tokens_per_s
     from trainer.scheduler import n_params
     from trainer.spec import SCRATCH, expected_tokens
 
@@ -224,18 +233,25 @@ def grid_price(
     torch.set_num_threads(1)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["size", "n_params", "data_tokens", "source", "target", "pretrain_tokens", "seed",
-                "cost_core_hours", "cost_flops"])
+    w.writerow(lg.CANDIDATE_COLUMNS)
     seen = set()
     for sp in sps:
+        # a fine-tuned run carries an equal share of its pre-training run's cost
+        users = {j.job_id: sum(c.pretrain_job == j.job_id for c in sp.cells) for j in sp.pretrain_jobs}
+        pre = {j.job_id: (pretrain_seconds([j], probe_tokens_per_s(j.size, 1, j.settings.batch, dev.type)),
+                          j.tokens * flops_per_token(j.size)) for j in sp.pretrain_jobs}
         for c in sp.cells:
             if c.run_id in seen:
                 continue
             seen.add(c.run_id)
             speed = probe_tokens_per_s(c.size, 1, c.settings.batch, dev.type)
-            tokens = expected_tokens(c.data_tokens, c.source == SCRATCH)
+            secs = group_seconds([c], speed)
+            flops = expected_tokens(c.data_tokens, c.source == SCRATCH) * flops_per_token(c.size)
+            if c.pretrain_job:
+                secs += pre[c.pretrain_job][0] / users[c.pretrain_job]
+                flops += pre[c.pretrain_job][1] / users[c.pretrain_job]
             w.writerow([c.size, n_params(c.size), c.data_tokens, c.source, c.target, c.pretrain_tokens, c.seed,
-                        f"{group_seconds([c], speed) / 3600:.6g}", f"{tokens * flops_per_token(c.size):.6g}"])
+                        f"{secs / 3600:.6g}", f"{flops:.6g}"])
     try:
         atomic_write_text(out, buf.getvalue())
     except OSError as e:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from pathlib import Path
 
 from trainer.data import source_mix
@@ -73,6 +72,8 @@ def export(out: Path, dest: Path, spec_name: str | None = None) -> dict:
     import numpy as np
     import xarray as xr
 
+    import loss_grid as lg
+
     recs, info = load_results(out, spec_name)
     if not recs:
         raise SpecError(f"{out}: no finished runs of grid {info['name']!r} to export")
@@ -89,29 +90,27 @@ def export(out: Path, dest: Path, spec_name: str | None = None) -> dict:
     cells = [r["cell"] for r in recs]
     res = [r["result"] for r in recs]
     ints = lambda vals: np.array(vals, dtype=np.int64)  # noqa: E731
-    coords = dict(
-        run=np.array([r["run_id"] for r in recs]),
-        target=("run", np.array([c["target"] for c in cells])),
-        source=("run", np.array([c["source"] for c in cells])),
-        n_params=("run", ints([r["n_params"] for r in recs])),
-        n_layer=("run", ints([c["n_layer"] for c in cells])),
-        d_model=("run", ints([c["d_model"] for c in cells])),
-        pretrain_tokens=("run", ints([c["pretrain_tokens"] for c in cells])),
-        data_tokens=("run", ints([c["data_tokens"] for c in cells])),
-        seed=("run", ints([c["seed"] for c in cells])),
-        pretrain_run=("run", np.array([c.get("pretrain_run", "") for c in cells])),
-    )
-    data = dict(
-        loss=("run", np.array([x["loss"] for x in res], dtype=np.float64)),
-        loss_select=("run", np.array([x.get("loss_select", x["loss"]) for x in res], dtype=np.float64)),
-        best_step=("run", ints([x["best_step"] for x in res])),
-        curve_tokens=(("run", "eval"), pad("curve_tokens")),
-        curve_loss=(("run", "eval"), pad("curve_loss")),
-        train_loss=(("run", "eval"), pad("train_loss")),
-        status=("run", np.array([x["status"] for x in res])),
-        status_reason=("run", np.array([x["status_reason"] for x in res])),
-        tokens_seen=("run", ints([x["tokens_seen"] for x in res])),
-    )
+    coords = {
+        lg.RUN: np.array([r["run_id"] for r in recs]),
+        lg.TARGET: (lg.RUN, np.array([c["target"] for c in cells])),
+        lg.SOURCE: (lg.RUN, np.array([c["source"] for c in cells])),
+        lg.N_PARAMS: (lg.RUN, ints([r["n_params"] for r in recs])),
+        lg.N_LAYER: (lg.RUN, ints([c["n_layer"] for c in cells])),
+        lg.D_MODEL: (lg.RUN, ints([c["d_model"] for c in cells])),
+        lg.PRETRAIN_TOKENS: (lg.RUN, ints([c["pretrain_tokens"] for c in cells])),
+        lg.DATA_TOKENS: (lg.RUN, ints([c["data_tokens"] for c in cells])),
+        lg.SEED: (lg.RUN, ints([c["seed"] for c in cells])),
+        lg.PRETRAIN_RUN: (lg.RUN, np.array([c.get("pretrain_run", "") for c in cells])),
+    }
+    data = {
+        lg.LOSS: (lg.RUN, np.array([x["loss"] for x in res], dtype=np.float64)),
+        lg.LOSS_SELECT: (lg.RUN, np.array([x.get("loss_select", x["loss"]) for x in res], dtype=np.float64)),
+        lg.BEST_STEP: (lg.RUN, ints([x["best_step"] for x in res])),
+        **{k: ((lg.RUN, lg.EVAL), pad(k)) for k in lg.CURVES},
+        lg.STATUS: (lg.RUN, np.array([x["status"] for x in res])),
+        lg.STATUS_REASON: (lg.RUN, np.array([x["status_reason"] for x in res])),
+        lg.TOKENS_SEEN: (lg.RUN, ints([x["tokens_seen"] for x in res])),
+    }
     manifests = {json.dumps(r["provenance"]["manifest"], sort_keys=True) for r in recs}
     if len(manifests) > 1:
         raise SpecError(f"{out}: runs of grid {info['name']!r} were trained on different corpus builds")
@@ -122,22 +121,20 @@ def export(out: Path, dest: Path, spec_name: str | None = None) -> dict:
     pre = _pretrain_records(out, recs)
     pre_walls = {(p["wall_s"], p["device"]) for p in pre.values()}  # a packed group's wall, once
     attrs = {
-        "loss_units": "nats", "token": "byte", "vocab_size": 256,
-        "corpus_names": json.dumps(sorted({c["target"] for c in cells} | {
+        lg.ATTR_LOSS_UNITS: lg.NATS, lg.ATTR_TOKEN: lg.BYTE, lg.ATTR_VOCAB_SIZE: 256,
+        lg.ATTR_CORPUS_NAMES: json.dumps(sorted({c["target"] for c in cells} | {
             n for c in cells if c["source"] != SCRATCH for n in source_mix(c["source"])})),
-        "corpus_manifest": json.dumps(manifest, sort_keys=True),
+        lg.ATTR_CORPUS_MANIFEST: json.dumps(manifest, sort_keys=True),
         # the commits the runs were trained with (recorded per run), then the exporter's
-        "code_version": ", ".join(sorted({r["provenance"].get("code_version", "unrecorded") for r in recs})),
-        "export_code_version": code_version(),
-        "hardware": ", ".join(devices),
-        "exported_on": platform.node() or "unknown",
-        "wall_time_s": float(sum(w[0] for w in walls)),
-        # core-seconds: a CPU group runs on one thread (one core) per process
-        "core_hours": (sum(w[0] for w in walls) + sum(w for w, _ in pre_walls)) / 3600,
-        "spec": info["text"],
-        "spec_name": info["name"],
-        "pretrain": json.dumps(pre, sort_keys=True),
-        "runs_expected": len(info["run_ids"]),
+        lg.ATTR_CODE_VERSION: ", ".join(sorted({r["provenance"].get("code_version", "unrecorded") for r in recs})),
+        lg.ATTR_EXPORT_CODE_VERSION: code_version(),
+        lg.ATTR_HARDWARE: ", ".join(devices),
+        lg.ATTR_WALL_TIME_S: float(sum(w[0] for w in walls)),
+        lg.ATTR_CORE_HOURS: (sum(w[0] for w in walls) + sum(w for w, _ in pre_walls)) / 3600,
+        lg.ATTR_SPEC: info["text"],
+        lg.ATTR_SPEC_NAME: info["name"],
+        lg.ATTR_PRETRAIN: json.dumps(pre, sort_keys=True),
+        lg.ATTR_RUNS_EXPECTED: len(info["run_ids"]),
     }
     ds = xr.Dataset(data, coords=coords, attrs=attrs)
     atomic_write(dest, lambda t: ds.to_netcdf(t, engine="h5netcdf"))

@@ -27,6 +27,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda t: t.write_bytes(data))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda t: t.write_text(text))
 

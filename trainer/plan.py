@@ -118,6 +118,20 @@ def check_budgets(spec: Spec) -> None:
                             f"for [train].budget")
 
 
+def check_sizes(spec: Spec, manifest: dict) -> None:
+    """Refuse a spec whose corpora are missing from a corpus manifest or
+    whose D_F exceeds a target's train split."""
+    dists = manifest["distributions"]
+    missing = sorted(spec.corpora_needed() - set(dists))
+    if missing:
+        raise SpecError(f"corpora {', '.join(missing)} are not in the corpus build (has: {', '.join(sorted(dists))})")
+    for t in spec.targets:
+        n = dists[t]["splits"]["train"]["bytes"]
+        big = max(c.data_tokens for c in spec.cells if c.target == t)
+        if big > n:
+            raise SpecError(f"D_F={big} exceeds the {n} bytes of {t}/train")
+
+
 def estimate(spec: Spec, pending_pre, pending_cells, device: str = "cpu") -> dict:
     """Core-seconds (device-seconds on a GPU) for the given pending groups,
     with speeds probed on this machine."""

@@ -269,7 +269,12 @@ class DirLock:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a+")
+        try:
+            self.f, writable = open(self.path, "a+"), True
+        except PermissionError:
+            if not self.path.exists():
+                raise
+            self.f, writable = open(self.path), False  # a read-only grid: flock works on a read-only file
         try:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -277,10 +282,11 @@ class DirLock:
             who = self.f.read().strip() or "another process"
             self.f.close()
             raise GridLocked(f"{self.path.parent} is in use by {who}; wait for it or use another --out") from None
-        self.f.seek(0)
-        self.f.truncate()
-        self.f.write(f"`grid run` pid {os.getpid()}")
-        self.f.flush()
+        if writable:
+            self.f.seek(0)
+            self.f.truncate()
+            self.f.write(f"`grid run` pid {os.getpid()}")
+            self.f.flush()
         return self
 
     def __exit__(self, *exc):

@@ -84,14 +84,16 @@ def _check_table(d, section: str) -> dict:
             raise SpecError(f"{where}: unknown key `{k}`{hint}")
     out = {}
     for k, v in d.items():
-        kind, *rng = schema[k]
-        lo, hi = (rng[1], rng[2]) if len(rng) == 3 else (None, None)
+        kind, *rest = schema[k]
+        # ("list" | "map", item kind, [lo, hi]) or (scalar kind, [lo, hi])
+        item = rest.pop(0) if kind in ("list", "map") else kind
+        lo, hi = rest if rest else (None, None)
         if kind == "table":
             out[k] = v
         elif kind == "list":
             if not isinstance(v, list) or not v:
                 raise SpecError(f"{where}.{k} must be a non-empty list")
-            out[k] = [_check_scalar(x, rng[0], lo, hi, f"{where}.{k}") for x in v]
+            out[k] = [_check_scalar(x, item, lo, hi, f"{where}.{k}") for x in v]
             dup = sorted({x for x in out[k] if out[k].count(x) > 1}, key=str)
             if dup:
                 raise SpecError(f"{where}.{k} repeats {dup}: duplicate cells")
@@ -101,7 +103,7 @@ def _check_table(d, section: str) -> dict:
             for s in v:
                 if s not in SIZES:
                     raise SpecError(f"{where}.{k}: unknown model size {s!r}; known: {', '.join(SIZES)}")
-            out[k] = {s: _check_scalar(x, rng[0], lo, hi, f"{where}.{k}.{s}") for s, x in v.items()}
+            out[k] = {s: _check_scalar(x, item, lo, hi, f"{where}.{k}.{s}") for s, x in v.items()}
         else:
             out[k] = _check_scalar(v, kind, lo, hi, f"{where}.{k}")
     return out

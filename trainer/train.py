@@ -51,6 +51,9 @@ LR_TABLE: dict[str, float] = {
     "3m": 6e-4, "7m": 5e-4, "14m": 4e-4, "19m": 3.5e-4,
 }
 
+# Pre-training writes resume state at each checkpoint and at least this often.
+RESUME_EVERY_S = 600.0
+
 # torch.compile (CUDA only) from this N up: below it steps are bound by kernel
 # launches and short runs would spend more time compiling than they save.
 COMPILE_MIN_PARAMS = 2e6
@@ -402,10 +405,14 @@ def train_group(
 
     if step == 0:
         evaluate(list(range(M)), 0)
+    last_save = time.monotonic()
     while step < total_steps and active:
         if pretrain and deadline is not None and time.monotonic() > deadline:
             save_resume()
             return None
+        if pretrain and time.monotonic() - last_save > RESUME_EVERY_S:
+            save_resume()  # a kill (the end of a session) then loses at most this much pre-training
+            last_save = time.monotonic()
         warm = min(1.0, (step + 1) / s.warmup)
         x, y = sampler.next()
         losses = train_step(x, y)

@@ -21,8 +21,8 @@ from typing import Callable
 from trainer.corpora import clean
 from trainer.corpora.clean import Doc
 from trainer.corpora.sources import DISTRIBUTIONS, MAX_DOC_BYTES, ensure_free, load_source
-from trainer.corpora.store import (DOC_END, SPLITS, split_stats, atomic_write_bytes,
-                                   atomic_write_json, check_name, documents, open_split)
+from trainer.corpora.store import DOC_END, SPLITS, check_name, documents, open_split, split_stats
+from trainer.files import atomic_write_bytes, atomic_write_json
 
 SCHEMA_VERSION = 1
 PIPELINE_VERSION = 5
@@ -244,7 +244,32 @@ def build(root: Path, names: list[str] | None = None, log: Callable[[str], None]
         # that matches the splits on disk.
         man = write_manifest(root, {d: json.loads((root / d / "manifest.json").read_text())
                                     for d in DISTRIBUTIONS if is_complete(root, d)})
+    for line in differences_from_reference(man, names):
+        log(line)
     return man
+
+
+def differences_from_reference(man: dict, names: list[str]) -> list[str]:
+    """One line per distribution whose splits differ from the reference build
+    the shipped grids were trained on (a Debian point release changes a
+    package): runs on such a build cannot resume or join those grids."""
+    from trainer.corpora.store import reference_manifest
+
+    ref = reference_manifest()["distributions"]
+    out = []
+    for n in names:
+        if n not in ref or n not in man["distributions"]:
+            continue
+        mine, theirs = man["distributions"][n], ref[n]
+        if all(mine["splits"][s]["sha256"] == theirs["splits"][s]["sha256"] for s in SPLITS):
+            continue
+        was = {x["package"]: x["version"] for x in theirs["sources"]}
+        changed = [f"{x['package']} {was.get(x['package'], '?')} -> {x['version']}" for x in mine["sources"]
+                   if was.get(x["package"]) != x["version"]]
+        out.append(f"warning: {n} differs from the reference build of trainer/corpora/reference_manifest.json"
+                   f" ({'; '.join(changed) or 'same package versions, different content'}); grids trained on "
+                   f"the reference build will refuse to resume on it")
+    return out
 
 
 def sample(root: Path, out: Path, train_bytes: int = 150_000, val_bytes: int = 40_000,

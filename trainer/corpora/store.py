@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.files import atomic_write_bytes
+
 SPLITS = ("train", "val")
 DOC_END = b"\x00"
 # Measured on the full build (68 MB English, 72 MB Python train): preset 6
@@ -42,19 +44,11 @@ def default_root() -> Path:
     return Path(__file__).resolve().parents[2] / "corpora"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside `path`, then rename over it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def reference_manifest() -> dict:
+    """The manifest of the build this project's grids were trained on
+    (shipped with the package): split sizes for checks before any corpus is
+    built, and the hashes a fresh build is compared with."""
+    return json.loads((Path(__file__).parent / "reference_manifest.json").read_text())
 
 
 def _is_packed(root: Path) -> bool:
