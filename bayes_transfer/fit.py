@@ -40,6 +40,7 @@ SAMPLE_DIMS = ("chain", "draw")
 # (log scale for positive parameters) says mostly what the prior said.
 PRIOR_DRIVEN = 0.5
 PRIOR_DRAWS = 1000
+FEW_GROUPS = 5  # fewer groups than this barely inform a spread across them
 _SHARES = ("w", "omega")  # parameters in (0, 1): widths on the natural scale
 
 __all__ = ["Diagnostics", "Fit", "NotConvergedError", "NotIdentifiedError", "default_law", "fit", "gap_size",
@@ -178,6 +179,25 @@ class Fit:
                     row[key] = float(stat[name].isel(sel)) if stat is not None else np.nan
                 rows[label] = row
         return pd.DataFrame.from_dict(rows, orient="index")
+
+    def pooling_notes(self) -> list[str]:
+        """How each spread across groups was set: fixed, or learnt (and from how few groups)."""
+        sizes = {"target": self.posterior.sizes.get("target", 1), "pair": self.posterior.sizes.get("pair", 1)}
+        notes = []
+        for name, text in self.config["priors"].items():
+            site = name.removeprefix("tau_")
+            if not name.startswith("tau_") or f"{site}_mu" not in self.posterior:
+                continue
+            n = sizes[_dim_of_site(self.law, self.config.get("scratch_law"), site)]
+            if n < 2:
+                continue
+            if "(" not in text:
+                what = "shared by all groups" if float(text) == 0 else f"fixed at {text} (log scale)"
+            else:
+                what = f"learnt under {text}" + (f"; with only {n} groups its prior decides much of it"
+                                                 if n < FEW_GROUPS else "")
+            notes.append(f"spread of {site} across {n} groups: {what}")
+        return notes
 
     def diagnostics(self) -> Diagnostics:
         if self._diagnostics is None:
@@ -377,21 +397,25 @@ def _map(model, data, priors, key, steps):
     return samples, success
 
 
-def _dim_of(data: ModelData, name: str) -> str:
+def _dim_of_site(law: str, scratch_law: str | None, name: str) -> str:
     """The named dim of a per-group site or parameter, from the law registry."""
     base = name.removesuffix("_decentered").removesuffix("_u")
     if base == "pretrain_z":
         return "pretrain_run"
-    spec = laws.get(data.law)
+    spec = laws.get(law)
     level = dict(spec.level)
     if spec.kind == "transfer":
-        level.update(laws.scratch(data.scratch_law).level)
-        level.update({s.name: "target" for s in laws.scratch(data.scratch_law).sites})
+        level.update(laws.scratch(scratch_law).level)
+        level.update({s.name: "target" for s in laws.scratch(scratch_law).sites})
     if spec.kind == "scratch":
         level.update({s.name: "target" for s in spec.sites})
     for site in spec.sites:
         level.setdefault(site.name, getattr(spec, "site_level", {}).get(site.name, "pair"))
     return level.get(base, "target")
+
+
+def _dim_of(data: ModelData, name: str) -> str:
+    return _dim_of_site(data.law, data.scratch_law, name)
 
 
 def _to_idata(model, data: ModelData, priors, samples, sample_stats, key) -> az.InferenceData:

@@ -418,3 +418,16 @@ def posterior_predictive_table(fit, prob: float = 0.9) -> pd.DataFrame:
     return pd.DataFrame({"source": runs["source"], "target": runs["target"], "n_params": runs["n_params"],
                          "data_tokens": runs["data_tokens"], "loss": loss, "median": med, "lower": lo, "upper": hi,
                          "censored": censored, "inside": inside})
+
+
+def ossification_prior_driven(fit, N, D_F, pair: str | None = None) -> xr.DataArray:
+    """Whether P(ossified) at (N, D_F) is the prior speaking: True where ossification is
+    possible (P >= 1%) and the omega that decides it did not narrow against its prior."""
+    prob = ossification_probability(fit, N, D_F, pair)
+    post = select_pair(fit, pair)
+    prior = select_pair(prior_view(fit), pair)
+    a, b = (da.transpose(*SAMPLE_DIMS, ...) for da in (post["omega"], prior["omega"]))
+    cols = [v.values.reshape(v.sizes["chain"] * v.sizes["draw"], -1) for v in (a, b)]
+    ratio = np.array([width_ratio(cols[0][:, i], cols[1][:, i], share=True) for i in range(cols[0].shape[1])])
+    ratio = a.isel(chain=0, draw=0, drop=True).copy(data=ratio.reshape(a.shape[2:]))
+    return (prob >= 0.01) & (ratio >= PRIOR_DRIVEN)

@@ -280,7 +280,7 @@ def _headline(page: _Page, fit, prob: float) -> None:
                 d_t = q.band(q.transferred_data(fit, n, d, pair=pair), prob)
                 m = q.band(q.effective_multiplier(fit, n, d, pair=pair), prob)
                 p_oss = float(q.ossification_probability(fit, n, d, pair=pair))
-                by_prior = bool(q.prior_driven(fit, q.effective_multiplier, n, d, pair=pair))
+                by_prior = bool(q.ossification_prior_driven(fit, n, d, pair=pair))
                 rows.append({"pair": pair, "N": f"{n:.3g}", "D_F (bytes)": f"{d:.3g}",
                              "D_T median (bytes)": f"{float(d_t['median']):.3g}",
                              f"D_T {prob:.0%} interval": f"{float(d_t['lower']):.3g} to {float(d_t['upper']):.3g}",
@@ -311,7 +311,7 @@ def _diagnostic_lines(fit, diag) -> list[str]:
              f"min bulk ESS {diag.min_ess_bulk:.0f} (must be >= 400)",
              f"divergent transitions: {diag.divergences}",
              f"{post.sizes['chain']} chains x {post.sizes['draw']} draws"]
-    return lines + list(diag.messages)
+    return lines + list(diag.messages) + fit.pooling_notes()
 
 
 def _recommendations(page: _Page, fit, pairs, prob, costs, current, currency) -> None:

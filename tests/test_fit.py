@@ -126,6 +126,26 @@ def test_fit_result_structure(transfer_fit):
     assert f.sampler["chains"] == 2 and f.sampler["draws"] == 300
 
 
+def test_the_fit_says_how_each_spread_was_set(transfer_fit):
+    notes = transfer_fit.pooling_notes()
+    assert "spread of beta across 2 groups: fixed at 0.05 (log scale)" in notes
+    assert any(n.startswith("spread of alpha across 2 groups: learnt under Gamma") and "only 2 groups" in n
+               for n in notes)
+    assert not any("alpha_N" in n for n in notes)  # one target: nothing to spread over
+
+
+def test_answers_the_prior_decided_are_labelled(transfer_fit):
+    f = transfer_fit.accept_unconverged()
+    inside = q.prior_driven(f, q.effective_multiplier, 1e6, 1e6, pair="text->python")
+    assert not bool(inside) and float(inside["width_ratio"]) < 0.5
+    # omega stays with its prior on this grid: far out, where ossification is certain under
+    # any omega the prior allows, the probability is the prior speaking
+    p = float(q.ossification_probability(f, SIZES[0], 1e10, pair="text->python"))
+    assert p > 0.5 and bool(q.ossification_prior_driven(f, SIZES[0], 1e10, pair="text->python"))
+    # inside the grid pre-training plainly helps: no ossification to speak of, no label
+    assert not bool(q.ossification_prior_driven(f, SIZES[-1], DATA[0], pair="text->python"))
+
+
 def test_observed_data_are_the_grid_losses(transfer_fit):
     obs = transfer_fit.idata.observed_data
     runs = transfer_fit.grid.runs.set_index("run")
