@@ -343,7 +343,8 @@ def _write_demo_index(out_dir: Path, fits) -> None:
     """A landing page linking one report per grid."""
     import html
 
-    from bayes_transfer.report import CSS, _atomic_write
+    from bayes_transfer.atomic import atomic_write
+    from bayes_transfer.report import CSS
 
     items = "".join(
         f'<li><a href="{index.parent.name}/index.html">{html.escape(path.name)}</a>: law {fit.law}, '
@@ -351,7 +352,7 @@ def _write_demo_index(out_dir: Path, fits) -> None:
         for path, fit, index, ok in fits)
     doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>bayes-transfer demo</title>'
            f"<style>{CSS}</style></head><body><h1>bayes-transfer demo</h1><ul>{items}</ul></body></html>\n")
-    _atomic_write(out_dir / "index.html", doc.encode())
+    atomic_write(out_dir / "index.html", doc.encode())
 
 
 @app.command("next-runs")

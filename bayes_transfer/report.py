@@ -12,7 +12,6 @@ import base64
 import datetime as _dt
 import html
 import io
-import os
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots, published
+from .atomic import atomic_write
 from . import quantities as q
 from .allocate import display_table, markdown_table, recommend
 from .fit import default_law, gap_size
@@ -51,16 +51,6 @@ def illustrative_costs(fit, pair=None) -> dict:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class _Page:
@@ -98,7 +88,7 @@ class _Page:
         plt.close(fig)
         data = buf.getvalue()
         path = self.out / f"fig_{name}.png"
-        _atomic_write(path, data)
+        atomic_write(path, data)
         self.figures.append(path)
         b64 = base64.b64encode(data).decode("ascii")
         self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
@@ -246,9 +236,9 @@ def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, b
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
            f"<title>bayes-transfer report</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
-    _atomic_write(out / "summary.md", "\n".join(page.md).encode())
+    atomic_write(out / "summary.md", "\n".join(page.md).encode())
     index = out / "index.html"
-    _atomic_write(index, doc.encode())
+    atomic_write(index, doc.encode())
     return index
 
 
