@@ -184,7 +184,7 @@ class Fit:
         """How each spread across groups was set: fixed, or learnt (and from how few groups)."""
         sizes = {"target": self.posterior.sizes.get("target", 1), "pair": self.posterior.sizes.get("pair", 1)}
         notes = []
-        for name, text in self.config["priors"].items():
+        for name, text in self.config.get("priors", {}).items():
             site = name.removeprefix("tau_")
             if not name.startswith("tau_") or f"{site}_mu" not in self.posterior:
                 continue
