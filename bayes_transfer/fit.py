@@ -88,6 +88,11 @@ class Diagnostics:
 def width_ratio(post: np.ndarray, prior: np.ndarray, share: bool = False) -> float:
     """Width of the posterior's 90% interval over the prior's (log scale for positive values)."""
     post, prior = np.asarray(post, float).ravel(), np.asarray(prior, float).ravel()
+    # a wide prior can overflow far out (a multiplier of 1e400); dropping those draws narrows the
+    # prior's width, so the ratio errs towards "prior-driven"
+    post, prior = post[np.isfinite(post)], prior[np.isfinite(prior)]
+    if post.size < 2 or prior.size < 2:
+        return np.nan
     if not share and (post > 0).all() and (prior > 0).all():
         post, prior = np.log(post), np.log(prior)
     wp = np.diff(np.quantile(prior, [0.05, 0.95]))[0]

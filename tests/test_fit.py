@@ -146,6 +146,17 @@ def test_answers_the_prior_decided_are_labelled(transfer_fit):
     assert not bool(q.ossification_prior_driven(f, SIZES[-1], DATA[0], pair="text->python"))
 
 
+def test_width_ratio_closed_form():
+    from bayes_transfer.fit import width_ratio
+
+    rng = np.random.default_rng(0)
+    prior, post = rng.lognormal(0.0, 2.0, 200_000), rng.lognormal(1.0, 0.5, 200_000)
+    assert width_ratio(post, prior) == pytest.approx(0.25, rel=0.02)  # log scale: sd 0.5 against 2
+    shares = rng.beta(1, 18, 200_000)
+    assert width_ratio(shares, shares, share=True) == pytest.approx(1.0)
+    assert width_ratio(post, np.r_[prior, np.inf]) == pytest.approx(0.25, rel=0.02)
+
+
 def test_observed_data_are_the_grid_losses(transfer_fit):
     obs = transfer_fit.idata.observed_data
     runs = transfer_fit.grid.runs.set_index("run")
