@@ -56,12 +56,20 @@ def known_fit(law="transfer", chains=2, draws=300, stuck_chain=False, method="nu
     sigma = np.broadcast_to([0.02, 0.02], (chains, draws, 2))
     post = post.drop_vars("sigma").assign(sigma=(("chain", "draw", "kind"), sigma)).assign_coords(
         kind=["scratch", "pretrained" if law == "transfer_gap" else "finetuned"])
-    idata = az.InferenceData(posterior=post, sample_stats=xr.Dataset(
+    grid = load_grid(table)
+    # the prior: the same draws spread 0.5 in log (shares kept in (0, 1)), one chain, as a fit stores it
+    prior = xr.Dataset({name: (da if float(da.max()) < 1 else da * np.exp(0.5 * rng.standard_normal(da.shape)))
+                        .isel(chain=[0]) for name, da in post.data_vars.items()})
+    # posterior predictive: each run's observed log loss with the fit's noise (sigma 0.02)
+    log_loss = np.log(grid.runs["loss"].to_numpy()) + 0.02 * rng.standard_normal((chains, draws, len(grid)))
+    predictive = xr.Dataset({"log_loss": (("chain", "draw", "run"), log_loss)},
+                            coords={"run": grid.runs["run"].to_numpy()})
+    idata = az.InferenceData(posterior=post, prior=prior, posterior_predictive=predictive, sample_stats=xr.Dataset(
         {"diverging": (("chain", "draw"), np.zeros((chains, draws), bool))}))
     sampler = ({"method": "map", "chains": 1, "draws": 1, "optimizer_success": True} if method == "map" else
                {"method": "nuts", "chains": chains, "draws": draws, "warmup": draws, "seconds": 1.0})
     config = {"law": law, "scratch_law": "kaplan" if law == "transfer" else None}
-    return Fit(idata=idata, grid=load_grid(table), law=law, config=config, sampler=sampler)
+    return Fit(idata=idata, grid=grid, law=law, config=config, sampler=sampler)
 
 
 @pytest.fixture(scope="module")
