@@ -11,9 +11,11 @@ Exit codes scripts can rely on:
 from __future__ import annotations
 
 import contextlib
-import os
+import errno
 import functools
+import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,12 +75,51 @@ def _user_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (UserError, ValueError, FileNotFoundError, OSError) as e:
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        except (UserError, ValueError, OSError) as e:
+            err.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USER) from None
 
     return wrapper
+
+
+def _one_line(e: Exception) -> str:
+    """An error as one line; an OS error names its file and what the system said."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}" + (" (the disk is full)" if e.errno == errno.ENOSPC else "")
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _probe_folder(folder: Path, what: str) -> None:
+    """Refuse a folder that cannot take new files, by making one there (permissions,
+    read-only mounts and ownership all answer the same way)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write the {what} in {folder}: {e.strerror or e}") from None
+
+
+def _check_output_file(path: Path, what: str) -> None:
+    """An output file's folder must exist and be writable: checked before any long computation."""
+    if path.is_dir():
+        raise UserError(f"the {what} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write the {what} {path}: folder {path.parent} does not exist")
+    _probe_folder(path.parent, what)
+
+
+def _check_output_dir(path: Path, what: str) -> None:
+    """An output folder must be a folder (or creatable) in a writable place: checked before any long computation."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"the {what} {path} exists and is not a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot make the {what} {path}: {parent} is not a folder")
+    _probe_folder(parent, what)
 
 
 # ---------------------------------------------------------------- shared options
@@ -102,6 +143,12 @@ CostParams = typer.Option(None, "--cost-params", help="price of one more paramet
 PricePerFlop = typer.Option(None, "--price-per-flop", help="alternative to --cost-params: price of one training "
                                                            "FLOP (a parameter then costs 6 x (p + D_F) FLOPs)")
 Currency = typer.Option("USD", "--currency", help="currency name shown with the costs")
+Units = typer.Option(None, "--units", help="what the table's losses are in: nats or bits (cross-entropy), fraction or "
+                                           "percent (error rate). Default: the grid's loss_units attribute, else nats")
+Metric = typer.Option(None, "--metric", help="cross_entropy or error_rate. Default: the grid's metric attribute, "
+                                             "else cross_entropy")
+DataUnit = typer.Option(None, "--data-unit", help="what data_tokens counts: tokens, examples or images. Default: "
+                                                  "the grid's data_unit attribute, else tokens")
 
 
 def _laws():
@@ -131,7 +178,7 @@ def _rich_progress():
         numpyro.util.tqdm, numpyro.util.tqdm_auto = saved
 
 
-def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed):
+def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed, declared=None):
     from bayes_transfer.fit import fit
     from bayes_transfer.grid import load_grid
     from bayes_transfer.fit import default_law, gap_size
@@ -140,7 +187,7 @@ def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed)
         raise typer.BadParameter(f"unknown law {law!r}; choose from {', '.join(_laws())}", param_hint="--law")
     if method not in ("nuts", "map"):
         raise typer.BadParameter(f"unknown method {method!r}; choose nuts or map", param_hint="--method")
-    grid = load_grid(path)
+    grid = load_grid(path, **(declared or {}))
     law = law or default_law(grid)
     if law in ("transfer", "transfer_gap") and grid.finetuned.empty:
         raise UserError(f"law {law!r} needs fine-tuned runs (source other than 'none') and {path} has none; "
@@ -153,7 +200,7 @@ def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed)
     if law == "transfer_gap":
         options["n_params"] = gap_size(grid)
     label = "MAP" if method == "map" else f"NUTS {chains} chains x {draws} draws (+{warmup} warm-up)"
-    err.print(f"[bold]fitting[/] {law} to {escape(repr(grid))}: {label}", highlight=False)
+    err.print(f"[bold]fitting[/] {law} to {escape(repr(grid))}: {label}", highlight=False, soft_wrap=True)
     with warnings.catch_warnings(), (_rich_progress() if progress else contextlib.nullcontext()):
         warnings.filterwarnings("ignore", message=".*did not converge.*")
         return fit(grid, law=law, **options)
@@ -177,7 +224,10 @@ def _summary_table(fit) -> Table:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # r_hat of a fixed parameter (nu) is 0/0
         summary = fit.summary()
-    table = Table(title=f"posterior of the {fit.law} law", box=box.SIMPLE_HEAD, pad_edge=False)
+    from bayes_transfer.report import units_text
+
+    table = Table(title=f"posterior of the {fit.law} law ({units_text(fit.grid)})", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
     # medians (means of heavy-tailed parameters mislead); width ratio = posterior / prior 90% width
     columns = {"median": "{:.3g}", "5%": "{:.3g}", "95%": "{:.3g}", "width ratio": "{:.2f}", "r_hat": "{:.3f}",
                "ess_bulk": "{:.0f}", "ess_tail": "{:.0f}"}
@@ -209,9 +259,14 @@ def fit_cmd(
     warmup: int = Warmup,
     seed: int = Seed,
     allow_unconverged: bool = Allow,
+    units: Optional[str] = Units,
+    metric: Optional[str] = Metric,
+    data_unit: Optional[str] = DataUnit,
 ):
     """Fit a law to a loss grid and save the posterior as a netCDF fit file."""
-    fit = _fit_grid(grid, law, scratch_law, method, chains, draws, warmup, seed)
+    _check_output_file(out_path or Path.cwd() / f"{grid.stem}.fit.nc", "fit file")
+    fit = _fit_grid(grid, law, scratch_law, method, chains, draws, warmup, seed,
+                    dict(units=units, metric=metric, data_unit=data_unit))
     path = out_path or Path(f"{grid.stem}.{fit.law}.fit.nc")
     fit.save(path)
     out.print(_summary_table(fit))
@@ -237,23 +292,33 @@ def report_cmd(
     warmup: int = Warmup,
     seed: int = Seed,
     allow_unconverged: bool = Allow,
+    units: Optional[str] = Units,
+    metric: Optional[str] = Metric,
+    data_unit: Optional[str] = DataUnit,
 ):
     """Write the posterior report (HTML + PNG + Markdown) of a fit, or of a grid after fitting it.
 
-    Without prices the recommendation uses illustrative ones and says so."""
-    from bayes_transfer.fit import load_fit
-    from bayes_transfer.report import _is_fit_file, report
+    Without prices the recommendation uses illustrative ones and says so. The report is written
+    beside --out and swapped in whole: a failed report leaves an existing one as it was."""
+    from bayes_transfer.allocate import positive
+    from bayes_transfer.report import _is_fit_file, read_fit_file, report
 
     if (budget is None) != (cost_finetune is None):
         raise UserError("give --budget and --cost-finetune together (or neither, for illustrative prices)")
-    if _is_fit_file(source):
-        if law is not None:
-            raise UserError(f"{source} is a fit file (law fixed when fitted); drop --law")
-        fit = load_fit(source)
-    elif source.exists():
-        fit = _fit_grid(source, law, scratch_law, method, chains, draws, warmup, seed)
-    else:
+    for name, value in (("budget", budget), ("cost_finetune", cost_finetune), ("cost_pretrain", cost_pretrain),
+                        ("cost_params", cost_params)):
+        if value is not None:
+            positive(name, value)  # before any fitting: bad prices fail fast
+    _check_output_dir(out_dir, "report folder")
+    declared = dict(units=units, metric=metric, data_unit=data_unit)
+    if not source.exists():
         raise UserError(f"no such file: {source}")
+    if _is_fit_file(source):
+        if law is not None or any(v is not None for v in declared.values()):
+            raise UserError(f"{source} is a fit file (law and units fixed when fitted); drop --law/--units/--metric/--data-unit")
+        fit = read_fit_file(source)
+    else:
+        fit = _fit_grid(source, law, scratch_law, method, chains, draws, warmup, seed, declared)
     with err.status("writing the report"):
         index = report(fit, out_dir, budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
                        cost_params=cost_params, currency=currency)
@@ -279,7 +344,7 @@ def recommend_cmd(
 ):
     """Should the next budget go to fine-tuning data, pre-training data or a bigger model?"""
     from bayes_transfer.allocate import positive, recommend
-    from bayes_transfer.fit import load_fit
+    from bayes_transfer.report import read_fit_file
 
     if cost_params is not None and price_per_flop is not None:
         raise UserError("give --cost-params or --price-per-flop, not both")
@@ -287,7 +352,7 @@ def recommend_cmd(
                         ("cost_params", cost_params), ("price_per_flop", price_per_flop)):
         if value is not None:
             positive(name, value)  # before the fit file is read: bad prices fail fast
-    fit = load_fit(fit_file)
+    fit = read_fit_file(fit_file)
     _converged_or_exit(fit, allow_unconverged, "recommendations from it would not be trustworthy")
     current = {k: v for k, v in (("n_params", n_params), ("data_tokens", data_tokens),
                                  ("pretrain_tokens", pretrain_tokens)) if v is not None}
@@ -318,6 +383,7 @@ def demo_cmd(
     if not grids:
         raise UserError(f"no loss grid shipped in {grids_dir}/ (real grids arrive from the GPU as "
                         "text_to_python.nc, textcode_to_python.nc, transfer_gap.nc); nothing to demo")
+    _check_output_dir(out_dir, "demo folder")
     sampler = FAST_SAMPLER if fast else DEMO_SAMPLER
     fits, failed = [], []
     for path in grids:

@@ -12,12 +12,17 @@ import base64
 import datetime as _dt
 import html
 import io
+import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from loss_grid import SCRATCH, split_pair
 
 from . import plots, published
 from .atomic import atomic_write
@@ -34,9 +39,9 @@ def illustrative_costs(fit, pair=None) -> dict:
     fine-tuning data's cost at 1e-5 per byte.
     """
     runs = q.fit_runs(fit)
-    tuned = runs[runs["source"] != "none"]
+    tuned = runs[runs["source"] != SCRATCH]
     if pair is not None:
-        source, target = pair.split("->", 1)
+        source, target = split_pair(pair)
         tuned = tuned[(tuned["source"] == source) & (tuned["target"] == target)]
     rows = tuned if len(tuned) else runs
     f0 = float(rows["data_tokens"].max())
@@ -56,8 +61,9 @@ def illustrative_costs(fit, pair=None) -> dict:
 class _Page:
     """Collects sections as HTML and Markdown side by side."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, units: str = ""):
         self.out, self.html, self.md, self.figures = out, [], [], []
+        self.units = units  # stamped on every figure: what the loss and the data are measured in
 
     def heading(self, text: str, level: int = 2):
         self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
@@ -83,6 +89,8 @@ class _Page:
     def figure(self, name: str, fig, caption: str):
         if fig is None:
             return
+        if self.units:
+            fig.text(0.995, 0.002, self.units, ha="right", va="bottom", fontsize=7, color="#555")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", bbox_inches="tight")
         plt.close(fig)
@@ -124,7 +132,7 @@ def _load(grid_or_fit, law, fit_options):
     if isinstance(grid_or_fit, Fit):
         return grid_or_fit
     if isinstance(grid_or_fit, (str, Path)) and _is_fit_file(Path(grid_or_fit)):
-        return load_fit(grid_or_fit)
+        return read_fit_file(grid_or_fit)
     grid = load_grid(grid_or_fit)
     law = law or default_law(grid)
     if law in ("transfer", "transfer_gap") and grid.finetuned.empty:
@@ -149,23 +157,96 @@ def _is_fit_file(path: Path) -> bool:
         return False
 
 
+# What a fit file must hold for ``load_fit`` to rebuild the fit.
+_FIT_ATTRS = ("bayes_transfer_version", "law", "grid_sha256", "grid_attrs", "model_config", "sampler_config")
+
+
+def read_fit_file(path):
+    """``load_fit`` after checking that ``path`` is a whole fit file: a clear ``ValueError``
+    (one line, naming the file and what is wrong) instead of a ``KeyError`` deep inside."""
+    import h5netcdf
+
+    from .fit import load_fit
+    from .laws import LAWS
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such fit file: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a fit file")
+    try:
+        with h5netcdf.File(path, "r") as f:
+            groups = set(f.groups)
+            attrs = dict(f.groups["posterior"].attrs) if "posterior" in groups else {}
+    except OSError:
+        raise ValueError(f"{path} is not a netCDF fit file (written by `bayes-transfer fit`)") from None
+    if "posterior" not in groups:
+        raise ValueError(f"{path} is not a fit file (no posterior group): a loss grid? Fit it first with "
+                         "`bayes-transfer fit`")
+    missing = [a for a in _FIT_ATTRS if a not in attrs]
+    if "constant_data" not in groups:
+        missing.append("constant_data group (the grid it was fitted to)")
+    if missing:
+        raise ValueError(f"{path} is a damaged or foreign fit file: it lacks {', '.join(missing)}")
+    if attrs["law"] not in LAWS:
+        raise ValueError(f"{path} holds a fit of law {attrs['law']!r}, which this version does not know "
+                         f"(known: {', '.join(LAWS)})")
+    for name in ("grid_attrs", "model_config", "sampler_config"):
+        try:
+            json.loads(attrs[name])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path} is a damaged fit file: its {name} attribute is not valid JSON") from None
+    return load_fit(path)
+
+
 def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, budget=None,
            cost_finetune=None, cost_pretrain=None, cost_params=None, current=None,
            currency: str = "USD", fit_options: dict | None = None) -> Path:
     """Write the report for a fit (or a grid, fitted first) into `out_dir`; returns index.html's path.
 
     Recommendations use the given prices; without them, `illustrative_costs` (said so in the report).
+    The report is written into a temporary folder beside `out_dir` and swapped in whole: a report that
+    fails part-way leaves an existing one untouched.
     """
-    fit = _load(grid_or_fit, law, fit_options).accept_unconverged()  # non-convergence is announced at the top
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    page = _Page(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report folder {out} exists and is not a folder")
+    fit = _load(grid_or_fit, law, fit_options).accept_unconverged()  # non-convergence is announced at the top
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_report(fit, tmp, prob, dict(budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
+                                           cost_params=cost_params), current, currency)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "index.html"
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Replace folder `out` by `new`: two renames, so `out` is at every moment a whole report (or absent)."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_report(fit, out: Path, prob, costs, current, currency) -> None:
+    page = _Page(out, units_text(fit.grid))
     grid = fit.grid
     diag = fit.diagnostics()
     pairs = q.pairs(fit)
 
     page.heading("Scaling laws for transfer: posterior report", 1)
-    page.para(f"{grid!r}", css="meta")
+    page.para(f"{grid!r}. {units_text(grid)}.", css="meta")
     page.para(f"Law: {fit.law}" + (f" (scratch form {fit.config.get('scratch_law')})" if fit.law == "transfer" else "")
               + f"; sampler: {_sampler_text(fit)}; bayes_transfer {_version()}; written "
               f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", css="meta")
@@ -228,18 +309,19 @@ def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, b
                .round(4).rename(columns={"median": "predicted median"}))
 
     page.heading("Recommendation: where the next budget should go")
-    _recommendations(page, fit, pairs, prob, dict(budget=budget, cost_finetune=cost_finetune,
-                                                   cost_pretrain=cost_pretrain, cost_params=cost_params),
-                     current, currency)
+    _recommendations(page, fit, pairs, prob, costs, current, currency)
 
     body = "\n".join(page.html)
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
            f"<title>bayes-transfer report</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
     atomic_write(out / "summary.md", "\n".join(page.md).encode())
-    index = out / "index.html"
-    atomic_write(index, doc.encode())
-    return index
+    atomic_write(out / "index.html", doc.encode())
+
+
+def units_text(grid) -> str:
+    """What the numbers of a grid (and of everything fitted to it) are measured in."""
+    return f"Loss: {grid.loss_label}; data counted in {grid.data_label}"
 
 
 def _version() -> str:
@@ -263,7 +345,7 @@ def _headline(page: _Page, fit, prob: float) -> None:
     rows = []
     for pair in q.pairs(fit):
         runs = q.fit_runs(fit)
-        source, target = pair.split("->", 1)
+        source, target = split_pair(pair)
         tuned = runs[(runs["source"] == source) & (runs["target"] == target)]
         for n in sorted({tuned["n_params"].min(), tuned["n_params"].max()}):
             for d in sorted({tuned["data_tokens"].min(), tuned["data_tokens"].max()}):
@@ -271,8 +353,9 @@ def _headline(page: _Page, fit, prob: float) -> None:
                 m = q.band(q.effective_multiplier(fit, n, d, pair=pair), prob)
                 p_oss = float(q.ossification_probability(fit, n, d, pair=pair))
                 by_prior = bool(q.ossification_prior_driven(fit, n, d, pair=pair))
-                rows.append({"pair": pair, "N": f"{n:.3g}", "D_F (bytes)": f"{d:.3g}",
-                             "D_T median (bytes)": f"{float(d_t['median']):.3g}",
+                unit = fit.grid.data_label
+                rows.append({"pair": pair, "N": f"{n:.3g}", f"D_F ({unit})": f"{d:.3g}",
+                             f"D_T median ({unit})": f"{float(d_t['median']):.3g}",
                              f"D_T {prob:.0%} interval": f"{float(d_t['lower']):.3g} to {float(d_t['upper']):.3g}",
                              "multiplier": f"{float(m['median']):.3g}",
                              f"multiplier {prob:.0%}": f"{float(m['lower']):.3g} to {float(m['upper']):.3g}",
@@ -343,4 +426,4 @@ def _slug(text) -> str:
     return "".join(c if c.isalnum() else "_" for c in str(text or "all"))
 
 
-__all__ = ["report", "default_law", "gap_size", "illustrative_costs"]
+__all__ = ["report", "read_fit_file", "default_law", "gap_size", "illustrative_costs"]
