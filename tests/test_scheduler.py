@@ -264,3 +264,41 @@ def spec_dict_small(**grid):
     return {"name": "small", "grid": g,
             "train": {"batch": 2, "eval_interval": 3, "eval_seqs": 4, "report_seqs": 4, "patience": 1,
                       "budget": 1.5}}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="needs Linux /proc")
+def test_worker_processes_die_with_a_killed_grid_run(tmp_path):
+    """No orphan keeps training (and writing records) after its `grid run` is SIGKILLed."""
+    root = corpus_root(tmp_path)
+    p = _cli("grid", "run", str(MICRO), "--out", str(tmp_path / "out"), "--corpora", str(root), "--workers", "2")
+    kids, t0 = [], time.time()
+    while len(kids) < 2 and time.time() - t0 < 120:
+        time.sleep(0.2)
+        kids = [int(c) for t in Path(f"/proc/{p.pid}/task").glob("*")
+                for c in (t / "children").read_text().split()]
+    assert len(kids) >= 2, "no worker processes started"
+    time.sleep(1.0)  # let them get past their initializer
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    t0 = time.time()
+    while any(_alive(k) for k in kids) and time.time() - t0 < 120:  # a worker may still be importing torch
+        time.sleep(0.2)
+    assert not any(_alive(k) for k in kids)
+
+
+def test_a_time_limit_starts_only_groups_expected_to_end_within_it(tmp_path, monkeypatch):
+    import trainer.scheduler as sch
+
+    monkeypatch.setattr(sch, "probe_tokens_per_s", lambda *a: 1.0)  # a machine so slow nothing fits
+    logs = []
+    summary = run_grid(parse_spec(spec_dict_small()), tmp_path / "out", corpus_root(tmp_path), time_limit=3600,
+                       log=logs.append)
+    assert summary["finished_runs"] == 0 and not summary["complete"]
+    assert any("not expected to end within the time limit" in m for m in logs)

@@ -28,6 +28,7 @@ from trainer.files import atomic_write_json, sweep_temps
 from trainer.model import config_for
 from trainer.plan import (
     cell_groups, default_pack, estimate, flops_per_token, group_seconds, pretrain_groups, pretrain_seconds,
+    probe_tokens_per_s,
 )
 from trainer.provenance import code_version, corpus_hashes
 from trainer.spec import Cell, PretrainJob, Spec, SpecError, spec_hash
@@ -293,6 +294,28 @@ class DirLock:
         self.f.close()
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker ends when the `grid run` that started it dies (even by
+    SIGKILL), so no orphan keeps training beside a resumed run: the kernel's
+    parent-death signal where Linux has it, and a watchdog thread that sees
+    the worker re-parented."""
+    import ctypes
+    import signal
+    import threading
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # the parent may have died before this worker got here
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
 def free_cores() -> int:
     """Cores not busy with other work right now (at least 1)."""
     n = os.cpu_count() or 1
@@ -303,8 +326,8 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
              device=None, compile=None, workers: int | None = None, pack: int | None = None, log=print) -> dict:
     """Run every pending group, `workers` at a time (separate processes when
     more than one; default: the free cores on a CPU, 1 on a GPU), longest
-    first; start no new group past time_limit seconds. Fine-tuning groups
-    start once their checkpoints exist."""
+    first; with a time limit, start only groups the cost model expects to
+    end within it. Fine-tuning groups start once their checkpoints exist."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -340,13 +363,25 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
         tasks = sorted([("pre", i) for i in pend_pre], key=lambda t: -flops(*t))
         tasks += sorted([("cell", i) for i in pend_cell], key=lambda t: -flops(*t))
 
+        def seconds(kind: str, i: int) -> float:
+            """Expected wall time of a group at the speed one worker has now."""
+            g = [j for j in pgs[i] if rd.job_needed(j)] if kind == "pre" else [c for c in cgs[i] if not rd.done(c)]
+            speed = probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, dev.type)
+            return pretrain_seconds(g, speed) if kind == "pre" else group_seconds(g, speed)
+
+        def fits(task) -> bool:
+            """With a time limit, start only groups expected to end before it: work
+            in flight at the end of a session is lost, finished runs are kept."""
+            return deadline is None or seconds(*task) <= deadline - time.monotonic()
+
         def ready(task) -> bool:
             return task[0] == "pre" or all(
                 c.pretrain_job is None or rd.done(c) or rd.ckpt_path(c.pretrain_job, c.pretrain_tokens).exists()
                 for c in cgs[task[1]])
 
         pool = _InProcess() if workers == 1 else ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"))
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+            initargs=(os.getpid(),))
         finished, stopped, blocked = 0, False, False
         n_total = sum(len(cgs[i]) if k == "cell" else len(pgs[i]) for k, i in tasks)
         try:
@@ -359,7 +394,7 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
                         if deadline is not None and time.monotonic() > deadline:
                             stopped = True
                             break
-                        nxt = next((t for t in tasks if ready(t)), None)
+                        nxt = next((t for t in tasks if ready(t) and fits(t)), None)
                         if nxt is None:
                             break
                         tasks.remove(nxt)
@@ -386,7 +421,10 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
                             f"{bar.tasks[0].completed:.0f}/{n_total}, {time.monotonic() - t0:.0f} s")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        if blocked:
+        if blocked and any(ready(t) for t in tasks):
+            log(f"{len(tasks)} group(s) left that are not expected to end within the time limit; "
+                f"they start on the next call")
+        elif blocked:
             log("some runs wait for pre-training checkpoints that were not made")
         rd.refresh()
         pg, cg = rd.pending()
