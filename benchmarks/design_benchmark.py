@@ -212,6 +212,7 @@ def figure(df: pd.DataFrame, path: Path) -> None:
         style = dict(marker="s", ls="none", ms=7) if m == "factorial" else dict(marker="o", ms=3, lw=1, alpha=0.7)
         ax.plot(g.compute, g.width, color=colours[m], label=m if i == df.truth.min() else None, **style)
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("compute spent (stand-in core-hours)")
     ax.set_ylabel("90% interval width of log multiplier")
     ax.set_title(f"{df.truth.nunique()} simulated truth(s): width vs compute")
