@@ -37,7 +37,7 @@ from numpyro.infer.reparam import LocScaleReparam
 
 from bayes_transfer import laws
 from bayes_transfer.grid import Grid, load_grid
-from loss_grid import CAPPED, SCRATCH, pair_label
+from loss_grid import CAPPED, PRETRAIN_RUN, SCRATCH, pair_label
 
 LAWS = tuple(laws.LAWS)  # the law names, for callers that list them (the laws live in laws.py)
 
@@ -103,12 +103,14 @@ def censored_runs(grid: Grid, runs: pd.DataFrame) -> np.ndarray:
 
 
 def pretrain_groups(runs: pd.DataFrame, finetuned: np.ndarray) -> tuple[np.ndarray, list]:
-    """The pre-training run each fine-tuned run starts from: one per (source, size[, pretrain_seed]).
+    """The pre-training run each fine-tuned run starts from: the grid's ``pretrain_run`` id
+    where it records one, else one per (source, size).
 
     A pre-training run serves every target and every pre-training amount
     (its checkpoints), so its runs share one effect.
     """
-    cols = ["source", "n_params"] + (["pretrain_seed"] if "pretrain_seed" in runs else [])
+    recorded = PRETRAIN_RUN in runs and (runs.loc[finetuned, PRETRAIN_RUN].astype(str) != "").all()
+    cols = [PRETRAIN_RUN] if recorded else ["source", "n_params"]
     keys = [tuple(r) for r in runs[cols].itertuples(index=False)]
     labels = sorted({k for k, f in zip(keys, finetuned) if f})
     idx = np.array([labels.index(k) if f else -1 for k, f in zip(keys, finetuned)], dtype=int)

@@ -216,3 +216,16 @@ def test_first_evaluation_best_and_capped_runs_are_censored():
                         coords={"run": ["a", "b", "c"]})
     grid = type("G", (), {"curves": curves})()
     assert censored_runs(grid, runs).tolist() == [True, True, False]
+
+
+def test_runs_of_one_pre_training_run_share_its_effect():
+    from bayes_transfer.models import pretrain_groups
+
+    runs = pd.DataFrame({"source": ["none", "text", "text", "text", "code"], "n_params": [1e5, 1e5, 1e5, 1e6, 1e5]})
+    ft = (runs["source"] != "none").to_numpy()
+    idx, labels = pretrain_groups(runs, ft)
+    assert idx.tolist() == [-1, 1, 1, 2, 0] and len(labels) == 3
+    # a grid that records the pre-training run (two seeds of one size) keeps them apart
+    runs["pretrain_run"] = ["", "pre.a", "pre.b", "pre.c", "pre.d"]
+    idx, labels = pretrain_groups(runs, ft)
+    assert idx.tolist() == [-1, 0, 1, 2, 3] and labels == ["pre.a", "pre.b", "pre.c", "pre.d"]
