@@ -347,3 +347,17 @@ def test_importance_weighting_agrees_with_nuts_refits(tmp_path):
         refit.append(target_draws(fit_runs(pd.concat([runs, run], ignore_index=True)), target)[0].var(ddof=1))
     assert np.all(ess > 30)
     assert crit.mean() == pytest.approx(np.mean(refit), rel=0.25)
+
+
+def test_a_first_batch_from_the_prior_alone():
+    from bayes_transfer.design import prior_fit
+
+    c = cands(sizes=(24736, 98624, 332448), data=(8192, 131072), pretrain=4194304)
+    prior = prior_fit(c, law="transfer", seed=0)
+    assert prior.sampler["method"] == "prior" and prior.posterior.sizes["draw"] >= 500
+    # the draws are the prior's: wide, not a fit to the placeholder losses
+    assert float(np.log(prior.posterior["beta"]).std()) > 0.1
+    with pytest.warns(UserWarning, match="prior alone"):
+        res = next_runs(prior, c, target="multiplier:N=1e5,D_F=8192", budget=0.5, n_worlds=32, max_draws=500)
+    assert len(res.table) >= 1 and res.table["cost"].sum() <= 0.5
+    assert res.width_after < res.width_before
