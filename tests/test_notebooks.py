@@ -13,7 +13,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_there_are_notebooks():
     names = [p.name for p in NOTEBOOKS]
-    assert "01_analyse_grid.ipynb" in names and "02_plan_allocation.ipynb" in names
+    assert {"01_analyse_grid.ipynb", "02_plan_allocation.ipynb", "04_external_data.ipynb"} <= set(names)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
