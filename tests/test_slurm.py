@@ -41,7 +41,7 @@ def test_unknown_executor_is_refused(tmp_path):
         submit_grid(load_spec(MICRO), tmp_path, corpus_root(tmp_path), executor="pbs")
 
 
-# --- a real SLURM on localhost (DESIGN.md) ---
+# --- a real SLURM on localhost: slurm-wlm + munge from Debian, one node on 127.0.0.1 ---
 SLURM_CONF = """ClusterName=local
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={port}

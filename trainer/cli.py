@@ -18,7 +18,7 @@ app = typer.Typer(help="Train GPT loss grids for scaling laws of transfer.", no_
 app.add_typer(corpora_app, name="corpora")
 grid_app = typer.Typer(help="Run, price, inspect and export grids of runs from a TOML spec.", no_args_is_help=True)
 app.add_typer(grid_app, name="grid")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however long
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -50,12 +50,18 @@ def _device(name: Optional[str]):
 
 
 def _be_nice(dev, nice: bool) -> None:
-    """On a CPU a long grid runs at low priority, so the machine stays usable."""
-    if nice and dev.type == "cpu":
-        try:
-            os.nice(10)
-        except OSError:
-            pass
+    """On a CPU a long grid runs at low priority, so the machine stays usable.
+    Where the kernel groups processes by session (autogroup), nice orders
+    only within a session: started with `setsid`, the grid leads its own
+    session and lowers that group too."""
+    if not (nice and dev.type == "cpu"):
+        return
+    try:
+        os.nice(max(0, 10 - os.nice(0)))  # to 10, not by 10: a second call changes nothing
+        if os.getsid(0) == os.getpid():
+            Path("/proc/self/autogroup").write_text("10")
+    except OSError:
+        pass
 
 
 def _specs(paths: list[Path], corpora: Optional[Path] = None):

@@ -7,8 +7,14 @@ from pathlib import Path
 
 
 def code_version() -> str:
-    """The commit of this code: $TRANSFER_CODE_VERSION where the tree travels
-    without .git (a copied working tree on a GPU machine), else git's HEAD."""
+    """The commit of the code this process runs, read when it was imported
+    (a checkout that moves on while a grid runs does not relabel its runs)."""
+    return _CODE_VERSION
+
+
+def _read_code_version() -> str:
+    """$TRANSFER_CODE_VERSION where the tree travels without .git (a copied
+    working tree on a GPU machine), else git's HEAD."""
     if os.environ.get("TRANSFER_CODE_VERSION"):
         return os.environ["TRANSFER_CODE_VERSION"]
     try:
@@ -16,6 +22,9 @@ def code_version() -> str:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+_CODE_VERSION = _read_code_version()
 
 
 def corpus_hashes(manifest: dict) -> dict:

@@ -419,8 +419,12 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
                         # one line per group as well: the bar alone shows nothing in a log file
                         log(f"{'pre-training' if kind == 'pre' else 'runs'} {g[0].size} x{n} done: "
                             f"{bar.tasks[0].completed:.0f}/{n_total}, {time.monotonic() - t0:.0f} s")
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # Interrupted (Ctrl-C, an error): do not wait for groups in flight; the
+            # workers end with this process and their groups rerun on the next call.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         if blocked and any(ready(t) for t in tasks):
             log(f"{len(tasks)} group(s) left that are not expected to end within the time limit; "
                 f"they start on the next call")
