@@ -187,7 +187,8 @@ def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed,
         raise typer.BadParameter(f"unknown law {law!r}; choose from {', '.join(_laws())}", param_hint="--law")
     if method not in ("nuts", "map"):
         raise typer.BadParameter(f"unknown method {method!r}; choose nuts or map", param_hint="--method")
-    grid = load_grid(path, **(declared or {}))
+    # capped runs stay: the fit takes their loss as an upper bound (censored)
+    grid = load_grid(path, include_capped=True, **(declared or {}))
     law = law or default_law(grid)
     if law in ("transfer", "transfer_gap") and grid.finetuned.empty:
         raise UserError(f"law {law!r} needs fine-tuned runs (source other than 'none') and {path} has none; "

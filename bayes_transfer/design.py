@@ -62,6 +62,7 @@ import pandas as pd
 from scipy.special import gammaln, logsumexp
 
 import loss_grid as lg
+from bayes_transfer.allocate import resolve_pair
 from bayes_transfer import quantities as q
 from bayes_transfer.design_io import (
     COSTS,
@@ -128,17 +129,6 @@ def parse_target(text) -> Target:
 # ---------------------------------------------------------------- what the target is, per draw
 
 
-def _one_pair(fit, pair):
-    known = q.pairs(fit)
-    if pair is None:
-        if len(known) != 1:
-            raise ValueError(f"the fit has pairs {known}: name one in the target (pair=...)")
-        return known[0]
-    if pair not in known:
-        raise ValueError(f"unknown pair {pair!r} in the target; the fit has {known}")
-    return pair
-
-
 def target_draws(fit, target: Target, decision: dict | None = None):
     """(values per draw, scale) for a variance target; (loss per draw x plan, 'loss') for 'regret'."""
     if target.name in VARIANCE_TARGETS:
@@ -147,7 +137,7 @@ def target_draws(fit, target: Target, decision: dict | None = None):
         if target.N is None or target.D_F is None:
             raise ValueError(f"target {target.name!r} needs N= and D_F= (e.g. '{target.name}:N=3e5,D_F=1e5')")
         fn = q.effective_multiplier if target.name == "multiplier" else q.transferred_data
-        values = _flat(fn(fit, target.N, target.D_F, pair=_one_pair(fit, target.pair)))
+        values = _flat(fn(fit, target.N, target.D_F, pair=resolve_pair(fit, target.pair)))
     elif target.name == DECISION_TARGET:
         from bayes_transfer.allocate import recommend
 
@@ -167,7 +157,7 @@ def target_draws(fit, target: Target, decision: dict | None = None):
                              f"of the fit: {', '.join(names)}")
         da = post[target.name]
         if "pair" in da.dims:
-            da = da.sel(pair=_one_pair(fit, target.pair))
+            da = da.sel(pair=resolve_pair(fit, target.pair))
         if "target" in da.dims:
             known = [str(t) for t in da["target"].values]
             group = target.group if target.group is not None else (known[0] if len(known) == 1 else None)

@@ -14,7 +14,6 @@ The figure is printed (`pytest -s`) and must read: all refused clearly, 0 corrup
 from __future__ import annotations
 
 import errno
-import hashlib
 import importlib
 import os
 import tempfile
@@ -34,6 +33,7 @@ from typer.testing import CliRunner
 from bayes_transfer.cli import app
 from test_cli import save_known, small_table
 from test_report import known_fit
+from _workspace import files_of, invoke_in_copy
 
 runner = CliRunner()
 # the package exports functions of these modules' names
@@ -64,11 +64,6 @@ def pristine(tmp_path_factory):
     for name in ("index.html", "summary.md", "fig_loss_grid.png"):
         (ws / "rep" / name).write_text(f"earlier {name}")
     return ws
-
-
-def files_of(ws: Path) -> dict[str, str]:
-    return {str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(ws.rglob("*"))}
 
 
 def write_table(name, **changes):
@@ -289,15 +284,7 @@ CASES = TABLES + OUTPUTS + FIT_FILES + ARGUMENTS
 
 def run_case(case: Case, pristine: Path, tmp_path: Path, monkeypatch) -> tuple[str, bool, str]:
     """'clear', 'unclear' or 'accepted'; whether the workspace changed; the output."""
-    ws = tmp_path / case.name.replace(" ", "_")
-    shutil.copytree(pristine, ws)
-    if case.setup:
-        case.setup(ws)
-    before = files_of(ws)
-    with monkeypatch.context() as mp:
-        if case.patch:
-            case.patch(mp)
-        result = runner.invoke(app, [str(a) for a in case.args(ws)])
+    result, changed = invoke_in_copy(runner, app, case, pristine, tmp_path, monkeypatch)
     text = result.stdout + result.stderr
     one_line = case.code == 2 or sum(line.startswith("error:") for line in result.stderr.splitlines()) == 1
     crashed = not isinstance(result.exception, SystemExit) or "Traceback" in text  # an exception escaped
@@ -309,7 +296,7 @@ def run_case(case: Case, pristine: Path, tmp_path: Path, monkeypatch) -> tuple[s
         verdict = "unclear"
         if crashed:
             text += f"\n{type(result.exception).__name__}: {result.exception}"
-    return verdict, files_of(ws) != before, text
+    return verdict, changed, text
 
 
 def test_every_bad_input_is_refused_clearly_and_nothing_is_damaged(pristine, tmp_path, monkeypatch, capsys):

@@ -9,8 +9,9 @@ import torch
 
 from trainer.data import Corpora, Sampler, Stream
 from trainer.model import EnsembleGPT, config_for
+from trainer.optim import AdamW, clip_per_member
 from trainer.train import (
-    Member, ResumeError, Settings, _AdamW, _clip, _eval_windows, early_evals, ema_decay, load_checkpoint,
+    Member, ResumeError, Settings, _eval_windows, early_evals, ema_decay, load_checkpoint,
     save_checkpoint, train_group,
 )
 from _trainer_corpus import corpus_root
@@ -110,14 +111,14 @@ def test_nan_member_fails_without_poisoning_the_group():
 def test_clip_is_per_member():
     p = torch.nn.Parameter(torch.zeros(2, 4))
     p.grad = torch.tensor([[3.0, 4.0, 0, 0], [0.1, 0, 0, 0]])
-    _clip({"w": p}, 1.0)
+    clip_per_member({"w": p}, 1.0)
     torch.testing.assert_close(p.grad[0].norm(), torch.tensor(1.0))
     torch.testing.assert_close(p.grad[1], torch.tensor([0.1, 0, 0, 0]))
 
 
 def test_adamw_freezes_members_with_zero_rate_even_on_nan_gradients():
     p = torch.nn.Parameter(torch.ones(2, 3))
-    opt = _AdamW({"w_fc": p}, settings())
+    opt = AdamW({"w_fc": p}, (0.9, 0.95), 0.1)
     p.grad = torch.tensor([[1.0, 1, 1], [float("nan")] * 3])
     opt.step({"w_fc": p}, torch.tensor([0.1, 0.0]))
     assert torch.equal(p[1], torch.ones(3))

@@ -14,7 +14,6 @@ The figure is printed (`pytest -s`) and must read: all refused clearly, 0 corrup
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from typer.testing import CliRunner
 
 from _trainer_corpus import corpus_root
+from _workspace import invoke_in_copy
 from trainer.cli import app
 
 torch.set_num_threads(1)
@@ -184,11 +184,6 @@ def _disk_full(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(export, "atomic_write", full)
 
 
-def files_of(ws: Path) -> dict[str, str]:
-    return {str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(ws.rglob("*")) if p.is_file() and p.name != ".lock"}
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     from trainer.scheduler import run_grid
@@ -203,22 +198,14 @@ def pristine(tmp_path_factory):
 
 
 def run_case(case: Case, pristine: Path, tmp_path: Path, monkeypatch) -> tuple[str, bool, str]:
-    ws = tmp_path / case.name.replace(" ", "_")
-    shutil.copytree(pristine, ws)
-    if case.setup:
-        case.setup(ws)
-    before = files_of(ws)
-    with monkeypatch.context() as mp:
-        if case.patch:
-            case.patch(mp)
-        res = runner.invoke(app, [str(a) for a in case.args(ws)])
+    res, changed = invoke_in_copy(runner, app, case, pristine, tmp_path, monkeypatch)
     out = res.output
     lines = [ln for ln in out.strip().splitlines() if ln.strip()]
     err = [ln for ln in lines if "error" in ln.lower()]
     unexpected = res.exception is not None and not isinstance(res.exception, SystemExit)
     clear = (res.exit_code != 0 and not unexpected and len(err) >= 1 and "Traceback" not in out
              and case.expect.lower() in " ".join(lines).lower())
-    corrupt = res.exit_code == 0 or files_of(ws) != before or Path("/tmp/transfer-train-evil-ran").exists()
+    corrupt = res.exit_code == 0 or changed or Path("/tmp/transfer-train-evil-ran").exists()
     return case.name, clear and not corrupt, ("corrupt" if corrupt else "") + f" exit {res.exit_code}: {out[-300:]}"
 
 

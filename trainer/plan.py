@@ -59,15 +59,14 @@ def probe_tokens_per_s(size: str, members: int, batch: int, device: str = "cpu",
 
     from trainer.data import Sampler, Stream
     from trainer.model import EnsembleGPT, config_for
-    from trainer.train import _AdamW, Settings
+    from trainer.optim import AdamW
 
     cfg = config_for(size)
     dev = torch.device(device)
     model = EnsembleGPT(cfg, list(range(members))).to(dev)
     data = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8)
     sampler = Sampler([Stream([data], [1.0])] * members, list(range(members)), cfg.ctx, batch, dev)
-    s = Settings(lr=1e-3, batch=batch, eval_interval=1, max_steps=1)
-    opt = _AdamW(dict(model.named_parameters()), s)
+    opt = AdamW(dict(model.named_parameters()))
     lr = torch.full((members,), 1e-3, device=dev)
 
     def step():

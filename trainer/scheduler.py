@@ -343,6 +343,7 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
     pack = pack or default_pack(spec, cuda)
     t0 = time.monotonic()
     deadline = t0 + time_limit if time_limit is not None else None
+    RunDir(spec, out, corpora, pack).corpora  # missing corpora: an error before the output folder is made
     with DirLock(out):
         swept = sweep_temps(out)
         if swept:

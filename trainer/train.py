@@ -40,7 +40,8 @@ import torch
 
 from trainer.data import Sampler, Stream, eval_starts
 from trainer.files import atomic_torch_save
-from trainer.model import EnsembleGPT, GPTConfig, decay_mask
+from trainer.model import EnsembleGPT, GPTConfig
+from trainer.optim import AdamW, clip_per_member
 
 # Per-size peak learning rate, for AdamW at batch 16-32 sequences of 256
 # bytes: lr = 2e-3 * (N / 1e5)^-0.3 through the three sizes measured first
@@ -142,50 +143,6 @@ class Member:
 
 def device_default() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class _AdamW:
-    """AdamW over ensemble parameters with a per-member learning rate: a
-    member whose rate is 0 (stopped, failed) is frozen exactly, and its
-    gradient (even NaN) is masked out so it touches nothing."""
-
-    def __init__(self, params: dict[str, torch.nn.Parameter], s: Settings):
-        self.s = s
-        self.names = list(params)
-        self.m = {n: torch.zeros_like(p) for n, p in params.items()}
-        self.v = {n: torch.zeros_like(p) for n, p in params.items()}
-        self.t = 0
-
-    @torch.no_grad()
-    def step(self, params: dict[str, torch.nn.Parameter], lr: torch.Tensor) -> None:
-        b1, b2 = self.s.betas
-        self.t += 1
-        bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
-        live = lr > 0
-        for n in self.names:
-            p = params[n]
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            g = torch.where(live.view(shape), p.grad, 0.0)
-            self.m[n].lerp_(g, 1 - b1)
-            self.v[n].mul_(b2).addcmul_(g, g, value=1 - b2)
-            step = lr.view(shape)
-            if decay_mask(n):
-                p.mul_(1 - step * self.s.weight_decay)
-            p.sub_(step * (self.m[n] / bc1) / ((self.v[n] / bc2).sqrt() + 1e-8))
-
-    def select(self, keep: torch.Tensor) -> None:
-        for d in (self.m, self.v):
-            for n in d:
-                d[n] = d[n].index_select(0, keep).contiguous()
-
-
-@torch.no_grad()
-def _clip(params: dict[str, torch.nn.Parameter], max_norm: float) -> None:
-    """Clip each member's gradient to max_norm on its own."""
-    sq = sum(p.grad.float().pow(2).flatten(1).sum(1) for p in params.values())
-    scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-    for p in params.values():
-        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))).to(p.grad.dtype))
 
 
 def _eval_windows(val: Stream, ctx: int, n: int, half: int) -> np.ndarray:
@@ -294,7 +251,7 @@ def train_group(
     avg = EnsembleGPT(cfg, [0] * M).to(device).requires_grad_(False)  # the weight average
     avg.copy_from(model)
     best = {n: p.detach().clone() for n, p in avg.named_parameters()}  # averaged weights at each member's best
-    opt = _AdamW(dict(model.named_parameters()), s)
+    opt = AdamW(dict(model.named_parameters()), s.betas, s.weight_decay)
     sampler = Sampler([m.stream for m in members], [m.seed for m in members], T, B, device)
     sel_windows = _stack_windows(members, T, s.eval_seqs, 0).to(device)
     rep_windows = None if pretrain else _stack_windows(members, T, s.report_seqs, 1).to(device)
@@ -417,7 +374,7 @@ def train_group(
         x, y = sampler.next()
         losses = train_step(x, y)
         params = dict(model.named_parameters())
-        _clip(params, s.grad_clip)
+        clip_per_member(params, s.grad_clip)
         opt.step(params, s.lr * warm * lr_live)
         model.zero_grad(set_to_none=True)
         step += 1
