@@ -349,6 +349,7 @@ def test_importance_weighting_agrees_with_nuts_refits(tmp_path):
     assert crit.mean() == pytest.approx(np.mean(refit), rel=0.25)
 
 
+@pytest.mark.slow  # a minute or more of NUTS: `make test-slow`
 def test_a_first_batch_from_the_prior_alone():
     from bayes_transfer.design import prior_fit
 

@@ -242,6 +242,7 @@ def test_fit_rejects_bad_options(transfer_grid):
         fit(transfer_grid, "kaplan", priors={"gamma": 1.0})
 
 
+@pytest.mark.slow  # a minute or more of NUTS: `make test-slow`
 def test_transfer_gap_recovery():
     sources = {"text": dict(A_p=50.0, alpha_p=0.35, G=3.0), "code": dict(A_p=20.0, alpha_p=0.25, G=0.5)}
     target = dict(alpha_f=0.2, E=0.6, C_0=40.0)
@@ -254,6 +255,7 @@ def test_transfer_gap_recovery():
     assert f.posterior["G"].dims == ("chain", "draw", "pair") and f.posterior["E"].dims == ("chain", "draw", "target")
 
 
+@pytest.mark.slow  # a minute or more of NUTS: `make test-slow`
 def test_ossification_is_detected_and_can_be_switched_off():
     # at large D_F the loss is nearly flat in D, so only a large omega shows
     truth = dict(TRANSFER, omega={TEXT: 0.5, CODE: 0.0})
