@@ -131,7 +131,7 @@ def check_sizes(spec: Spec, manifest: dict) -> None:
             raise SpecError(f"D_F={big} exceeds the {n} bytes of {t}/train")
 
 
-def estimate(spec: Spec, pending_pre, pending_cells, device: str = "cpu") -> dict:
+def estimate(pending_pre, pending_cells, device: str = "cpu") -> dict:
     """Core-seconds (device-seconds on a GPU) for the given pending groups,
     with speeds probed on this machine."""
     pre = sum(pretrain_seconds(g, probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, device))

@@ -354,26 +354,23 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
         pgs, cgs = rd.groups()
         pend_pre = {i for i, g in enumerate(pgs) if any(rd.job_needed(j) for j in g)}
         pend_cell = {i for i, g in enumerate(cgs) if any(not rd.done(c) for c in g)}
-        # Longest first (by the cost model's expected tokens): the last group to
-        # finish is then a short one, and two workers end close together.
-        def flops(kind: str, i: int) -> float:
-            g = pgs[i] if kind == "pre" else [c for c in cgs[i] if not rd.done(c)]
-            per_flop = 1.0 / flops_per_token(g[0].size)
-            return pretrain_seconds(g, per_flop) if kind == "pre" else group_seconds(g, per_flop)
 
-        tasks = sorted([("pre", i) for i in pend_pre], key=lambda t: -flops(*t))
-        tasks += sorted([("cell", i) for i in pend_cell], key=lambda t: -flops(*t))
-
-        def seconds(kind: str, i: int) -> float:
-            """Expected wall time of a group at the speed one worker has now."""
+        def cost(kind: str, i: int, speed) -> float:
+            """A group's pending work at speed(group) tokens/s (seconds, or FLOPs with 1/flops-per-token)."""
             g = [j for j in pgs[i] if rd.job_needed(j)] if kind == "pre" else [c for c in cgs[i] if not rd.done(c)]
-            speed = probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, dev.type)
-            return pretrain_seconds(g, speed) if kind == "pre" else group_seconds(g, speed)
+            return (pretrain_seconds if kind == "pre" else group_seconds)(g, speed(g))
+
+        per_flop = lambda g: 1.0 / flops_per_token(g[0].size)  # noqa: E731
+        probed = lambda g: probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, dev.type)  # noqa: E731
+        # Longest first (by expected FLOPs): the last group to finish is then a
+        # short one, and two workers end close together.
+        tasks = sorted([("pre", i) for i in pend_pre], key=lambda t: -cost(*t, per_flop))
+        tasks += sorted([("cell", i) for i in pend_cell], key=lambda t: -cost(*t, per_flop))
 
         def fits(task) -> bool:
             """With a time limit, start only groups expected to end before it: work
             in flight at the end of a session is lost, finished runs are kept."""
-            return deadline is None or seconds(*task) <= deadline - time.monotonic()
+            return deadline is None or cost(*task, probed) <= deadline - time.monotonic()
 
         def ready(task) -> bool:
             return task[0] == "pre" or all(
@@ -442,4 +439,4 @@ def dry_run_estimate(spec: Spec, out: Path, cuda: bool = False, pack: int | None
     """The cost of what remains in out, probed on this machine."""
     rd = RunDir(spec, out, None, pack or default_pack(spec, cuda))
     pg, cg = rd.pending()
-    return estimate(spec, pg, cg, "cuda" if cuda else "cpu")
+    return estimate(pg, cg, "cuda" if cuda else "cpu")
