@@ -24,7 +24,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 def test_temporaries_of_killed_writers_are_swept(tmp_path):
     (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / ".tmp-99-x.json").write_text("{")
+    (tmp_path / "runs" / ".x.json.99.tmp").write_text("{")
     (tmp_path / "runs" / "x.json").write_text("{}")
     assert sweep_temps(tmp_path) == 1
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["x.json"]

@@ -205,7 +205,7 @@ def test_temporary_files_of_a_killed_writer_are_swept(tmp_path):
     root = corpus_root(tmp_path)
     out = tmp_path / "out"
     (out / "runs").mkdir(parents=True)
-    stale = out / "runs" / ".tmp-12345-x.json"
+    stale = out / "runs" / ".x.json.12345.tmp"
     stale.write_text("{")
     logs = []
     run_grid(parse_spec(spec_dict_small()), out, root, log=logs.append)

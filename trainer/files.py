@@ -9,14 +9,14 @@ import os
 from pathlib import Path
 from typing import Callable
 
-_TMP_PREFIX = ".tmp-"
+_TMP_SUFFIX = ".tmp"  # never the target's own suffix, so a glob for "*.json" never sees a half-written file
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary path beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{path.name}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -48,7 +48,7 @@ def atomic_torch_save(obj, path: str | Path) -> None:
 def sweep_temps(root: str | Path) -> int:
     """Remove temporary files left under root by killed writers; return how many."""
     n = 0
-    for p in Path(root).rglob(f"{_TMP_PREFIX}*"):
+    for p in Path(root).rglob(f".*{_TMP_SUFFIX}"):
         if p.is_file():
             p.unlink(missing_ok=True)
             n += 1
