@@ -16,7 +16,8 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 from bayes_transfer.version import __version__  # noqa: E402
 
 from bayes_transfer.grid import Grid, GridError, load_grid  # noqa: E402
-from bayes_transfer.fit import Diagnostics, Fit, NotConvergedError, NotIdentifiedError, fit, load_fit  # noqa: E402
+from bayes_transfer.diagnostics import Diagnostics, NotConvergedError  # noqa: E402
+from bayes_transfer.fit import Fit, NotIdentifiedError, fit, load_fit  # noqa: E402
 from bayes_transfer.two_stage import TwoStage, two_stage  # noqa: E402
 
 __all__ = [

@@ -114,23 +114,32 @@ class Recommendation:
     prob: float = 0.9
     notes: list[str] = field(default_factory=list)
 
-    def to_markdown(self) -> str:
-        """A Markdown summary: the answer, the plan table and the assumptions."""
-        lo, hi = (1 - self.prob) / 2, (1 + self.prob) / 2
-        lines = [f"**Recommendation: spend the budget on {self.best}.**", ""]
+    def answer(self) -> str:
+        return f"Spend the budget on {self.best}."
+
+    def findings(self) -> list[str]:
+        """The optimal split's posterior and what choosing by point estimates costs."""
+        out = []
         if self.optimal_share is not None:
             a, b = self.split_resources
-            share = self.optimal_share.values.ravel()
-            qs = np.quantile(share, [lo, 0.5, hi])
-            lines.append(f"Posterior of the optimal share of the budget on {b} (the rest on {a}): "
-                         f"median {qs[1]:.3f}, {self.prob:.0%} interval {qs[0]:.3f} to {qs[2]:.3f}.")
-        lines.append(f"Choosing by point estimates (posterior-median parameters) picks "
-                     f"*{self.point_estimate_choice}*, an expected regret of "
-                     f"{self.regret_of_point_estimate:.2e} nats/byte against the Bayes choice.")
-        lines += ["", markdown_table(display_table(self.table, self.prob)), ""]
+            lo, med, hi = np.quantile(self.optimal_share.values.ravel(), [(1 - self.prob) / 2, 0.5, (1 + self.prob) / 2])
+            out.append(f"Posterior of the optimal share of the budget on {b} (the rest on {a}): "
+                       f"median {med:.3f}, {self.prob:.0%} interval {lo:.3f} to {hi:.3f}.")
+        out.append(f"Choosing by point estimates (posterior-median parameters) picks "
+                   f"'{self.point_estimate_choice}', an expected regret of "
+                   f"{self.regret_of_point_estimate:.2e} nats/byte against the Bayes choice.")
+        return out
+
+    def caveats(self) -> list[str]:
+        """What was not evaluated and why, then every assumption the answer rests on."""
+        return list(self.notes) + [f"{key}: {value}" for key, value in self.assumptions.items()]
+
+    def to_markdown(self) -> str:
+        """A Markdown summary: the answer, the plan table and the assumptions."""
+        lines = [f"**{self.answer()}**", "", *self.findings(), "",
+                 markdown_table(display_table(self.table, self.prob)), ""]
         lines += [f"- {note}" for note in self.notes]
-        lines += ["", "Assumptions:", ""]
-        lines += [f"- **{key}**: {value}" for key, value in self.assumptions.items()]
+        lines += ["", "Assumptions:", ""] + [f"- **{key}**: {value}" for key, value in self.assumptions.items()]
         return "\n".join(lines) + "\n"
 
 
@@ -185,8 +194,9 @@ def positive(name: str, value) -> float:
 def starting_point(fit, pair, current) -> dict:
     """The starting point: given, or the largest fine-tuned cell the grid measured."""
     runs = q.fit_runs(fit)
-    rows = runs[runs["source"] != SCRATCH] if fit.law in ("transfer", "transfer_gap") else runs
-    if pair is not None and fit.law in ("transfer", "transfer_gap"):
+    finetuned = laws.of(fit).finetuned
+    rows = runs[runs["source"] != SCRATCH] if finetuned else runs
+    if pair is not None and finetuned:
         source, target = split_pair(pair)
         rows = rows[(rows["source"] == source) & (rows["target"] == target)]
     default = {"n_params": float(rows["n_params"].max()), "data_tokens": float(rows["data_tokens"].max()),
@@ -207,7 +217,7 @@ def starting_point(fit, pair, current) -> dict:
 
 def resolve_pair(fit, pair):
     """The pair a recommendation is for: the named one, or the fit's only one."""
-    if fit.law not in ("transfer", "transfer_gap"):
+    if not laws.of(fit).finetuned:
         if pair is not None:
             raise ValueError(f"a {fit.law!r} fit has no pairs; drop pair={pair!r}")
         return None
@@ -257,18 +267,19 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
                          f"(cost_finetune {c_f:g}, cost_pretrain {c_p}, cost_params {c_n})")
     pair = resolve_pair(fit, pair)
     start = starting_point(fit, pair, current)
-    if fit.law in ("transfer", "transfer_gap"):
+    law = laws.of(fit)
+    if law.finetuned:
         post = q.select_pair(fit, pair)
     else:
         post = q.select_target(fit, target)
         if "target" in post.dims:
             raise ValueError(f"the fit has several targets {list(post['target'].values)}: name one with target=...")
-    form = None if fit.law == "transfer_gap" else q.scratch_form(fit)
+    form = None if law.pretrain_axis else q.scratch_form(fit)
 
     # Which resources the law can price, and why not where it cannot.
     prices = {FINETUNE: c_f}
     notes = []
-    if fit.law == "transfer_gap":
+    if law.pretrain_axis:
         if c_p is None:
             notes.append(f"{PRETRAIN}: not evaluated: no cost_pretrain given")
         else:
@@ -278,7 +289,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
     else:
         why = ("the transfer law (Hernandez et al.) is measured at one pre-training amount; "
                "fit 'transfer_gap' on a grid with several pretrain_tokens to price it"
-               if fit.law == "transfer" else f"a {fit.law!r} fit has no pre-training")
+               if law.finetuned else f"a {fit.law!r} fit has no pre-training")
         notes.append(f"{PRETRAIN}: not evaluated: {why}")
         if c_n is None:
             notes.append(f"{PARAMS}: not evaluated: no cost_params given")
@@ -286,7 +297,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
             prices[PARAMS] = c_n
 
     def loss(N, f, p, params=post):
-        return q.law_loss(fit, params, N, f, p if fit.law == "transfer_gap" else None)
+        return q.law_loss(fit, params, N, f, p if law.pretrain_axis else None)
 
     def point(spend):
         """(N, f, p) after spending the dict `spend` (resource -> amount)."""
@@ -315,7 +326,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
         surface = loss(N, f, p)  # (chain, draw, share)
         bayes_share = float(SHARES[int(np.nanargmin(surface.mean(q.SAMPLE_DIMS).values))])
         point_share = float(SHARES[int(np.nanargmin(loss(N, f, p, median_params).values))])
-        if fit.law == "transfer_gap":
+        if law.pretrain_axis:
             optimal_share = _gap_optimal_share(post, start, budget, c_p, c_f, surface)
         else:
             optimal_share = surface.idxmin("share")
@@ -337,7 +348,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
     stacked = np.vstack(list(draws.values())[:n_candidates])
     best_draw = np.nanmin(stacked, axis=0)
     winner = np.nanargmin(stacked, axis=0)
-    ranges = q.grid_ranges(fit, pair, finetuned=fit.law in ("transfer", "transfer_gap"))
+    ranges = q.grid_ranges(fit, pair, finetuned=law.finetuned)
     rows = []
     for i, (name, spend) in enumerate(plans.items()):
         N, f, p = point(spend)
@@ -346,15 +357,15 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
             "plan": name,
             "spend_finetune": spend.get(FINETUNE, 0.0), "spend_pretrain": spend.get(PRETRAIN, 0.0),
             "spend_params": spend.get(PARAMS, 0.0),
-            "n_params": N if fit.law != "transfer_gap" else np.nan, "data_tokens": f,
-            "pretrain_tokens": p if fit.law == "transfer_gap" else np.nan,
+            "n_params": np.nan if law.pretrain_axis else N, "data_tokens": f,
+            "pretrain_tokens": p if law.pretrain_axis else np.nan,
             "expected_loss": float(np.nanmean(values)),
             "loss_lower": float(np.nanquantile(values, (1 - prob) / 2)),
             "loss_upper": float(np.nanquantile(values, (1 + prob) / 2)),
             "p_best": float(np.mean(winner == i)) if i < n_candidates else np.nan,
             "expected_regret": float(np.nanmean(values - best_draw)),
-            "extrapolated": _outside(ranges, N=N if fit.law != "transfer_gap" else None, D_F=f,
-                                     p=p if fit.law == "transfer_gap" else None),
+            "extrapolated": _outside(ranges, N=None if law.pretrain_axis else N, D_F=f,
+                                     p=p if law.pretrain_axis else None),
         })
     table = pd.DataFrame(rows)
     candidates = table.iloc[:n_candidates]
@@ -366,10 +377,9 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
                                              "point-estimate choice" if n == point_choice else "",
                                              "" if i < n_candidates else "for comparison"]))
                      for i, n in enumerate(table["plan"])]
-    spec = laws.get(fit.law)
-    formula = spec.formula + (f"; scratch law {form}: {laws.scratch(form).formula}" if spec.kind == "transfer" else "")
+    formula = law.formula + (f"; scratch law {form}: {laws.scratch(form).formula}" if law.kind == "transfer" else "")
     held = {"transfer": f"pre-training data (at the grid's amount, {start['pretrain_tokens']:.3g} bytes)",
-            "gap": f"model size (N = {start['n_params']:.3g}, the grid's)"}.get(spec.kind, "nothing else")
+            "gap": f"model size (N = {start['n_params']:.3g}, the grid's)"}.get(law.kind, "nothing else")
     chains, n_draws = (post.sizes[d] for d in q.SAMPLE_DIMS)
     assumptions = {
         "budget": f"{budget:g} {currency}, spent on top of what is already done (sunk costs excluded)",

@@ -179,9 +179,9 @@ def _rich_progress():
 
 
 def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed, declared=None):
-    from bayes_transfer.fit import fit
+    from bayes_transfer import laws
+    from bayes_transfer.fit import default_law, fit
     from bayes_transfer.grid import load_grid
-    from bayes_transfer.fit import default_law, gap_size
 
     if law is not None and law not in _laws():
         raise typer.BadParameter(f"unknown law {law!r}; choose from {', '.join(_laws())}", param_hint="--law")
@@ -190,16 +190,11 @@ def _fit_grid(path: Path, law, scratch_law, method, chains, draws, warmup, seed,
     # capped runs stay: the fit takes their loss as an upper bound (censored)
     grid = load_grid(path, include_capped=True, **(declared or {}))
     law = law or default_law(grid)
-    if law in ("transfer", "transfer_gap") and grid.finetuned.empty:
-        raise UserError(f"law {law!r} needs fine-tuned runs (source other than 'none') and {path} has none; "
-                        "use --law kaplan or chinchilla")
     # progress bars on a terminal only: in logs they are noise
     progress = sys.stderr.isatty()
     options = dict(method=method, chains=chains, draws=draws, warmup=warmup, seed=seed, progress=progress)
-    if law == "transfer":
+    if laws.get(law).kind == "transfer":
         options["scratch_law"] = scratch_law
-    if law == "transfer_gap":
-        options["n_params"] = gap_size(grid)
     label = "MAP" if method == "map" else f"NUTS {chains} chains x {draws} draws (+{warmup} warm-up)"
     err.print(f"[bold]fitting[/] {law} to {escape(repr(grid))}: {label}", highlight=False, soft_wrap=True)
     with warnings.catch_warnings(), (_rich_progress() if progress else contextlib.nullcontext()):
@@ -302,7 +297,8 @@ def report_cmd(
     Without prices the recommendation uses illustrative ones and says so. The report is written
     beside --out and swapped in whole: a failed report leaves an existing one as it was."""
     from bayes_transfer.allocate import positive
-    from bayes_transfer.report import _is_fit_file, read_fit_file, report
+    from bayes_transfer.fit import load_fit
+    from bayes_transfer.report import is_fit_file, report
 
     if (budget is None) != (cost_finetune is None):
         raise UserError("give --budget and --cost-finetune together (or neither, for illustrative prices)")
@@ -314,10 +310,10 @@ def report_cmd(
     declared = dict(units=units, metric=metric, data_unit=data_unit)
     if not source.exists():
         raise UserError(f"no such file: {source}")
-    if _is_fit_file(source):
+    if is_fit_file(source):
         if law is not None or any(v is not None for v in declared.values()):
             raise UserError(f"{source} is a fit file (law and units fixed when fitted); drop --law/--units/--metric/--data-unit")
-        fit = read_fit_file(source)
+        fit = load_fit(source)
     else:
         fit = _fit_grid(source, law, scratch_law, method, chains, draws, warmup, seed, declared)
     with err.status("writing the report"):
@@ -345,7 +341,7 @@ def recommend_cmd(
 ):
     """Should the next budget go to fine-tuning data, pre-training data or a bigger model?"""
     from bayes_transfer.allocate import positive, recommend
-    from bayes_transfer.report import read_fit_file
+    from bayes_transfer.fit import load_fit
 
     if cost_params is not None and price_per_flop is not None:
         raise UserError("give --cost-params or --price-per-flop, not both")
@@ -353,7 +349,7 @@ def recommend_cmd(
                         ("cost_params", cost_params), ("price_per_flop", price_per_flop)):
         if value is not None:
             positive(name, value)  # before the fit file is read: bad prices fail fast
-    fit = read_fit_file(fit_file)
+    fit = load_fit(fit_file)
     _converged_or_exit(fit, allow_unconverged, "recommendations from it would not be trustworthy")
     current = {k: v for k, v in (("n_params", n_params), ("data_tokens", data_tokens),
                                  ("pretrain_tokens", pretrain_tokens)) if v is not None}

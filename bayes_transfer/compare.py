@@ -39,3 +39,38 @@ def compare_beta_sharing(grid, *, priors: dict | None = None, **fit_kwargs) -> t
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
         table = az.compare({name: f.idata for name, f in fits.items()}, ic="loo")
     return table, fits
+
+
+def sources_per_target(grid) -> int:
+    """The most sources fine-tuned onto one target: beta's sharing is a question from two."""
+    tuned = grid.finetuned
+    return int(tuned.groupby("target")["source"].nunique().max()) if len(tuned) else 0
+
+
+def beta_sharing_of(fit: Fit, **overrides) -> tuple[pd.DataFrame, dict[str, Fit]]:
+    """``compare_beta_sharing`` on a transfer fit's own grid, with its sampler settings and
+    model options (priors the fit overrode are not carried: both models use the defaults)."""
+    s, c = fit.sampler, fit.config
+    kw = dict(chains=s["chains"], draws=s["draws"], warmup=s["warmup"], seed=s["seed"],
+              target_accept=s.get("target_accept", 0.9), scratch_law=c["scratch_law"],
+              ossification=bool(c["ossification"]), progress=False)
+    return compare_beta_sharing(fit.grid, **{**kw, **overrides})
+
+
+def sharing_verdict(table: pd.DataFrame, fits: dict[str, Fit]) -> str:
+    """One paragraph: which model the data prefer, by how much, and how far to trust it."""
+    best, other = table.index[0], table.index[1]
+    diff, dse = float(table.loc[other, "elpd_diff"]), float(table.loc[other, "dse"])
+    weight = float(table.loc[best, "weight"])
+    if diff > 2 * dse:
+        text = (f"The data prefer {best}: its expected log predictive density (PSIS-LOO) is higher by "
+                f"{diff:.1f} +- {dse:.1f} (stacking weight {weight:.2f}).")
+    else:
+        text = (f"The data do not tell the two apart: PSIS-LOO differs by {diff:.1f} +- {dse:.1f}, within two "
+                f"standard errors (stacking weight of {best}: {weight:.2f}); a shared beta is not rejected.")
+    if bool(table["warning"].any()):
+        text += " Some runs have Pareto k > 0.7, so the leave-one-out estimate is unreliable for them."
+    bad = [name for name, f in fits.items() if not f.converged]
+    if bad:
+        text += f" Not converged: {', '.join(bad)}; read the comparison as provisional."
+    return text

@@ -63,13 +63,13 @@ from scipy.special import gammaln, logsumexp
 
 import loss_grid as lg
 from bayes_transfer.allocate import resolve_pair
+from bayes_transfer import laws
 from bayes_transfer import quantities as q
 from bayes_transfer.design_io import (
     COSTS,
     _flat,
     candidate_predictions,
     check_domain,
-    law_kind,
     load_candidates,
     prior_fit,
     run_specs,
@@ -132,7 +132,7 @@ def parse_target(text) -> Target:
 def target_draws(fit, target: Target, decision: dict | None = None):
     """(values per draw, scale) for a variance target; (loss per draw x plan, 'loss') for 'regret'."""
     if target.name in VARIANCE_TARGETS:
-        if law_kind(fit) != "transfer":
+        if laws.of(fit).kind != "transfer":
             raise ValueError(f"target {target.name!r} needs a 'transfer' fit; this fit is {fit.law!r}")
         if target.N is None or target.D_F is None:
             raise ValueError(f"target {target.name!r} needs N= and D_F= (e.g. '{target.name}:N=3e5,D_F=1e5')")

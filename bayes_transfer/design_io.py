@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 import loss_grid as lg
+from bayes_transfer import laws
 from bayes_transfer import quantities as q
 
 COSTS = (lg.COST_CORE_HOURS, lg.COST_FLOPS)
@@ -24,11 +25,6 @@ COSTS = (lg.COST_CORE_HOURS, lg.COST_FLOPS)
 
 def _flat(da) -> np.ndarray:
     return da.transpose(*q.SAMPLE_DIMS, ...).values.reshape(-1)
-
-
-def law_kind(fit) -> str:
-    """'transfer', 'gap' or 'scratch'."""
-    return {"transfer": "transfer", "transfer_gap": "gap"}.get(fit.law, "scratch")
 
 
 # ---------------------------------------------------------------- candidates
@@ -84,7 +80,7 @@ def check_domain(fit, cands: pd.DataFrame) -> None:
         where = f"candidate row {i} ({src}->{tgt}, N={row[lg.N_PARAMS]:g}, D_F={row[lg.DATA_TOKENS]:g})"
         if targets is not None and tgt not in targets:
             problems.append(f"{where}: target {tgt!r} is not in the fit ({targets})")
-        elif law_kind(fit) == "scratch" and src != lg.SCRATCH:
+        elif laws.of(fit).kind == "scratch" and src != lg.SCRATCH:
             problems.append(f"{where}: a {fit.law!r} fit describes from-scratch runs only")
         elif src != lg.SCRATCH and lg.pair_label(src, tgt) not in pairs:
             problems.append(f"{where}: pair {src}->{tgt} is not in the fit ({sorted(pairs)})")
@@ -92,12 +88,12 @@ def check_domain(fit, cands: pd.DataFrame) -> None:
             problems.append(f"{where}: a pre-trained run needs pretrain_tokens > 0")
         elif src == lg.SCRATCH and row[lg.PRETRAIN_TOKENS] != 0:
             problems.append(f"{where}: a from-scratch run has pretrain_tokens 0")
-        elif law_kind(fit) == "transfer" and src != lg.SCRATCH:
+        elif laws.of(fit).kind == "transfer" and src != lg.SCRATCH:
             seen = runs[(runs[lg.SOURCE] == src) & (runs[lg.TARGET] == tgt)][lg.PRETRAIN_TOKENS].unique()
             if len(seen) and not np.any(np.isclose(seen, row[lg.PRETRAIN_TOKENS], rtol=1e-9)):
                 problems.append(f"{where}: the transfer law has no term for pre-training amount; the fit measured "
                                 f"pretrain_tokens {sorted(seen.tolist())}, not {row[lg.PRETRAIN_TOKENS]:g}")
-        elif law_kind(fit) == "gap":
+        elif laws.of(fit).kind == "gap":
             size = (getattr(fit, "config", None) or {}).get("n_params") or float(runs[lg.N_PARAMS].iloc[0])
             if not np.isclose(row[lg.N_PARAMS], size, rtol=1e-9):
                 problems.append(f"{where}: the transfer-gap law is at one model size (N={size:g})")
@@ -126,9 +122,9 @@ def candidate_predictions(fit, cands: pd.DataFrame):
     for _, row in cands.iterrows():
         src, tgt = row[lg.SOURCE], str(row[lg.TARGET])
         N, D, p = float(row[lg.N_PARAMS]), float(row[lg.DATA_TOKENS]), float(row[lg.PRETRAIN_TOKENS])
-        if law_kind(fit) == "scratch":
+        if laws.of(fit).kind == "scratch":
             loss = q.predicted_loss(fit, N, D, target=tgt if "target" in post.dims else None)
-        elif law_kind(fit) == "transfer":
+        elif laws.of(fit).kind == "transfer":
             loss = (q.predicted_loss(fit, N, D, p=0, target=tgt) if src == lg.SCRATCH
                     else q.predicted_loss(fit, N, D, pair=lg.pair_label(src, tgt)))
         else:

@@ -27,28 +27,18 @@ from numpyro.infer.autoguide import AutoDelta
 
 from bayes_transfer import laws, version
 from bayes_transfer.atomic import atomic_write
+from bayes_transfer.diagnostics import PRIOR_DRIVEN, Diagnostics, NotConvergedError, diagnose, width_ratio
 from bayes_transfer.grid import Grid, grid_from_dataset, load_grid, runs_to_dataset
 from bayes_transfer.identify import NotIdentifiedError, check_identifiable
 from bayes_transfer.models import ModelData, model_for, prepare
 from bayes_transfer.priors import describe, resolve_priors
 
-R_HAT_MAX = 1.01
-ESS_MIN = 400  # bulk and tail
-BFMI_MIN = 0.3  # E-BFMI below this: the sampler explores the energy poorly
 SAMPLE_DIMS = ("chain", "draw")
-# A posterior whose 90% interval is at least half as wide as its prior's
-# (log scale for positive parameters) says mostly what the prior said.
-PRIOR_DRIVEN = 0.5
 PRIOR_DRAWS = 1000
 FEW_GROUPS = 5  # fewer groups than this barely inform a spread across them
 _SHARES = ("w", "omega")  # parameters in (0, 1): widths on the natural scale
 
-__all__ = ["Diagnostics", "Fit", "NotConvergedError", "NotIdentifiedError", "default_law", "fit", "gap_size",
-           "load_fit", "width_ratio"]
-
-
-class NotConvergedError(RuntimeError):
-    """An answer was asked of a fit whose sampler did not converge."""
+__all__ = ["Fit", "NotIdentifiedError", "default_law", "fit", "gap_size", "load_fit"]
 
 
 def default_law(grid) -> str:
@@ -65,38 +55,6 @@ def gap_size(grid) -> float:
     """The model size a transfer-gap fit uses: the one with the most pre-training amounts."""
     counts = grid.finetuned.groupby("n_params")["pretrain_tokens"].nunique()
     return float(counts.idxmax())
-
-
-@dataclass(frozen=True)
-class Diagnostics:
-    max_r_hat: float
-    min_ess_bulk: float
-    divergences: int
-    converged: bool
-    messages: list[str] = field(default_factory=list)
-    min_ess_tail: float = np.nan
-    min_bfmi: float = np.nan
-    max_treedepth_hits: int = 0
-
-    def __str__(self) -> str:
-        head = "converged" if self.converged else "NOT CONVERGED"
-        stats = (f"max r_hat {self.max_r_hat:.3f}, min bulk ESS {self.min_ess_bulk:.0f}, min tail ESS "
-                 f"{self.min_ess_tail:.0f}, min E-BFMI {self.min_bfmi:.2f}, divergences {self.divergences}")
-        return "; ".join([f"{head}: {stats}", *self.messages])
-
-
-def width_ratio(post: np.ndarray, prior: np.ndarray, share: bool = False) -> float:
-    """Width of the posterior's 90% interval over the prior's (log scale for positive values)."""
-    post, prior = np.asarray(post, float).ravel(), np.asarray(prior, float).ravel()
-    # a wide prior can overflow far out (a multiplier of 1e400); dropping those draws narrows the
-    # prior's width, so the ratio errs towards "prior-driven"
-    post, prior = post[np.isfinite(post)], prior[np.isfinite(prior)]
-    if post.size < 2 or prior.size < 2:
-        return np.nan
-    if not share and (post > 0).all() and (prior > 0).all():
-        post, prior = np.log(post), np.log(prior)
-    wp = np.diff(np.quantile(prior, [0.05, 0.95]))[0]
-    return float(np.diff(np.quantile(post, [0.05, 0.95]))[0] / wp) if wp > 0 else np.nan
 
 
 @dataclass(eq=False)
@@ -213,7 +171,7 @@ class Fit:
                     msgs.append("the optimiser did not report success")
                 self._diagnostics = Diagnostics(np.nan, np.nan, 0, ok, msgs)
             else:
-                self._diagnostics = _diagnostics(self.idata, self.sampler.get("max_tree_depth", 10))
+                self._diagnostics = diagnose(self.idata, self.sampler.get("max_tree_depth", 10))
         return self._diagnostics
 
     @property
@@ -243,17 +201,48 @@ class Fit:
         return f"Fit(law={self.law!r}, {kind}, {self.grid!r})"
 
 
+# What a fit file must hold for ``load_fit`` to rebuild the fit.
+_FIT_ATTRS = ("bayes_transfer_version", "law", "grid_sha256", "grid_attrs", "model_config", "sampler_config")
+
+
 def load_fit(path, *, allow_version_mismatch: bool = False) -> Fit:
-    """Read a fit file written by ``Fit.save``; its grid is restored from the file."""
+    """Read a fit file written by ``Fit.save``; its grid is restored from the file.
+
+    A file that is not a whole fit file is a ``ValueError`` naming the file
+    and what is wrong with it."""
+    import h5netcdf
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such fit file: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a fit file")
+    try:
+        with h5netcdf.File(path, "r") as f:
+            groups = set(f.groups)
+            attrs = dict(f.groups["posterior"].attrs) if "posterior" in groups else {}
+    except OSError:
+        raise ValueError(f"{path} is not a netCDF fit file (written by `bayes-transfer fit`)") from None
+    if "posterior" not in groups:
+        raise ValueError(f"{path} is not a fit file (no posterior group): a loss grid? Fit it first with "
+                         "`bayes-transfer fit`")
+    missing = [a for a in _FIT_ATTRS if a not in attrs]
+    if "constant_data" not in groups:
+        missing.append("constant_data group (the grid it was fitted to)")
+    if missing:
+        raise ValueError(f"{path} is a damaged or foreign fit file: it lacks {', '.join(missing)}")
+    if attrs["law"] not in laws.LAWS:
+        raise ValueError(f"{path} holds a fit of law {attrs['law']!r}, which this version does not know "
+                         f"(known: {', '.join(laws.LAWS)})")
+    for name in ("grid_attrs", "model_config", "sampler_config"):
+        try:
+            json.loads(attrs[name])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path} is a damaged fit file: its {name} attribute is not valid JSON") from None
     idata = az.from_netcdf(str(path))
     for group in idata.groups():
         setattr(idata, group, getattr(idata, group).load())
     attrs = idata.posterior.attrs
-    if "bayes_transfer_version" not in attrs:
-        raise ValueError(f"{path} is not a bayes_transfer fit file (no bayes_transfer_version attribute)")
     written = attrs["bayes_transfer_version"]
     if written != version.__version__ and not allow_version_mismatch:
         raise ValueError(
@@ -290,8 +279,8 @@ def fit(
 
     ``law``: a scratch law ("kaplan", "chinchilla", "data_constrained":
     scratch runs), "transfer" (scratch and fine-tuned jointly; its scratch
-    form is ``scratch_law``), "transfer_gap" (one model size: ``n_params``
-    picks it). ``priors`` overrides defaults by name (``priors.py``).
+    form is ``scratch_law``), "transfer_gap" (one model size: ``n_params``,
+    by default the size with the most pre-training amounts). ``priors`` overrides defaults by name (``priors.py``).
     ``ossification=False`` gives the paper's transfer law exactly.
     ``method="map"`` is a quick point estimate (the joint mode found by
     ``map_steps`` Adam steps), a Fit with 1 chain x 1 draw; its hierarchical
@@ -306,6 +295,8 @@ def fit(
     for name, v in (("chains", chains), ("draws", draws), ("warmup", warmup)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if spec.pretrain_axis and n_params is None and len(grid.finetuned):
+        n_params = gap_size(grid)
     data = prepare(grid, law, scratch_law, ossification, n_params)
     overrides = dict(priors or {})
     prior_set = resolve_priors(law, scratch_law, overrides)
@@ -461,37 +452,3 @@ def _to_idata(model, data: ModelData, priors, samples, sample_stats, key) -> az.
                 run_censored=("run", np.asarray(data.censored, bool)))
         setattr(idata, group, ds)
     return idata
-
-
-def _diagnostics(idata: az.InferenceData, max_tree_depth: int = 10) -> Diagnostics:
-    post = idata.posterior
-    # every sampled or derived quantity that varies: a fixed one (nu fixed, omega off) has no r_hat
-    names = [n for n in post.data_vars if float(post[n].std()) > 0]
-    rhat = az.rhat(post[names])
-    ess = az.ess(post[names], method="bulk")
-    tail = az.ess(post[names], method="tail")
-    max_rhat = max(float(rhat[n].max()) for n in names) if names else np.nan
-    min_ess = min(float(ess[n].min()) for n in names) if names else np.nan
-    min_tail = min(float(tail[n].min()) for n in names) if names else np.nan
-    stats = idata.sample_stats
-    div = int(stats["diverging"].sum())
-    bfmi = float(np.min(az.bfmi(idata))) if "energy" in stats else np.nan
-    hits = int((stats["n_steps"] >= 2 ** max_tree_depth - 1).sum()) if "n_steps" in stats else 0
-    msgs = []
-    if not max_rhat <= R_HAT_MAX:
-        worst = max(names, key=lambda n: float(rhat[n].max()))
-        msgs.append(f"r_hat {max_rhat:.3f} > {R_HAT_MAX} (worst: {worst}): chains disagree, run longer or check the model")
-    if not min_ess >= ESS_MIN:
-        worst = min(names, key=lambda n: float(ess[n].min()))
-        msgs.append(f"bulk ESS {min_ess:.0f} < {ESS_MIN} (worst: {worst}): too few effective draws")
-    if not min_tail >= ESS_MIN:
-        worst = min(names, key=lambda n: float(tail[n].min()))
-        msgs.append(f"tail ESS {min_tail:.0f} < {ESS_MIN} (worst: {worst}): interval ends are unreliable")
-    if div:
-        msgs.append(f"{div} divergent transition(s): the posterior geometry defeated the sampler, intervals are suspect")
-    if np.isfinite(bfmi) and bfmi < BFMI_MIN:
-        msgs.append(f"E-BFMI {bfmi:.2f} < {BFMI_MIN}: the sampler explored the energy poorly (heavy tails or a funnel)")
-    converged = not msgs
-    if hits:  # an efficiency warning: the draws are still valid
-        msgs.append(f"{hits} draw(s) hit the maximum tree depth {max_tree_depth}: sampling was slow, not wrong")
-    return Diagnostics(max_rhat, min_ess, div, converged, msgs, min_tail, bfmi, hits)

@@ -32,7 +32,7 @@ def check_identifiable(data: ModelData, overrides: dict) -> None:
 
     scratch = runs[runs["source"] == SCRATCH]
     if spec.kind in ("scratch", "transfer"):
-        additive = data.scratch_law != "kaplan"
+        additive = "E" in laws.scratch(data.scratch_law).params  # an irreducible term to separate
         for t, g in scratch.groupby("target"):
             need("alpha_N", f"target {t!r}", g["n_params"], "its scratch runs have the single model size")
             need("alpha_D", f"target {t!r}", g["data_tokens"], "its scratch runs have the single data size")

@@ -170,6 +170,9 @@ class ScratchLaw:
     def level(self) -> dict:
         return {name: "target" for name in self.params}
 
+    finetuned = False  # fitted on from-scratch runs only
+    pretrain_axis = False  # no pre-training-size dependence
+
     def data_to_converge(self, N, p, near: float = 0.01):
         """D(N): the data within ``near`` (1%) of the infinite-data loss."""
         return self.invert(N, (1 + near) * self.floor(N, p), p)
@@ -319,6 +322,13 @@ class Law:
     needs: str
     site_level: dict = field(default_factory=dict)  # site -> "target" (default "pair")
 
+    finetuned = True  # fitted on fine-tuned runs, parameters per source->target pair
+
+    @property
+    def pretrain_axis(self) -> bool:
+        """Whether the law is a function of the pre-training amount p (at one model size)."""
+        return self.kind == "gap"
+
 
 def _transfer_natural(s, c):
     # D_T at the centre is ratio * D0 = k D0^alpha N0^beta
@@ -428,6 +438,11 @@ def get(name: str):
         return LAWS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown law {name!r}; expected one of {tuple(LAWS)}") from None
+
+
+def of(fit):
+    """The law a fit holds."""
+    return get(fit.law)
 
 
 def scratch(name: str) -> ScratchLaw:

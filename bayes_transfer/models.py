@@ -133,20 +133,19 @@ def prepare(grid, law: str, scratch_law: str = "kaplan", ossification: bool = Tr
             raise ValueError(f"no runs with n_params={n_params}; the grid has {sorted(grid.runs['n_params'].unique())}")
     scratch = runs[runs["source"] == SCRATCH]
     tuned = runs[runs["source"] != SCRATCH]
+    if spec.finetuned and tuned.empty:
+        raise ValueError(f"law {law!r} needs fine-tuned runs (source other than {SCRATCH!r}), and the grid has none; "
+                         f"fit a scratch law ({', '.join(laws.SCRATCH_LAWS)}) to from-scratch runs")
     if spec.kind == "scratch":
         if scratch.empty:
             raise ValueError(f"law {law!r} fits from-scratch runs, and the grid has none")
         used = scratch
     elif spec.kind == "transfer":
-        if tuned.empty:
-            raise ValueError(f"law 'transfer' needs fine-tuned runs (source other than {SCRATCH!r}), and the grid has none")
         missing = sorted(set(tuned["target"]) - set(scratch["target"]))
         if missing:
             raise ValueError(f"law 'transfer' needs from-scratch runs of each target; none for {missing}")
         used = pd.concat([scratch[scratch["target"].isin(tuned["target"])], tuned])
     else:
-        if tuned.empty:
-            raise ValueError(f"law 'transfer_gap' needs pre-trained runs (source other than {SCRATCH!r}), and the grid has none")
         bad = tuned[tuned["pretrain_tokens"] <= 0]
         if not bad.empty:
             raise ValueError(f"law 'transfer_gap' needs pretrain_tokens > 0 for pre-trained runs; runs {list(bad['run'][:8])} have 0")

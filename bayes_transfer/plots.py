@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter
 
 from loss_grid import SCRATCH, split_pair
 
-from . import published
+from . import laws, published
 from . import quantities as q
 
 # Okabe & Ito (2008), ordered for contrast on white; yellow last.
@@ -169,12 +169,13 @@ def plot_loss_grid(grid) -> Figure:
 def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
     """The data with the fitted law's median and credible band, per pair (or target)."""
     runs = q.fit_runs(fit)
-    if fit.law == "transfer_gap":
+    law = laws.of(fit)
+    if law.pretrain_axis:
         return _plot_gap_laws(fit, prob)
-    groups = q.pairs(fit) if fit.law == "transfer" else [str(t) for t in fit.posterior["target"].values]
+    groups = q.pairs(fit) if law.finetuned else [str(t) for t in fit.posterior["target"].values]
     fig, axes = _panels(len(groups))
     for ax, group in zip(axes, groups):
-        if fit.law == "transfer":
+        if law.finetuned:
             scratch, tuned = _pair_runs(runs, group)
         else:
             scratch, tuned = runs[(runs["source"] == SCRATCH) & (runs["target"] == group)], runs.iloc[:0]
@@ -184,8 +185,8 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
         x = _span(lo, hi)
         for ni, n in enumerate(sizes):
             c = colour(ni)
-            kw = dict(pair=group) if fit.law == "transfer" else dict(target=group)
-            if fit.law == "transfer":
+            kw = dict(pair=group) if law.finetuned else dict(target=group)
+            if law.finetuned:
                 s_loss = q.predicted_loss(fit, n, x, p=0, **kw)
                 t_loss = q.predicted_loss(fit, n, x, **kw)
                 _band_line(ax, x, q.band(t_loss, prob), c, inside=~t_loss["extrapolated"].values)
@@ -201,7 +202,7 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
         ax.set(xscale="log", yscale="log", xlabel="data: D or D_F (bytes)", ylabel="loss (nats/byte)",
                title=f"{fit.law}: {group}")
         extra = [Line2D([], [], color="0.3", marker="o", ls="", label="from scratch (data)")]
-        if fit.law == "transfer":
+        if law.finetuned:
             extra.append(Line2D([], [], color="0.3", marker="^", ls="", label="fine-tuned (data)"))
         extra += [Patch(facecolor="0.5", alpha=0.3, label=f"{prob:.0%} credible band"), EXTRAP_PATCH]
         loss_axis(ax)
@@ -252,7 +253,7 @@ def plot_transferred_data(fit, prob: float = 0.9) -> Figure | None:
     fitted law. Runs whose D_T is not positive (ossified) or unbounded sit on
     the bottom edge as open triangles.
     """
-    if fit.law != "transfer":
+    if laws.of(fit).kind != "transfer":
         return None
     points = q.observed_transferred_data(fit, prob)
     groups = q.pairs(fit)
@@ -299,7 +300,7 @@ def plot_transferred_data(fit, prob: float = 0.9) -> Figure | None:
 @styled
 def plot_multiplier(fit, prob: float = 0.9) -> Figure | None:
     """The effective-data multiplier (D_F + D_T) / D_F against D_F, per model size."""
-    if fit.law != "transfer":
+    if laws.of(fit).kind != "transfer":
         return None
     runs = q.fit_runs(fit)
     groups = q.pairs(fit)
@@ -365,7 +366,8 @@ def plot_parameters(fit, prob: float = 0.9) -> Figure:
 @styled
 def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
     """P(pre-training worse than scratch) over N x D_F (transfer) or p x f (transfer gap)."""
-    if fit.law not in ("transfer", "transfer_gap"):
+    law = laws.of(fit)
+    if not law.finetuned:
         return None
     runs = q.fit_runs(fit)
     groups = q.pairs(fit)
@@ -373,7 +375,7 @@ def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
     for ax, pair in zip(axes, groups):
         _, tuned = _pair_runs(runs, pair)
         d = _span(tuned["data_tokens"].min(), tuned["data_tokens"].max(), 1.0, n_grid)
-        if fit.law == "transfer":
+        if not law.pretrain_axis:
             other = _span(tuned["n_params"].min(), tuned["n_params"].max(), 1.0, n_grid)
             prob = q.ossification_probability(fit, other, d, pair=pair).transpose("N", "D_F").values
             y_name, y_col = "model size N (parameters)", "n_params"
@@ -390,7 +392,7 @@ def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
         ax.scatter(tuned["data_tokens"], tuned[y_col], s=8, color=PALETTE[4], zorder=3)
         handles = [Line2D([], [], color=PALETTE[4], ls="--", lw=2, label="measured grid (outside: extrapolated)"),
                    Line2D([], [], color="white", lw=1.5, label="P = 0.5")]
-        if fit.law == "transfer":
+        if not law.pretrain_axis:
             boundary = q.low_data_boundary(fit, other, target=split_pair(pair)[1])
             ax.plot(boundary.median(q.SAMPLE_DIMS), other, color=PALETTE[5], lw=1.5, ls=":")
             handles.append(Line2D([], [], color=PALETTE[5], ls=":", label="low-data boundary 0.1 D(N)"))

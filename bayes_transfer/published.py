@@ -52,15 +52,14 @@ def published_values(law: str, pair: str | None = None) -> pd.DataFrame:
     if law in SCRATCH:
         entry = SCRATCH[law]
         rows += [(name, value, entry["reference"]) for name, value in entry["values"].items()]
-    elif law == "transfer":
+    elif laws.get(law).kind == "transfer":
         if pair is None:
             raise ValueError("published transfer values depend on the source: give pair='source->target'")
         key = transfer_source(split_pair(pair)[0])
         if key is not None:
             entry = TRANSFER[key]
             rows += [(name, value, entry["reference"]) for name, value in entry["values"].items()]
-    elif law not in laws.LAWS:
-        raise ValueError(f"unknown law {law!r}")  # others (Barnett's) have no published numbers we could check
+    # other laws (Barnett's transfer gap) have no published numbers we could check
     return pd.DataFrame(rows, columns=["parameter", "value", "reference"])
 
 
@@ -84,7 +83,7 @@ def compare(fit, prob: float = 0.9) -> pd.DataFrame:
         elif spec.kind == "transfer" and group is not None:
             table = published_values("transfer", group)
         else:
-            table = published_values(fit.law) if fit.law != "transfer" else published_values("kaplan").iloc[:0]
+            table = published_values(fit.law) if spec.kind != "transfer" else published_values("kaplan").iloc[:0]
         hit = table[table["parameter"] == name]
         rows.append({"parameter": name, "group": group or "all", "median": row["median"], "lower": row[lo],
                      "upper": row[hi], "width_ratio": row["width ratio"], "prior_driven": bool(row["prior-driven"]),

@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from bayes_transfer import laws
-from bayes_transfer.fit import NotConvergedError, PRIOR_DRIVEN, width_ratio
+from bayes_transfer.diagnostics import PRIOR_DRIVEN, NotConvergedError, width_ratio
 from loss_grid import SCRATCH, pair_label, split_pair
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -122,7 +122,7 @@ def fit_runs(fit) -> pd.DataFrame:
     """The grid's runs the fit describes: a transfer-gap fit is at one model size."""
     runs: pd.DataFrame = fit.grid.runs
     size = (getattr(fit, "config", None) or {}).get("n_params")
-    if fit.law == "transfer_gap" and size is not None:
+    if laws.of(fit).pretrain_axis and size is not None:
         runs = runs[np.isclose(runs["n_params"], float(size), rtol=1e-9)]
     return runs
 
@@ -177,7 +177,7 @@ def transferred_data(fit, N, D_F, pair: str | None = None, *, allow_unconverged:
     From a 'transfer' fit: D_T = k D_F^alpha N^beta - omega D_F, per posterior draw.
     With `pair` None and several pairs the result has a `pair` dim.
     """
-    if fit.law != "transfer":
+    if laws.of(fit).kind != "transfer":
         raise ValueError(f"transferred_data needs a 'transfer' fit (k, alpha, beta); this fit is {fit.law!r}")
     post = select_pair(checked(fit, allow_unconverged), pair)
     n, d = _axis(N, "N"), _axis(D_F, "D_F")
@@ -200,10 +200,11 @@ def ossification_probability(fit, N, D_F, pair: str | None = None, p=None, *,
     'transfer' fit: P(D_T < 0). 'transfer_gap' fit (needs p > 0): P(L(p, D_F) > L(0, D_F)).
     """
     kw = dict(pair=pair, allow_unconverged=allow_unconverged)
-    if fit.law == "transfer":
+    kind = laws.of(fit).kind
+    if kind == "transfer":
         d_t = transferred_data(fit, N, D_F, **kw)
         worse, attrs, extrap = d_t < 0, dict(d_t.attrs), d_t["extrapolated"]
-    elif fit.law == "transfer_gap":
+    elif kind == "gap":
         if p is None or np.any(np.asarray(p, dtype=float) <= 0):
             raise ValueError("ossification under a 'transfer_gap' fit needs pre-training tokens p > 0")
         with_p = predicted_loss(fit, N, D_F, p=p, **kw)
@@ -242,10 +243,11 @@ def law_loss(fit, post, N, f, p=None):
     'transfer': p None is the fine-tuned loss, p = 0 the scratch loss;
     'transfer_gap': p >= 0 (0 = from scratch), N unused; scratch laws: N and f.
     """
-    if fit.law == "transfer_gap":
+    law = laws.of(fit)
+    if law.pretrain_axis:
         return laws.gap_loss(p, f, post)
     form = laws.scratch(scratch_form(fit))
-    if fit.law == "transfer" and p is None:
+    if law.finetuned and p is None:
         return form.loss(N, f + laws.transferred(N, f, post), post)
     return form.loss(N, f, post)
 
@@ -261,7 +263,7 @@ def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: boo
       so N only marks extrapolation (N=None: the grid's size).
     """
     checked(fit, allow_unconverged)
-    kind = laws.get(fit.law).kind
+    kind = laws.of(fit).kind
     ranges_ft = None
     if kind == "scratch":
         if pair is not None or p not in (None, 0):

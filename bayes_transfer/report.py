@@ -12,7 +12,6 @@ import base64
 import datetime as _dt
 import html
 import io
-import json
 import os
 import shutil
 import warnings
@@ -24,11 +23,11 @@ import pandas as pd
 
 from loss_grid import SCRATCH, split_pair
 
-from . import plots, published
+from . import compare, laws, plots, published
 from .atomic import atomic_write
 from . import quantities as q
 from .allocate import display_table, markdown_table, recommend
-from .fit import default_law, gap_size
+from .fit import default_law
 
 
 def illustrative_costs(fit, pair=None) -> dict:
@@ -48,7 +47,7 @@ def illustrative_costs(fit, pair=None) -> dict:
     cost_finetune = 1e-5
     budget = cost_finetune * f0
     out = {"budget": budget, "cost_finetune": cost_finetune}
-    if fit.law == "transfer_gap":
+    if laws.of(fit).pretrain_axis:
         out["cost_pretrain"] = budget / float(rows["pretrain_tokens"].max())
     else:
         out["cost_params"] = budget / float(rows["n_params"].max())
@@ -131,20 +130,13 @@ def _load(grid_or_fit, law, fit_options):
 
     if isinstance(grid_or_fit, Fit):
         return grid_or_fit
-    if isinstance(grid_or_fit, (str, Path)) and _is_fit_file(Path(grid_or_fit)):
-        return read_fit_file(grid_or_fit)
+    if isinstance(grid_or_fit, (str, Path)) and is_fit_file(Path(grid_or_fit)):
+        return load_fit(grid_or_fit)
     grid = load_grid(grid_or_fit)
-    law = law or default_law(grid)
-    if law in ("transfer", "transfer_gap") and grid.finetuned.empty:
-        raise ValueError(f"a {law!r} report needs fine-tuned runs (source other than 'none'), "
-                         "and the grid has none; use law 'kaplan' or 'chinchilla' for a scratch-law report")
-    options = dict(fit_options or {})
-    if law == "transfer_gap":
-        options.setdefault("n_params", gap_size(grid))
-    return fit(grid, law=law, **options)
+    return fit(grid, law=law or default_law(grid), **(fit_options or {}))
 
 
-def _is_fit_file(path: Path) -> bool:
+def is_fit_file(path: Path) -> bool:
     """A netCDF fit file (posterior group) rather than a grid file."""
     if path.suffix not in (".nc", ".nc4", ".netcdf"):
         return False
@@ -157,54 +149,14 @@ def _is_fit_file(path: Path) -> bool:
         return False
 
 
-# What a fit file must hold for ``load_fit`` to rebuild the fit.
-_FIT_ATTRS = ("bayes_transfer_version", "law", "grid_sha256", "grid_attrs", "model_config", "sampler_config")
-
-
-def read_fit_file(path):
-    """``load_fit`` after checking that ``path`` is a whole fit file: a clear ``ValueError``
-    (one line, naming the file and what is wrong) instead of a ``KeyError`` deep inside."""
-    import h5netcdf
-
-    from .fit import load_fit
-    from .laws import LAWS
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such fit file: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a fit file")
-    try:
-        with h5netcdf.File(path, "r") as f:
-            groups = set(f.groups)
-            attrs = dict(f.groups["posterior"].attrs) if "posterior" in groups else {}
-    except OSError:
-        raise ValueError(f"{path} is not a netCDF fit file (written by `bayes-transfer fit`)") from None
-    if "posterior" not in groups:
-        raise ValueError(f"{path} is not a fit file (no posterior group): a loss grid? Fit it first with "
-                         "`bayes-transfer fit`")
-    missing = [a for a in _FIT_ATTRS if a not in attrs]
-    if "constant_data" not in groups:
-        missing.append("constant_data group (the grid it was fitted to)")
-    if missing:
-        raise ValueError(f"{path} is a damaged or foreign fit file: it lacks {', '.join(missing)}")
-    if attrs["law"] not in LAWS:
-        raise ValueError(f"{path} holds a fit of law {attrs['law']!r}, which this version does not know "
-                         f"(known: {', '.join(LAWS)})")
-    for name in ("grid_attrs", "model_config", "sampler_config"):
-        try:
-            json.loads(attrs[name])
-        except (TypeError, ValueError):
-            raise ValueError(f"{path} is a damaged fit file: its {name} attribute is not valid JSON") from None
-    return load_fit(path)
-
-
 def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, budget=None,
            cost_finetune=None, cost_pretrain=None, cost_params=None, current=None,
-           currency: str = "USD", fit_options: dict | None = None) -> Path:
+           currency: str = "USD", fit_options: dict | None = None, beta_sharing: bool = True) -> Path:
     """Write the report for a fit (or a grid, fitted first) into `out_dir`; returns index.html's path.
 
     Recommendations use the given prices; without them, `illustrative_costs` (said so in the report).
+    ``beta_sharing``: where a target has two or more sources, refit with beta shared and per
+    source and compare them (PSIS-LOO; two more fits).
     The report is written into a temporary folder beside `out_dir` and swapped in whole: a report that
     fails part-way leaves an existing one untouched.
     """
@@ -218,7 +170,7 @@ def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, b
     tmp.mkdir()
     try:
         _write_report(fit, tmp, prob, dict(budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
-                                           cost_params=cost_params), current, currency)
+                                           cost_params=cost_params), current, currency, beta_sharing)
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -239,7 +191,7 @@ def _swap_in(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_report(fit, out: Path, prob, costs, current, currency) -> None:
+def _write_report(fit, out: Path, prob, costs, current, currency, beta_sharing=True) -> None:
     page = _Page(out, units_text(fit.grid))
     grid = fit.grid
     diag = fit.diagnostics()
@@ -247,7 +199,8 @@ def _write_report(fit, out: Path, prob, costs, current, currency) -> None:
 
     page.heading("Scaling laws for transfer: posterior report", 1)
     page.para(f"{grid!r}. {units_text(grid)}.", css="meta")
-    page.para(f"Law: {fit.law}" + (f" (scratch form {fit.config.get('scratch_law')})" if fit.law == "transfer" else "")
+    law = laws.of(fit)
+    page.para(f"Law: {fit.law}" + (f" (scratch form {fit.config.get('scratch_law')})" if law.kind == "transfer" else "")
               + f"; sampler: {_sampler_text(fit)}; bayes_transfer {_version()}; written "
               f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", css="meta")
     if fit.point_estimate:
@@ -270,7 +223,7 @@ def _write_report(fit, out: Path, prob, costs, current, currency) -> None:
     page.figure("fitted_laws", plots.plot_fitted_laws(fit, prob),
                 f"The fitted law's median and {prob:.0%} credible band over the data; dashed and grey-shaded = extrapolated.")
 
-    if fit.law == "transfer":
+    if law.kind == "transfer":
         page.heading("Effective data transferred (D_T vs D_F)")
         page.figure("transferred_data", plots.plot_transferred_data(fit, prob),
                     "D_T against D_F per model size, log-log (Hernandez et al. Fig. 1): points are the two-stage "
@@ -287,11 +240,14 @@ def _write_report(fit, out: Path, prob, costs, current, currency) -> None:
     page.para("Published scratch-law values are for BPE tokens of web text, a sanity scale only; "
               "Hernandez et al.'s transfer fits are for characters of Python, comparable to bytes.")
 
-    if fit.law in ("transfer", "transfer_gap"):
+    if law.finetuned:
         page.heading("Ossification map")
         page.figure("ossification", plots.plot_ossification_map(fit),
                     "Posterior probability that pre-training ends worse than training from scratch; "
                     "the dashed box is the measured grid, everything outside it extrapolation.")
+
+    if beta_sharing and law.kind == "transfer" and not fit.point_estimate and compare.sources_per_target(grid) >= 2:
+        _beta_sharing(page, fit)
 
     page.heading("Diagnostics")
     page.bullets(_diagnostic_lines(fit, diag))
@@ -339,7 +295,7 @@ def _sampler_text(fit) -> str:
 
 def _headline(page: _Page, fit, prob: float) -> None:
     """A few numbers up front: D_T and the multiplier at the grid's corners."""
-    if fit.law != "transfer":
+    if laws.of(fit).kind != "transfer":
         return
     page.heading("Headline numbers")
     rows = []
@@ -407,23 +363,29 @@ def _recommendations(page: _Page, fit, pairs, prob, costs, current, currency) ->
             rec = recommend(fit, current=current, prob=prob, currency=currency, **prices, **kw)
         if group is not None:
             page.heading(f"{group}", 3)
-        page.para(f"Spend the budget on: {rec.best}.", css="answer")
+        page.para(rec.answer(), css="answer")
         page.table(display_table(rec.table, prob))
+        page.para(" ".join(rec.findings()))
         if rec.optimal_share is not None:
-            a, b = rec.split_resources
-            qs = np.quantile(rec.optimal_share.values.ravel(), [(1 - prob) / 2, 0.5, (1 + prob) / 2])
-            page.para(f"Posterior of the optimal share on {b} (the rest on {a}): median {qs[1]:.3f}, "
-                      f"{prob:.0%} interval {qs[0]:.3f} to {qs[2]:.3f}. Choosing by point estimates picks "
-                      f"'{rec.point_estimate_choice}', an expected regret of {rec.regret_of_point_estimate:.2e} "
-                      "nats/byte against the Bayes choice.")
             page.figure(f"allocation_{_slug(group)}", plots.plot_allocation(rec),
                         "Left: loss over budget splits relative to the Bayes choice. "
                         "Right: each posterior draw's optimal split.")
-        page.bullets(rec.notes + [f"{k}: {v}" for k, v in rec.assumptions.items()])
+        page.bullets(rec.caveats())
+
+
+def _beta_sharing(page: _Page, fit) -> None:
+    page.heading("Is beta shared between sources?")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="fit of law .* did not converge")
+        table, fits = compare.beta_sharing_of(fit)
+    shown = table[["rank", "elpd_loo", "elpd_diff", "dse", "weight", "warning"]].reset_index(names="model")
+    page.table(shown.round(2))
+    page.para(compare.sharing_verdict(table, fits) + f" Both refitted with this fit's sampler settings; beta's "
+              f"spread across sources is 0 (shared) or {compare.PER_SOURCE_SPREAD} on the log scale (per source).")
 
 
 def _slug(text) -> str:
     return "".join(c if c.isalnum() else "_" for c in str(text or "all"))
 
 
-__all__ = ["report", "read_fit_file", "default_law", "gap_size", "illustrative_costs"]
+__all__ = ["report", "is_fit_file", "illustrative_costs"]

@@ -102,7 +102,8 @@ def test_a_fit_file_keeps_what_its_numbers_are(tmp_path):
     """An error rate over images stays one through save and load, and the report says so."""
     from dataclasses import replace
 
-    from bayes_transfer.report import read_fit_file, units_text
+    from bayes_transfer.fit import load_fit
+    from bayes_transfer.report import units_text
     from test_report import known_fit
 
     fit = known_fit()
@@ -111,7 +112,7 @@ def test_a_fit_file_keeps_what_its_numbers_are(tmp_path):
     table.attrs.update(metric="error_rate", loss_units="percent", data_unit="images")
     grid, _ = quietly(table)
     path = replace(fit, grid=grid).save(tmp_path / "f.fit.nc")
-    back = read_fit_file(path).grid
+    back = load_fit(path).grid
     assert (back.metric, back.attrs["loss_units"], back.data_unit) == ("error_rate", "fraction", "images")
     assert back.runs["loss"].max() <= 1 and back.sha256 == grid.sha256
     assert units_text(back) == "Loss: error rate (fraction); data counted in images"
@@ -120,7 +121,7 @@ def test_a_fit_file_keeps_what_its_numbers_are(tmp_path):
 @pytest.mark.slow
 def test_cli_fits_a_shipped_table_and_the_fit_file_keeps_its_units(tmp_path):
     from bayes_transfer.cli import app
-    from bayes_transfer.report import read_fit_file
+    from bayes_transfer.fit import load_fit
 
     out = tmp_path / "gadre.fit.nc"
     result = CliRunner().invoke(app, ["fit", str(ext.SHIPPED / "gadre2024_overtraining" / "grid.csv"),
@@ -128,6 +129,6 @@ def test_cli_fits_a_shipped_table_and_the_fit_file_keeps_its_units(tmp_path):
                                       "--out", str(out), "--allow-unconverged"])  # the path, not the sampler
     assert result.exit_code == 0, result.output
     assert "cross-entropy (nats/token); data counted in tokens" in " ".join(result.stdout.split())
-    fit = read_fit_file(out)
+    fit = load_fit(out)
     assert fit.grid.attrs["vocab_size"] == 50432 and fit.grid.attrs["token"] == "gpt-neox-bpe"
     assert fit.grid.targets == ["c4_original", "rpj", "rw_original"]

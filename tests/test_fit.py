@@ -147,7 +147,7 @@ def test_answers_the_prior_decided_are_labelled(transfer_fit):
 
 
 def test_width_ratio_closed_form():
-    from bayes_transfer.fit import width_ratio
+    from bayes_transfer.diagnostics import width_ratio
 
     rng = np.random.default_rng(0)
     prior, post = rng.lognormal(0.0, 2.0, 200_000), rng.lognormal(1.0, 0.5, 200_000)
@@ -187,6 +187,33 @@ def test_load_checks_version(transfer_fit, tmp_path, monkeypatch):
     assert load_fit(path, allow_version_mismatch=True).law == "transfer"
     with pytest.raises(FileNotFoundError):
         load_fit(tmp_path / "missing.nc")
+
+
+def test_load_refuses_damaged_fit_files_with_one_clear_error(transfer_fit, tmp_path):
+    """The Python API, not only the CLI: a ValueError naming what is wrong, never a KeyError."""
+    import h5netcdf
+
+    good = transfer_fit.save(tmp_path / "fit.nc")
+    stripped = tmp_path / "stripped.nc"
+    stripped.write_bytes(good.read_bytes())
+    with h5netcdf.File(stripped, "a") as f:
+        del f.groups["posterior"].attrs["grid_sha256"]
+    with pytest.raises(ValueError, match="damaged or foreign fit file: it lacks grid_sha256"):
+        load_fit(stripped)
+    bad_json = tmp_path / "bad_json.nc"
+    bad_json.write_bytes(good.read_bytes())
+    with h5netcdf.File(bad_json, "a") as f:
+        f.groups["posterior"].attrs["model_config"] = "{not json"
+    with pytest.raises(ValueError, match="its model_config attribute is not valid JSON"):
+        load_fit(bad_json)
+    grid_file = tmp_path / "grid.nc"
+    xr.Dataset({"loss": ("run", [2.0])}).to_netcdf(grid_file, engine="h5netcdf")
+    with pytest.raises(ValueError, match="no posterior group"):
+        load_fit(grid_file)
+    text = tmp_path / "notes.nc"
+    text.write_text("not netCDF")
+    with pytest.raises(ValueError, match="not a netCDF fit file"):
+        load_fit(text)
 
 
 def test_convergence_is_judged_and_announced(transfer_fit):

@@ -19,7 +19,8 @@ import xarray as xr
 from bayes_transfer.fit import Fit
 from bayes_transfer.grid import load_grid
 from bayes_transfer.models import design_grid, simulate_losses
-from bayes_transfer.report import default_law, report
+from bayes_transfer.fit import default_law
+from bayes_transfer.report import report
 from test_quantities import GAP_TRUE, fake_fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -107,7 +108,7 @@ def test_report_numbers_are_the_fit_s(transfer_report):
     assert "Hernandez et al. 2021: English text -&gt; Python" in page
     assert "nats/byte" in page and "bytes" in page
     # the recommendation under illustrative prices says so, with costs and assumptions
-    assert "illustrative" in page and "Spend the budget on:" in page
+    assert "illustrative" in page and "Spend the budget on " in page
     assert "USD per fine-tuning token" in page and "held fixed" in page
     # the predictive check: simulated from the posterior's centre, most runs sit inside 90% intervals
     share = float(re.search(r"(\d+)% of 40 runs lie inside", page).group(1))
@@ -137,6 +138,30 @@ def test_transfer_gap_report(tmp_path):
     assert "fig_transferred_data.png" not in names and "fig_ossification.png" in names
     assert "0.0001 EUR per fine-tuning token" in page and "illustrative" not in page
     assert "split (Bayes)" in page and "pre-training data" in page
+
+
+def test_beta_sharing_is_compared_where_a_target_has_two_sources(tmp_path, monkeypatch):
+    """The wiring: the section appears from two sources per target and shows the comparison
+    (the comparison itself is tested, with real fits, in test_compare)."""
+    from bayes_transfer import compare
+
+    calls = []
+    table = pd.DataFrame({"rank": [0, 1], "elpd_loo": [50.0, 41.0], "elpd_diff": [0.0, 9.0], "dse": [0.0, 3.0],
+                          "weight": [0.97, 0.03], "warning": [False, False]}, index=["beta per source", "shared beta"])
+    ok = known_fit()
+
+    def fake_comparison(fit):
+        calls.append(fit)
+        return table, {"beta per source": ok, "shared beta": ok}
+
+    monkeypatch.setattr(compare, "beta_sharing_of", fake_comparison)
+    page = report(ok, tmp_path / "one").read_text()
+    assert not calls and "Is beta shared between sources?" not in page  # one source: nothing to compare
+    monkeypatch.setattr(compare, "sources_per_target", lambda grid: 2)
+    page = report(ok, tmp_path / "two").read_text()
+    assert len(calls) == 1 and calls[0].grid.sha256 == ok.grid.sha256 and ">Is beta shared between sources?</h2>" in page
+    assert "The data prefer beta per source: " in page and "higher by 9.0 +- 3.0" in page
+    assert report(ok, tmp_path / "off", beta_sharing=False).read_text().count("Is beta shared") == 0
 
 
 def test_a_transfer_report_needs_finetuned_runs(tmp_path):
