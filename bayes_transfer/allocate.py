@@ -274,7 +274,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
         post = q.select_target(fit, target)
         if "target" in post.dims:
             raise ValueError(f"the fit has several targets {list(post['target'].values)}: name one with target=...")
-    form = None if law.pretrain_axis else q.scratch_form(fit)
+    form = q.scratch_form(fit) if law.kind == "transfer" else None
 
     # Which resources the law can price, and why not where it cannot.
     prices = {FINETUNE: c_f}
@@ -286,6 +286,10 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
             prices[PRETRAIN] = c_p
         notes.append(f"{PARAMS}: not evaluated: the transfer-gap law is measured at one model size "
                      f"(N = {start['n_params']:.3g}); it says nothing about other sizes")
+    elif not law.has_scratch:
+        notes.append(f"{PRETRAIN}: not evaluated: a fine-tuning curve holds its pre-trained model fixed")
+        notes.append(f"{PARAMS}: not evaluated: each curve is one model's (N = {start['n_params']:.3g}); "
+                     "it says nothing about other sizes")
     else:
         why = ("the transfer law (Hernandez et al.) is measured at one pre-training amount; "
                "fit 'transfer_gap' on a grid with several pretrain_tokens to price it"
@@ -379,7 +383,8 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
                      for i, n in enumerate(table["plan"])]
     formula = law.formula + (f"; scratch law {form}: {laws.scratch(form).formula}" if law.kind == "transfer" else "")
     held = {"transfer": f"pre-training data (at the grid's amount, {start['pretrain_tokens']:.3g} bytes)",
-            "gap": f"model size (N = {start['n_params']:.3g}, the grid's)"}.get(law.kind, "nothing else")
+            "gap": f"model size (N = {start['n_params']:.3g}, the grid's)",
+            "finetune": f"the pre-trained model (N = {start['n_params']:.3g})"}.get(law.kind, "nothing else")
     chains, n_draws = (post.sizes[d] for d in q.SAMPLE_DIMS)
     assumptions = {
         "budget": f"{budget:g} {currency}, spent on top of what is already done (sunk costs excluded)",

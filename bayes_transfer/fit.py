@@ -280,7 +280,8 @@ def fit(
     ``law``: a scratch law ("kaplan", "chinchilla", "data_constrained":
     scratch runs), "transfer" (scratch and fine-tuned jointly; its scratch
     form is ``scratch_law``), "transfer_gap" (one model size: ``n_params``,
-    by default the size with the most pre-training amounts). ``priors`` overrides defaults by name (``priors.py``).
+    by default the size with the most pre-training amounts), "rectified"
+    (one fine-tuning curve per pre-trained model and dataset; no scratch runs). ``priors`` overrides defaults by name (``priors.py``).
     ``ossification=False`` gives the paper's transfer law exactly.
     ``method="map"`` is a quick point estimate (the joint mode found by
     ``map_steps`` Adam steps), a Fit with 1 chain x 1 draw; its hierarchical
@@ -308,7 +309,7 @@ def fit(
     model = model_for(law)
     config = {
         "law": law,
-        "scratch_law": data.scratch_law if spec.kind != "gap" else None,
+        "scratch_law": data.scratch_law if spec.kind in ("scratch", "transfer") else None,
         "ossification": bool(ossification) if spec.kind == "transfer" else None,
         "n_params": None if n_params is None else float(n_params),
         "priors": {k: describe(v) for k, v in prior_set.items()},

@@ -78,8 +78,8 @@ def TERM():
 class Site:
     """A quantity the sampler draws per group (target or pair), partially pooled.
 
-    ``scale``: "log" (positive), "logit" (in (0, 1)) or "free" (a (0, 1)
-    value drawn per group from its prior, not pooled). ``tau``: default prior
+    ``scale``: "log" (positive), "logit" (in (0, 1)) or "free" (drawn per
+    group from its prior, not pooled). ``tau``: default prior
     (or fixed number) of the spread across groups on that scale.
     ``noncentred``: sample the group values non-centred (loose parameters).
     """
@@ -172,6 +172,7 @@ class ScratchLaw:
 
     finetuned = False  # fitted on from-scratch runs only
     pretrain_axis = False  # no pre-training-size dependence
+    has_scratch = True
 
     def data_to_converge(self, N, p, near: float = 0.01):
         """D(N): the data within ``near`` (1%) of the infinite-data loss."""
@@ -329,6 +330,11 @@ class Law:
         """Whether the law is a function of the pre-training amount p (at one model size)."""
         return self.kind == "gap"
 
+    @property
+    def has_scratch(self) -> bool:
+        """Whether the law also describes training from scratch (and so whether pre-training helped)."""
+        return self.kind != "finetune"
+
 
 def _transfer_natural(s, c):
     # D_T at the centre is ratio * D0 = k D0^alpha N0^beta
@@ -429,7 +435,58 @@ TRANSFER_GAP = Law(
     site_level={"alpha_f": "target", "E": "target", "C_0_term": "target"},
 )
 
-LAWS = {**SCRATCH_LAWS, "transfer": TRANSFER, "transfer_gap": TRANSFER_GAP}
+
+
+# ------------------------------------------------------------------ fine-tuning curves (Lin et al. 2024)
+
+
+def rectified(D, B, D_l, beta, E):
+    """Lin et al. (2024), the rectified fine-tuning law: L(D) = B / (D_l + D^beta) + E.
+
+    One curve per pre-trained model and dataset. D_l, the "pre-learned data
+    size", is in units of D^beta: a model whose pre-training already covers
+    the task behaves as if it had seen D_l^(1/beta) examples before the first.
+    """
+    return B / (D_l + D ** beta) + E
+
+
+def log_rectified_centred(x_D, s):
+    """log L about a centre D0 (x_D = log D/D0), as the model samples it:
+    L = E + T (r + 1) / (r + exp(beta x_D)), T = the excess loss at D0, r = D_l / D0^beta."""
+    log_r = jnp.log(s["r"])
+    return _lse(jnp.log(s["E"]), jnp.log(s["T"]) + jnp.logaddexp(log_r, 0.0) - jnp.logaddexp(log_r, s["beta"] * x_D))
+
+
+def _rectified_natural(s, c):
+    log_Dl = jnp.log(s["r"]) + s["beta"] * c.log_D0
+    # beta and E are sampled as themselves
+    return {"B": s["T"] * (jnp.exp(log_Dl) + jnp.exp(s["beta"] * c.log_D0)), "D_l": jnp.exp(log_Dl)}
+
+
+RECTIFIED = Law(
+    name="rectified",
+    kind="finetune",
+    params=("B", "D_l", "beta", "E"),
+    level={"B": "pair", "D_l": "pair", "beta": "pair", "E": "pair"},
+    formula="L = B / (D_l + D_F^beta) + E (per pre-trained model and dataset)",
+    reference="Lin et al. 2024, the rectified scaling law",
+    # Unpooled, as the paper fits each model on its own: curves of unrelated models (other
+    # tokenizers, other pre-training) need not share a population, and with a few pairs a
+    # learnt spread is a funnel the sampler cannot cross.
+    sites=(
+        Site("E", lambda: dist.LogNormal(0.0, 1.0), lambda: None, scale="free", meaning="irreducible loss (nats/token)"),
+        Site("T", TERM, lambda: None, scale="free",
+             meaning="B / (D_l + D0^beta): the reducible loss at the grid centre"),
+        Site("beta", EXPONENT, lambda: None, scale="free", meaning="fine-tuning-data exponent"),
+        # D_l against D0^beta: the pre-learned part of the data term at the centre; 0.02 to 60 within 90%
+        Site("r", lambda: dist.LogNormal(0.0, 2.5), lambda: None, scale="free",
+             meaning="D_l / D0^beta: pre-learned data against the grid centre's data term"),
+    ),
+    natural=_rectified_natural,
+    needs="fine-tuned runs at three or more D_F per pre-trained model and dataset",
+)
+
+LAWS = {**SCRATCH_LAWS, "transfer": TRANSFER, "transfer_gap": TRANSFER_GAP, "rectified": RECTIFIED}
 
 
 def get(name: str):

@@ -1,4 +1,4 @@
-"""NumPyro models of the laws: scratch, joint scratch + transfer, transfer gap.
+"""NumPyro models of the laws: scratch, joint scratch + transfer, transfer gap, fine-tuning curves.
 
 Each model is one function ``model(data, priors, y=None)``: with ``y`` it is
 the likelihood, without it the prior-predictive simulator (simulation-based
@@ -126,6 +126,7 @@ def prepare(grid, law: str, scratch_law: str = "kaplan", ossification: bool = Tr
     grid = load_grid(grid)
     spec = laws.get(law)
     form = laws.scratch(scratch_law if spec.kind == "transfer" else (law if spec.kind == "scratch" else "kaplan"))
+    # the scratch form of a law without one (transfer gap, fine-tuning curves) is unused: "kaplan" fills the slot
     runs = grid.runs
     if n_params is not None:
         runs = runs[np.isclose(runs["n_params"], n_params, rtol=1e-9)]
@@ -145,6 +146,8 @@ def prepare(grid, law: str, scratch_law: str = "kaplan", ossification: bool = Tr
         if missing:
             raise ValueError(f"law 'transfer' needs from-scratch runs of each target; none for {missing}")
         used = pd.concat([scratch[scratch["target"].isin(tuned["target"])], tuned])
+    elif spec.kind == "finetune":
+        used = tuned  # one curve per pre-trained model and dataset; scratch runs play no part
     else:
         bad = tuned[tuned["pretrain_tokens"] <= 0]
         if not bad.empty:
@@ -180,7 +183,7 @@ def prepare(grid, law: str, scratch_law: str = "kaplan", ossification: bool = Tr
         target_idx=np.array([targets.index(t) for t in used["target"]]), pair_idx=pair_idx, kind_idx=kind_idx,
         y=np.log(used["loss"].to_numpy(float)), censored=censored_runs(grid, used),
         pretrain_idx=pretrain_idx, pretrain_runs=pretrain_runs,
-        inputs=form.inputs(used) if spec.kind != "gap" else {},
+        inputs=form.inputs(used) if spec.kind in ("scratch", "transfer") else {},
     )
 
 
@@ -334,8 +337,24 @@ def transfer_gap_model(data: ModelData, priors: dict, y=None):
     _likelihood(data, priors, jnp.where(ft, pre, scr), y)
 
 
+def finetune_model(data: ModelData, priors: dict, y=None):
+    """Fine-tuning curves (Lin et al. 2024's rectified law), one per pre-trained model and dataset.
+
+    log L = log(E + T (r + 1) / (r + (D_F / D0)^beta))     (per pair: E, T, beta, r)
+
+    Pairs are partially pooled like every site; there are no scratch runs and
+    no pre-training effect (each pair's own E and T absorb it).
+    """
+    law = laws.RECTIFIED
+    s = _sample(law.sites, priors, {"pair": len(data.pairs)}, law.level | {x.name: "pair" for x in law.sites})
+    _record(law.natural(s, data))
+    j = data.pair_idx
+    _likelihood(data, priors, laws.log_rectified_centred(data.x_D, {k: v[j] for k, v in s.items()}), y)
+
+
 def model_for(law: str):
-    return {"scratch": scratch_model, "transfer": transfer_model, "gap": transfer_gap_model}[laws.get(law).kind]
+    return {"scratch": scratch_model, "transfer": transfer_model, "gap": transfer_gap_model,
+            "finetune": finetune_model}[laws.get(law).kind]
 
 
 # ------------------------------------------------------------------ simulation
@@ -365,12 +384,16 @@ def simulate_losses(design, law: str, params: dict, *, scratch_law: str = "kapla
     N = df["n_params"].to_numpy(float)
     D = df["data_tokens"].to_numpy(float)
     ft = (df["source"] != SCRATCH).to_numpy()
-    form = laws.scratch(law if spec.kind == "scratch" else scratch_law) if spec.kind != "gap" else None
+    form = laws.scratch(law if spec.kind == "scratch" else scratch_law) if spec.kind in ("scratch", "transfer") else None
     inputs = form.inputs(df) if form is not None else {}
     mu = np.empty(len(df))
     for i, row in enumerate(df.itertuples()):
         tgt, pair = row.target, (row.source, row.target)
-        if spec.kind == "gap":
+        if spec.kind == "finetune":
+            if not ft[i]:
+                raise ValueError(f"law {law!r} describes fine-tuned runs only; the design has a from-scratch row")
+            loss = laws.rectified(D[i], *(value(k, pair) for k in ("B", "D_l", "beta", "E")))
+        elif spec.kind == "gap":
             q = {k: value(k, tgt) for k in spec.params if spec.level[k] == "target"}
             if ft[i]:
                 q.update({k: value(k, pair) for k in spec.params if spec.level[k] == "pair"})

@@ -172,6 +172,8 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
     law = laws.of(fit)
     if law.pretrain_axis:
         return _plot_gap_laws(fit, prob)
+    if not law.has_scratch:
+        return _plot_curves(fit, prob)
     groups = q.pairs(fit) if law.finetuned else [str(t) for t in fit.posterior["target"].values]
     fig, axes = _panels(len(groups))
     for ax, group in zip(axes, groups):
@@ -208,6 +210,38 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
         loss_axis(ax)
         _legend_sizes(ax, sizes, extra)
     fig.suptitle("Fitted laws over the data (median, band; dashed = extrapolated)")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_curves(fit, prob: float, most: int = 8) -> Figure:
+    """Fine-tuning curves: one panel per target, one curve per pre-trained model (the
+    ``most`` with the most runs, so a panel stays readable)."""
+    runs = q.fit_runs(fit)
+    pairs = q.pairs(fit)
+    targets = sorted({split_pair(p)[1] for p in pairs})
+    fig, axes = _panels(len(targets))
+    for ax, target in zip(axes, targets):
+        mine = [p for p in pairs if split_pair(p)[1] == target]
+        counts = {p: int((runs["source"] == split_pair(p)[0]).sum()) for p in mine}
+        shown = sorted(mine, key=lambda p: -counts[p])[:most]
+        rows = runs[runs["target"] == target]
+        lo, hi = rows["data_tokens"].min(), rows["data_tokens"].max()
+        x = _span(lo, hi)
+        for i, pair in enumerate(shown):
+            c, source = colour(i), split_pair(pair)[0]
+            loss = q.predicted_loss(fit, None, x, pair=pair)
+            _band_line(ax, x, q.band(loss, prob), c, inside=~loss["extrapolated"].values, label=source)
+            mine_rows = rows[rows["source"] == source]
+            ax.scatter(mine_rows["data_tokens"], mine_rows["loss"], color=c, s=18, zorder=3, edgecolor="white",
+                       linewidth=0.5)
+        _shade_outside(ax, lo, hi, x[0], x[-1])
+        more = f" ({len(shown)} of {len(mine)} models)" if len(shown) < len(mine) else ""
+        ax.set(xscale="log", yscale="log", xlabel="fine-tuning data D_F", ylabel="loss", title=f"{target}{more}")
+        loss_axis(ax)
+        handles, _ = ax.get_legend_handles_labels()
+        outside_legend(ax, handles + [EXTRAP_PATCH])
+    fig.suptitle(f"Fine-tuning curves ({fit.law}): median and {prob:.0%} band per pre-trained model")
     fig.tight_layout()
     return fig
 
@@ -367,7 +401,7 @@ def plot_parameters(fit, prob: float = 0.9) -> Figure:
 def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
     """P(pre-training worse than scratch) over N x D_F (transfer) or p x f (transfer gap)."""
     law = laws.of(fit)
-    if not law.finetuned:
+    if not (law.finetuned and law.has_scratch):
         return None
     runs = q.fit_runs(fit)
     groups = q.pairs(fit)

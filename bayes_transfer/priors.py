@@ -56,6 +56,8 @@ def default_priors(law: str, scratch_law: str = "kaplan") -> dict:
         return {**_sites(spec), **noise_priors()}
     if spec.kind == "transfer":
         return {**_sites(laws.scratch(scratch_law)), **_sites(spec), **noise_priors(), **pretrain_priors()}
+    if spec.kind == "finetune":  # each pre-trained model is its own pair: its E and T hold its pre-training
+        return {**_sites(spec), **noise_priors()}
     return {**_sites(spec), **noise_priors(), **pretrain_priors()}
 
 

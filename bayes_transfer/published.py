@@ -70,7 +70,7 @@ def compare(fit, prob: float = 0.9) -> pd.DataFrame:
     from bayes_transfer import quantities as q
 
     spec = laws.get(fit.law)
-    scratch = [] if spec.kind == "gap" else list(laws.scratch(q.scratch_form(fit)).params)
+    scratch = list(laws.scratch(q.scratch_form(fit)).params) if spec.kind in ("scratch", "transfer") else []
     own = [] if spec.kind == "scratch" else list(spec.params)
     summary = fit.summary(var_names=[n for n in scratch + own if n in fit.posterior], prob=prob)
     lo, hi = f"{(1 - prob) / 2:.0%}", f"{(1 + prob) / 2:.0%}"

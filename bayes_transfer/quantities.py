@@ -241,11 +241,14 @@ def law_loss(fit, post, N, f, p=None):
     """The fitted law's loss on the draws ``post`` at (N, f[, p]) (any broadcastable inputs).
 
     'transfer': p None is the fine-tuned loss, p = 0 the scratch loss;
-    'transfer_gap': p >= 0 (0 = from scratch), N unused; scratch laws: N and f.
+    'transfer_gap': p >= 0 (0 = from scratch), N unused; 'rectified': f only;
+    scratch laws: N and f.
     """
     law = laws.of(fit)
     if law.pretrain_axis:
         return laws.gap_loss(p, f, post)
+    if not law.has_scratch:
+        return laws.rectified(f, post["B"], post["D_l"], post["beta"], post["E"])
     form = laws.scratch(scratch_form(fit))
     if law.finetuned and p is None:
         return form.loss(N, f + laws.transferred(N, f, post), post)
@@ -261,6 +264,7 @@ def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: boo
       p=0 gives the from-scratch loss of the pair's target.
     - 'transfer_gap': p is required (0 = from scratch); the law is at the grid's model size,
       so N only marks extrapolation (N=None: the grid's size).
+    - 'rectified': each pair's fine-tuning curve; N only marks extrapolation (N=None: ignored).
     """
     checked(fit, allow_unconverged)
     kind = laws.of(fit).kind
@@ -272,6 +276,14 @@ def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: boo
         n, d = _axis(N, "N"), _axis(D_F, "D_F")
         mu = law_loss(fit, post, n, d)
         inputs, ranges = {"N": n, "D_F": d}, grid_ranges(fit, finetuned=False)
+    elif kind == "finetune":
+        if p is not None:
+            raise ValueError(f"a {fit.law!r} fit has no from-scratch or pre-training-size dependence: drop p")
+        post = select_pair(fit, pair)
+        d = _axis(D_F, "D_F")
+        mu = law_loss(fit, post, None, d)
+        n = None if N is None else _axis(N, "N")
+        inputs, ranges = {"N": n, "D_F": d}, grid_ranges(fit, pair)
     elif kind == "transfer":
         if p is not None and np.any(np.asarray(p, dtype=float) != 0):
             raise ValueError("a 'transfer' fit has no pre-training-size dependence: "

@@ -240,7 +240,7 @@ def _write_report(fit, out: Path, prob, costs, current, currency, beta_sharing=T
     page.para("Published scratch-law values are for BPE tokens of web text, a sanity scale only; "
               "Hernandez et al.'s transfer fits are for characters of Python, comparable to bytes.")
 
-    if law.finetuned:
+    if law.finetuned and law.has_scratch:
         page.heading("Ossification map")
         page.figure("ossification", plots.plot_ossification_map(fit),
                     "Posterior probability that pre-training ends worse than training from scratch; "

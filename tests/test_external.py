@@ -80,7 +80,28 @@ def test_messy_tables_name_the_column_and_rows():
 def test_lin_counts_examples():
     grid, _ = quietly(ext.lin_table())
     assert len(grid) == 1260 and grid.data_label == "examples" and len(grid.sources) == 30
-    assert grid.scratch.empty  # why no transfer law can be fitted to it (docs/external.md)
+    assert grid.scratch.empty  # why no transfer law fits it, and the per-model rectified law does
+
+
+def test_lin_curves_fit_with_the_rectified_law_in_examples():
+    from bayes_transfer import fit
+    from bayes_transfer import quantities as q
+
+    table = ext.lin_table()
+    two = table[table["source"].isin(["gpt2", "facebook/opt-1.3b"]) & (table["target"] == "flan")]
+    grid, _ = quietly(ext._with(two, **table.attrs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fit(grid, "rectified", chains=2, draws=300, warmup=300, progress=False)
+    assert result.grid.data_label == "examples" and result.grid.loss_label == "cross-entropy (nats/token)"
+    assert sorted(q.pairs(result)) == ["facebook/opt-1.3b->flan", "gpt2->flan"]
+    # the curve passes through the measured losses: within 5% at every fine-tuning size
+    for source, runs in two.groupby("source"):
+        pred = q.band(q.predicted_loss(result, None, runs["data_tokens"].to_numpy(), pair=f"{source}->flan",
+                                       allow_unconverged=True))["median"].values
+        assert abs(pred / runs["loss"].to_numpy() - 1).max() < 0.05, source
+    lines = ext.lin_summary(grid, result)
+    assert lines[2].startswith("| flan | 2 |")
 
 
 def test_mikami_is_an_error_rate_over_images():
