@@ -261,6 +261,17 @@ DATASETS = [
                 "pre-training barely helps above about 10% of ImageNet, so most cells carry little information "
                 "about p."),
 ]
+KAPLAN_2020 = {"N_c": Published(6.4e13), "D_c": Published(1.8e13), "alpha_N": Published(0.076),
+               "alpha_D": Published(0.103)}
+KAPLAN_NOTE = ("Kaplan et al. 2020's own fit (WebText2, its BPE tokens), set beside ours as a sanity scale: other "
+               "data and another tokenizer, so agreement is not expected.")
+for key, title in (("epoch", "Chinchilla runs, Kaplan form"), ("porian", "Porian et al. isoFLOP points, Kaplan form")):
+    base = next(d for d in DATASETS if d.key == key)
+    DATASETS.append(Dataset(
+        f"{key}_kaplan", title, base.source, "kaplan", base.table, base.selection, KAPLAN_2020, KAPLAN_NOTE,
+        why="The same runs as the Chinchilla-form fit above, under the Kaplan form L = [(N_c/N)^(alpha_N/alpha_D) + "
+            "D_c/D]^alpha_D, which has no irreducible term: its exponents absorb the floor, so they come out "
+            "smaller than the Chinchilla form's."))
 DATASETS.append(
     Dataset("lin", "Fine-tuning curves of 30 public LLMs (Lin et al. 2024)",
             "linhaowei1/Fine-tuning-Scaling-Law, benchmark/*.csv", "rectified", lin_table,
@@ -363,18 +374,22 @@ sampler settings; the same tables can be fitted from the command line, e.g.
 interval (its ±1.645 standard errors where the authors gave standard errors;
 the point itself where they gave none). Published scratch-law values are in
 nats per token of each lab's own tokenizer: comparable within a dataset, not
-across datasets. Intervals are posterior quantiles over all draws.
+across datasets. Intervals are posterior quantiles over all draws. Fit times
+are wall seconds on the 2-core machine at each dataset's last fit, under
+whatever else it ran then: a rough guide, not a benchmark
+(`benchmarks/fit_cost_breakdown.py` is that).
 """
 
 
 def write_grids() -> None:
     """data/external/<dataset>/grid.csv: the fitted table in the contract, its units in '# key: value' lines."""
+    folders = {"epoch": "epoch2024_chinchilla", "muennighoff": "muennighoff2023_data_constrained",
+               "porian": "porian2024_resolving_discrepancies", "gadre": "gadre2024_overtraining"}
     for d in DATASETS:
-        if not d.shipped:
+        if d.key not in folders:  # not shipped, another form of a shipped table, or read from its own files
             continue
         table = d.table()
-        folder = {"epoch": "epoch2024_chinchilla", "muennighoff": "muennighoff2023_data_constrained",
-                  "porian": "porian2024_resolving_discrepancies", "gadre": "gadre2024_overtraining"}[d.key]
+        folder = folders[d.key]
         header = "".join(f"# {k}: {v}\n" for k, v in table.attrs.items())
         (SHIPPED / folder / "grid.csv").write_text(header + table.to_csv(index=False))
         print(f"wrote {SHIPPED / folder / 'grid.csv'} ({len(table)} runs)")
