@@ -216,7 +216,7 @@ def epoch_main():
     wall_b = time.perf_counter() - t0
     boot = np.array(boot)
     d = f.diagnostics()
-    print(f"| method | settings | wall time (s) | alpha_N 90% | alpha_D 90% |\n|---|---|---|---|---|")
+    print("| method | settings | wall time (s) | alpha_N 90% | alpha_D 90% |\n|---|---|---|---|---|")
     for name, wall, an, ad in (
         (f"NUTS ({d.max_r_hat:.3f} max r_hat, {d.min_ess_bulk:.0f} min bulk ESS, {d.divergences} div)", wall_n,
          f.posterior["alpha_N"].quantile([0.05, 0.95]).values, f.posterior["alpha_D"].quantile([0.05, 0.95]).values),
