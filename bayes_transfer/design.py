@@ -67,9 +67,9 @@ from bayes_transfer import laws
 from bayes_transfer import quantities as q
 from bayes_transfer.design_io import (
     COSTS,
-    _flat,
     candidate_predictions,
     check_domain,
+    flat_draws,
     load_candidates,
     prior_fit,
     run_specs,
@@ -137,7 +137,7 @@ def target_draws(fit, target: Target, decision: dict | None = None):
         if target.N is None or target.D_F is None:
             raise ValueError(f"target {target.name!r} needs N= and D_F= (e.g. '{target.name}:N=3e5,D_F=1e5')")
         fn = q.effective_multiplier if target.name == "multiplier" else q.transferred_data
-        values = _flat(fn(fit, target.N, target.D_F, pair=resolve_pair(fit, target.pair)))
+        values = flat_draws(fn(fit, target.N, target.D_F, pair=resolve_pair(fit, target.pair)))
     elif target.name == DECISION_TARGET:
         from bayes_transfer.allocate import recommend
 
@@ -167,7 +167,7 @@ def target_draws(fit, target: Target, decision: dict | None = None):
         extra = [d for d in da.dims if d not in q.SAMPLE_DIMS]
         if extra:
             raise ValueError(f"parameter {target.name!r} has dims {extra}: not a scalar target")
-        values = _flat(da)
+        values = flat_draws(da)
     if not np.all(np.isfinite(values)):
         raise ValueError(f"target {target} is not finite in every draw")
     return (np.log(values), "log") if np.all(values > 0) else (values, "linear")

@@ -23,7 +23,8 @@ from bayes_transfer import quantities as q
 COSTS = (lg.COST_CORE_HOURS, lg.COST_FLOPS)
 
 
-def _flat(da) -> np.ndarray:
+def flat_draws(da) -> np.ndarray:
+    """A quantity's posterior draws as one vector, chain by chain (the order weights are in)."""
     return da.transpose(*q.SAMPLE_DIMS, ...).values.reshape(-1)
 
 
@@ -116,8 +117,8 @@ def candidate_predictions(fit, cands: pd.DataFrame):
         runs = {}
         for label in z[dim].values:
             source, _, n = str(label).partition("/")
-            runs[(source, round(float(n.split("/")[0])))] = _flat(z.sel({dim: label}))
-        shared = {"scale": _flat(post["sigma_pretrain"]), "runs": runs}
+            runs[(source, round(float(n.split("/")[0])))] = flat_draws(z.sel({dim: label}))
+        shared = {"scale": flat_draws(post["sigma_pretrain"]), "runs": runs}
     mu, sig, extrap = [], [], []
     for _, row in cands.iterrows():
         src, tgt = row[lg.SOURCE], str(row[lg.TARGET])
@@ -131,13 +132,13 @@ def candidate_predictions(fit, cands: pd.DataFrame):
             pair = lg.pair_label(src, tgt) if src != lg.SCRATCH else next(
                 x for x in q.pairs(fit) if lg.split_pair(x)[1] == tgt)
             loss = q.predicted_loss(fit, N, D, p=p, pair=pair)
-        mu.append(np.log(_flat(loss)))
+        mu.append(np.log(flat_draws(loss)))
         extrap.append(bool(loss.attrs.get("extrapolated", False)))
         sigma = post["sigma"]
         if kinds is not None:
             kind = "scratch" if src == lg.SCRATCH else next((k for k in kinds if k != "scratch"), kinds[0])
             sigma = sigma.sel(kind=kind if kind in kinds else kinds[-1])
-        sigma = _flat(sigma)
+        sigma = flat_draws(sigma)
         if src != lg.SCRATCH and shared is not None:
             # one effect per pre-training run: a run it already has shares its draws' effect,
             # a new pre-training run brings a fresh one (folded into the noise, see module notes)
@@ -147,7 +148,7 @@ def candidate_predictions(fit, cands: pd.DataFrame):
             else:
                 sigma = np.sqrt(sigma ** 2 + shared["scale"] ** 2)
         sig.append(sigma)
-    nu = _flat(post["nu"]) if "nu" in post else np.full(len(mu[0]), np.inf)
+    nu = flat_draws(post["nu"]) if "nu" in post else np.full(len(mu[0]), np.inf)
     return np.array(mu), np.array(sig), nu, np.array(extrap)
 
 
