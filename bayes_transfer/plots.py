@@ -2,104 +2,26 @@
 
 Every function returns a `matplotlib.figure.Figure` (or None when the fit
 has nothing to show for it), built without pyplot: it renders with Agg
-whatever the session's backend, and a notebook shows it as a cell's value. Conventions: sizes and data in bytes, loss in
-nats/byte, log axes where the laws are power laws, the Okabe-Ito palette
-(colour-blind safe), and extrapolation beyond the measured grid shaded grey
-with dashed curves.
+whatever the session's backend, and a notebook shows it as a cell's value.
+Sizes and data in bytes, loss in nats/byte, log axes where the laws are
+power laws; the palette, axes and extrapolation shading are
+`figure_style.py`'s.
 """
 
 from __future__ import annotations
 
-import functools
-
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter
 
 from loss_grid import SCRATCH, split_pair
 
 from . import laws, published
 from . import quantities as q
-
-# Okabe & Ito (2008), ordered for contrast on white; yellow last.
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-EXTRAP = dict(color="0.85", alpha=0.5, hatch="//", linewidth=0, zorder=0)
-EXTRAP_PATCH = Patch(facecolor="0.85", alpha=0.5, hatch="//", label="extrapolated (outside the grid)")
-
-# Applied while a figure is built (not globally: importing this module changes nothing).
-STYLE = {
-    "figure.dpi": 100, "savefig.dpi": 110, "font.size": 10, "axes.titlesize": 11,
-    "axes.grid": True, "grid.alpha": 0.25, "axes.spines.top": False, "axes.spines.right": False,
-}
-
-
-def styled(func):
-    """Build the figure under this module's style."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        with matplotlib.rc_context(STYLE):
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
-def _plain(v, _pos=None) -> str:
-    return f"{v:g}"
-
-
-def _plain_minor(v, _pos=None) -> str:
-    lead = f"{v:e}"[0]
-    return f"{v:g}" if lead in "235" else ""
-
-
-def loss_axis(ax, axis: str = "y") -> None:
-    """Plain numbers on a log loss axis (losses span less than a decade)."""
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_formatter(FuncFormatter(_plain))
-    target.set_minor_formatter(FuncFormatter(_plain_minor))
-
-
-def outside_legend(ax, handles) -> None:
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-
-
-def colour(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
-
-
-def _fmt_n(n: float) -> str:
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
-def _panels(n: int, width: float = 7.0, height: float = 4.2):
-    cols = min(n, 3)
-    rows = int(np.ceil(n / cols))
-    fig = Figure(figsize=(width * cols, height * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.ravel()[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.ravel()[:n])
-
-
-def _span(lo: float, hi: float, pad_decades: float = 0.5, n: int = 60) -> np.ndarray:
-    return np.logspace(np.log10(lo) - pad_decades, np.log10(hi) + pad_decades, n)
-
-
-def _shade_outside(ax, lo: float, hi: float, x_min: float, x_max: float) -> None:
-    if x_min < lo:
-        ax.axvspan(x_min, lo, **EXTRAP)
-    if x_max > hi:
-        ax.axvspan(hi, x_max, **EXTRAP)
-    ax.set_xlim(x_min, x_max)
+from .figure_style import (EXTRAP_PATCH, MARKERS, PALETTE, band_line, colour, fmt_n, legend_sizes, loss_axis,
+                           outside_legend, panels, shade_outside, span, styled)
 
 
 def _pair_runs(runs: pd.DataFrame, pair: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -107,24 +29,6 @@ def _pair_runs(runs: pd.DataFrame, pair: str) -> tuple[pd.DataFrame, pd.DataFram
     tuned = runs[(runs["source"] == source) & (runs["target"] == target)]
     scratch = runs[(runs["source"] == SCRATCH) & (runs["target"] == target)]
     return scratch, tuned
-
-
-def _band_line(ax, x, b, c, label=None, inside=None, alpha=0.18):
-    """Median line and shaded band; dashed where `inside` is False (extrapolated)."""
-    med, lo, hi = (np.asarray(b[k]) for k in ("median", "lower", "upper"))
-    ax.fill_between(x, lo, hi, color=c, alpha=alpha, linewidth=0)
-    if inside is None:
-        ax.plot(x, med, color=c, lw=1.6, label=label)
-        return
-    inside = np.asarray(inside)
-    ax.plot(x, np.where(inside, med, np.nan), color=c, lw=1.6, label=label)
-    ax.plot(x, np.where(inside, np.nan, med), color=c, lw=1.2, ls="--")
-
-
-def _legend_sizes(ax, sizes, extra=()):
-    handles = [Line2D([], [], color=colour(i), marker="o", lw=1.5, label=f"N = {_fmt_n(n)}")
-               for i, n in enumerate(sizes)]
-    outside_legend(ax, handles + list(extra))
 
 
 # ---------------------------------------------------------------- the grid
@@ -135,7 +39,7 @@ def plot_loss_grid(grid) -> Figure:
     """Best validation loss against data, per model size: scratch solid, fine-tuned dashed."""
     runs = grid.runs
     targets = sorted(runs["target"].unique())
-    fig, axes = _panels(len(targets))
+    fig, axes = panels(len(targets))
     sizes = sorted(runs["n_params"].unique())
     for ax, target in zip(axes, targets):
         rows = runs[runs["target"] == target]
@@ -156,7 +60,7 @@ def plot_loss_grid(grid) -> Figure:
                         label="from scratch" if s == SCRATCH else f"pre-trained on {s}")
                  for i, s in enumerate(sources)]
         loss_axis(ax)
-        _legend_sizes(ax, sizes, style)
+        legend_sizes(ax, sizes, style)
     fig.suptitle("The loss grid: every run's early-stopped loss")
     fig.tight_layout()
     return fig
@@ -175,7 +79,7 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
     if not law.has_scratch:
         return _plot_curves(fit, prob)
     groups = q.pairs(fit) if law.finetuned else [str(t) for t in fit.posterior["target"].values]
-    fig, axes = _panels(len(groups))
+    fig, axes = panels(len(groups))
     for ax, group in zip(axes, groups):
         if law.finetuned:
             scratch, tuned = _pair_runs(runs, group)
@@ -184,23 +88,23 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
         both = pd.concat([scratch, tuned])
         sizes = sorted(both["n_params"].unique())
         lo, hi = both["data_tokens"].min(), both["data_tokens"].max()
-        x = _span(lo, hi)
+        x = span(lo, hi)
         for ni, n in enumerate(sizes):
             c = colour(ni)
             kw = dict(pair=group) if law.finetuned else dict(target=group)
             if law.finetuned:
                 s_loss = q.predicted_loss(fit, n, x, p=0, **kw)
                 t_loss = q.predicted_loss(fit, n, x, **kw)
-                _band_line(ax, x, q.band(t_loss, prob), c, inside=~t_loss["extrapolated"].values)
-                _band_line(ax, x, q.band(s_loss, prob), c, inside=~s_loss["extrapolated"].values)
+                band_line(ax, x, q.band(t_loss, prob), c, inside=~t_loss["extrapolated"].values)
+                band_line(ax, x, q.band(s_loss, prob), c, inside=~s_loss["extrapolated"].values)
                 ax.scatter(tuned.loc[tuned.n_params == n, "data_tokens"], tuned.loc[tuned.n_params == n, "loss"],
                            color=c, marker="^", s=22, zorder=3, edgecolor="white", linewidth=0.5)
             else:
                 s_loss = q.predicted_loss(fit, n, x, **kw)
-                _band_line(ax, x, q.band(s_loss, prob), c, inside=~s_loss["extrapolated"].values)
+                band_line(ax, x, q.band(s_loss, prob), c, inside=~s_loss["extrapolated"].values)
             ax.scatter(scratch.loc[scratch.n_params == n, "data_tokens"], scratch.loc[scratch.n_params == n, "loss"],
                        color=c, marker="o", s=22, zorder=3, edgecolor="white", linewidth=0.5)
-        _shade_outside(ax, lo, hi, x[0], x[-1])
+        shade_outside(ax, lo, hi, x[0], x[-1])
         ax.set(xscale="log", yscale="log", xlabel="data: D or D_F (bytes)", ylabel="loss (nats/byte)",
                title=f"{fit.law}: {group}")
         extra = [Line2D([], [], color="0.3", marker="o", ls="", label="from scratch (data)")]
@@ -208,7 +112,7 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
             extra.append(Line2D([], [], color="0.3", marker="^", ls="", label="fine-tuned (data)"))
         extra += [Patch(facecolor="0.5", alpha=0.3, label=f"{prob:.0%} credible band"), EXTRAP_PATCH]
         loss_axis(ax)
-        _legend_sizes(ax, sizes, extra)
+        legend_sizes(ax, sizes, extra)
     fig.suptitle("Fitted laws over the data (median, band; dashed = extrapolated)")
     fig.tight_layout()
     return fig
@@ -220,22 +124,22 @@ def _plot_curves(fit, prob: float, most: int = 8) -> Figure:
     runs = q.fit_runs(fit)
     pairs = q.pairs(fit)
     targets = sorted({split_pair(p)[1] for p in pairs})
-    fig, axes = _panels(len(targets))
+    fig, axes = panels(len(targets))
     for ax, target in zip(axes, targets):
         mine = [p for p in pairs if split_pair(p)[1] == target]
         counts = {p: int((runs["source"] == split_pair(p)[0]).sum()) for p in mine}
         shown = sorted(mine, key=lambda p: -counts[p])[:most]
         rows = runs[runs["target"] == target]
         lo, hi = rows["data_tokens"].min(), rows["data_tokens"].max()
-        x = _span(lo, hi)
+        x = span(lo, hi)
         for i, pair in enumerate(shown):
             c, source = colour(i), split_pair(pair)[0]
             loss = q.predicted_loss(fit, None, x, pair=pair)
-            _band_line(ax, x, q.band(loss, prob), c, inside=~loss["extrapolated"].values, label=source)
+            band_line(ax, x, q.band(loss, prob), c, inside=~loss["extrapolated"].values, label=source)
             mine_rows = rows[rows["source"] == source]
             ax.scatter(mine_rows["data_tokens"], mine_rows["loss"], color=c, s=18, zorder=3, edgecolor="white",
                        linewidth=0.5)
-        _shade_outside(ax, lo, hi, x[0], x[-1])
+        shade_outside(ax, lo, hi, x[0], x[-1])
         more = f" ({len(shown)} of {len(mine)} models)" if len(shown) < len(mine) else ""
         ax.set(xscale="log", yscale="log", xlabel="fine-tuning data D_F", ylabel="loss", title=f"{target}{more}")
         loss_axis(ax)
@@ -249,22 +153,22 @@ def _plot_curves(fit, prob: float, most: int = 8) -> Figure:
 def _plot_gap_laws(fit, prob: float) -> Figure:
     runs = q.fit_runs(fit)
     groups = q.pairs(fit)
-    fig, axes = _panels(len(groups))
+    fig, axes = panels(len(groups))
     for ax, pair in zip(axes, groups):
         scratch, tuned = _pair_runs(runs, pair)
         both = pd.concat([scratch, tuned])
         lo, hi = both["data_tokens"].min(), both["data_tokens"].max()
-        x = _span(lo, hi)
+        x = span(lo, hi)
         levels = [0.0] + sorted(tuned["pretrain_tokens"].unique())
         for i, p in enumerate(levels):
             c = colour(i)
             loss = q.predicted_loss(fit, None, x, p=p, pair=pair)
-            _band_line(ax, x, q.band(loss, prob), c, inside=~loss["extrapolated"].values,
-                       label="from scratch" if p == 0 else f"p = {_fmt_n(p)} bytes")
+            band_line(ax, x, q.band(loss, prob), c, inside=~loss["extrapolated"].values,
+                       label="from scratch" if p == 0 else f"p = {fmt_n(p)} bytes")
             rows = scratch if p == 0 else tuned[tuned["pretrain_tokens"] == p]
             ax.scatter(rows["data_tokens"], rows["loss"], color=c, marker=MARKERS[i % 8], s=22, zorder=3,
                        edgecolor="white", linewidth=0.5)
-        _shade_outside(ax, lo, hi, x[0], x[-1])
+        shade_outside(ax, lo, hi, x[0], x[-1])
         ax.set(xscale="log", yscale="log", xlabel="fine-tuning data f (bytes)", ylabel="loss (nats/byte)",
                title=f"transfer gap: {pair}")
         loss_axis(ax)
@@ -291,18 +195,18 @@ def plot_transferred_data(fit, prob: float = 0.9) -> Figure | None:
         return None
     points = q.observed_transferred_data(fit, prob)
     groups = q.pairs(fit)
-    fig, axes = _panels(len(groups))
+    fig, axes = panels(len(groups))
     for ax, pair in zip(axes, groups):
         pts = points[points["pair"] == pair]
         sizes = sorted(pts["n_params"].unique())
         lo, hi = pts["data_tokens"].min(), pts["data_tokens"].max()
-        x = _span(lo, hi)
+        x = span(lo, hi)
         bottom, bad = np.inf, []
         for ni, n in enumerate(sizes):
             c = colour(ni)
             d_t = q.transferred_data(fit, n, x, pair=pair)
             b = q.band(d_t, prob)
-            _band_line(ax, x, b, c, inside=~d_t["extrapolated"].values, alpha=0.1)
+            band_line(ax, x, b, c, inside=~d_t["extrapolated"].values, alpha=0.1)
             r = pts[pts["n_params"] == n]
             good = (r["D_T_median"] > 0) & (r["share_unbounded"] < 0.5)
             med = r.loc[good, "D_T_median"]
@@ -319,13 +223,13 @@ def plot_transferred_data(fit, prob: float = 0.9) -> Figure | None:
         for xs, c in bad:  # on the bottom edge: no place on a log axis
             ax.scatter(xs, np.full(len(xs), ax.get_ylim()[0] * 1.15), marker="v", facecolor="none",
                        edgecolor=c, s=40, zorder=4, clip_on=False)
-        _shade_outside(ax, lo, hi, x[0], x[-1])
+        shade_outside(ax, lo, hi, x[0], x[-1])
         ax.set(xlabel="fine-tuning data D_F (bytes)", ylabel="data transferred D_T (bytes)",
                title=f"D_T vs D_F: {pair}")
         extra = [Line2D([], [], color="0.3", marker="o", ls="", label="two-stage points (interval)"),
                  Line2D([], [], color="0.3", marker="v", mfc="none", ls="", label="D_T <= 0 or unbounded"),
                  Patch(facecolor="0.5", alpha=0.3, label=f"joint fit, {prob:.0%} band"), EXTRAP_PATCH]
-        _legend_sizes(ax, sizes, extra)
+        legend_sizes(ax, sizes, extra)
     fig.suptitle("Effective data transferred by pre-training, D_T = k D_F^alpha N^beta - omega D_F")
     fig.tight_layout()
     return fig
@@ -338,22 +242,22 @@ def plot_multiplier(fit, prob: float = 0.9) -> Figure | None:
         return None
     runs = q.fit_runs(fit)
     groups = q.pairs(fit)
-    fig, axes = _panels(len(groups))
+    fig, axes = panels(len(groups))
     for ax, pair in zip(axes, groups):
         _, tuned = _pair_runs(runs, pair)
         sizes = sorted(tuned["n_params"].unique())
         lo, hi = tuned["data_tokens"].min(), tuned["data_tokens"].max()
-        x = _span(lo, hi)
+        x = span(lo, hi)
         for ni, n in enumerate(sizes):
             m = q.effective_multiplier(fit, n, x, pair=pair)
-            _band_line(ax, x, q.band(m, prob), colour(ni), inside=~m["extrapolated"].values)
+            band_line(ax, x, q.band(m, prob), colour(ni), inside=~m["extrapolated"].values)
         ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
         ax.text(x[0], 1.0, " no transfer", va="bottom", fontsize=8, color="0.3")
-        _shade_outside(ax, lo, hi, x[0], x[-1])
+        shade_outside(ax, lo, hi, x[0], x[-1])
         ax.set(xscale="log", yscale="log", xlabel="fine-tuning data D_F (bytes)",
                ylabel="effective data multiplier (D_F + D_T) / D_F", title=f"multiplier: {pair}")
         loss_axis(ax)
-        _legend_sizes(ax, sizes, [Patch(facecolor="0.5", alpha=0.3, label=f"{prob:.0%} band"), EXTRAP_PATCH])
+        legend_sizes(ax, sizes, [Patch(facecolor="0.5", alpha=0.3, label=f"{prob:.0%} band"), EXTRAP_PATCH])
     fig.suptitle("How many times its fine-tuning data pre-training is worth")
     fig.tight_layout()
     return fig
@@ -367,7 +271,7 @@ def plot_parameters(fit, prob: float = 0.9) -> Figure:
     """Each parameter's posterior median and interval per group, against published values."""
     table = published.compare(fit, prob)
     names = list(dict.fromkeys(table["parameter"]))
-    fig, axes = _panels(len(names), width=4.2, height=0.6 + 0.45 * max(table.groupby("parameter").size().max(), 2))
+    fig, axes = panels(len(names), width=4.2, height=0.6 + 0.45 * max(table.groupby("parameter").size().max(), 2))
     for ax, name in zip(axes, names):
         rows = table[table["parameter"] == name].reset_index(drop=True)
         y = np.arange(len(rows))
@@ -405,16 +309,16 @@ def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
         return None
     runs = q.fit_runs(fit)
     groups = q.pairs(fit)
-    fig, axes = _panels(len(groups), width=5.4, height=4.2)
+    fig, axes = panels(len(groups), width=5.4, height=4.2)
     for ax, pair in zip(axes, groups):
         _, tuned = _pair_runs(runs, pair)
-        d = _span(tuned["data_tokens"].min(), tuned["data_tokens"].max(), 1.0, n_grid)
+        d = span(tuned["data_tokens"].min(), tuned["data_tokens"].max(), 1.0, n_grid)
         if not law.pretrain_axis:
-            other = _span(tuned["n_params"].min(), tuned["n_params"].max(), 1.0, n_grid)
+            other = span(tuned["n_params"].min(), tuned["n_params"].max(), 1.0, n_grid)
             prob = q.ossification_probability(fit, other, d, pair=pair).transpose("N", "D_F").values
             y_name, y_col = "model size N (parameters)", "n_params"
         else:
-            other = _span(tuned["pretrain_tokens"].min(), tuned["pretrain_tokens"].max(), 1.0, n_grid)
+            other = span(tuned["pretrain_tokens"].min(), tuned["pretrain_tokens"].max(), 1.0, n_grid)
             prob = q.ossification_probability(fit, None, d, pair=pair, p=other).transpose("D_F", "p").values.T
             y_name, y_col = "pre-training data p (bytes)", "pretrain_tokens"
         mesh = ax.pcolormesh(d, other, prob, cmap="cividis", vmin=0, vmax=1, shading="nearest")

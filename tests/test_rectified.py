@@ -83,3 +83,13 @@ def test_a_curve_needs_three_data_amounts():
     grid = simulate_grid(design(DATA[:2]), "rectified", TRUTH, sigma=0.005)
     with pytest.raises(NotIdentifiedError, match="pair 'big-lm->summaries' cannot be identified from 2 D_F"):
         fit(grid, "rectified", chains=1, draws=10, warmup=10, progress=False)
+
+
+def test_the_curves_are_drawn_one_panel_per_dataset(curves_fit):
+    from bayes_transfer import plots
+
+    fig = plots.plot_fitted_laws(curves_fit)
+    visible = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in visible] == ["summaries"]
+    assert len(visible[0].collections) >= 4  # a band and the points for each of the two models
+    assert plots.plot_ossification_map(curves_fit) is None and plots.plot_transferred_data(curves_fit) is None
