@@ -14,6 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import arviz as az
 import jax
@@ -79,6 +80,7 @@ class Fit:
     sampler: dict
     allow_unconverged: bool = False
     _diagnostics: Diagnostics | None = field(default=None, repr=False)
+    _draw_prior: Callable[[], az.InferenceData] | None = field(default=None, repr=False)
 
     @property
     def posterior(self) -> xr.Dataset:
@@ -86,6 +88,11 @@ class Fit:
 
     @property
     def prior(self) -> xr.Dataset | None:
+        """Prior draws of the posterior's quantities (drawn on first use; None for a fit file
+        written without them)."""
+        if getattr(self.idata, "prior", None) is None and self._draw_prior is not None:
+            drawn = self._draw_prior()
+            self.idata.add_groups({g: getattr(drawn, g) for g in drawn.groups()})
         return getattr(self.idata, "prior", None)
 
     @property
@@ -179,7 +186,8 @@ class Fit:
         return self.diagnostics().converged
 
     def save(self, path) -> Path:
-        """Write the fit (results, grid, configs, version) as netCDF, atomically."""
+        """Write the fit (results, grid, configs, version, prior draws) as netCDF, atomically."""
+        self.prior  # a fit file always holds its prior draws
         posterior = self.idata.posterior.copy()
         posterior.attrs.update(
             {
@@ -350,7 +358,8 @@ def fit(
         sampler = {"method": "map", "chains": 1, "draws": 1, "seed": seed, "map_steps": map_steps, "optimizer_success": success}
     sampler["seconds"] = round(time.perf_counter() - t0, 3)
     idata = _to_idata(model, data, prior_set, samples, sample_stats, jax.random.fold_in(key, 1))
-    result = Fit(idata=idata, grid=grid, law=law, config=config, sampler=sampler)
+    result = Fit(idata=idata, grid=grid, law=law, config=config, sampler=sampler,
+                 _draw_prior=_prior_draws(model, data, prior_set, samples, jax.random.fold_in(key, 3)))
     diag = result.diagnostics()
     if not diag.converged:
         what = "MAP optimisation failed" if method == "map" else "did not converge"
@@ -415,35 +424,9 @@ def _dim_of(data: ModelData, name: str) -> str:
     return _dim_of_site(data.law, data.scratch_law, name)
 
 
-def _to_idata(model, data: ModelData, priors, samples, sample_stats, key) -> az.InferenceData:
-    """InferenceData with named dims from grouped-by-chain samples, with prior draws beside them."""
-    nchain, ndraw = next(iter(samples.values())).shape[:2]
-    flat = {k: jnp.reshape(v, (nchain * ndraw, *v.shape[2:])) for k, v in samples.items()}
-    pp = Predictive(model, posterior_samples=flat, return_sites=["log_loss"])(key, data, priors)["log_loss"]
-    ll = log_likelihood(model, flat, data, priors, y=data.y)["log_loss"]
-    prior = Predictive(model, num_samples=PRIOR_DRAWS)(jax.random.fold_in(key, 2), data, priors)
-    prior_pred = prior.pop("log_loss")
-
-    def grouped(v, chains=nchain):
-        v = np.asarray(v)
-        return v.reshape(chains, -1, *v.shape[1:])
-
-    coords = {"target": data.targets, "pair": data.pair_names, "kind": data.kinds, "run": data.runs["run"].to_numpy(),
-              "pretrain_run": data.pretrain_runs}
-    dims = {name: [_dim_of(data, name)] for name, v in samples.items() if v.ndim == 3}
-    dims.update({"sigma": ["kind"], "log_loss": ["run"]})
-    idata = az.from_dict(
-        posterior={k: np.asarray(v) for k, v in samples.items()},
-        posterior_predictive={"log_loss": grouped(pp)},
-        log_likelihood={"log_loss": grouped(ll)},
-        observed_data={"log_loss": data.y},
-        prior={k: grouped(v, 1) for k, v in prior.items() if k in samples},
-        prior_predictive={"log_loss": grouped(prior_pred, 1)},
-        sample_stats=sample_stats,
-        coords=coords,
-        dims=dims,
-    )
-    for group in ("posterior", "posterior_predictive", "log_likelihood", "observed_data", "prior", "prior_predictive"):
+def _labelled(idata: az.InferenceData, data: ModelData) -> az.InferenceData:
+    """Each group with the pair's source and target, and each run's, as coordinates."""
+    for group in idata.groups():
         ds = getattr(idata, group)
         if "pair" in ds.dims:
             ds = ds.assign_coords(pair_source=("pair", [s for s, _ in data.pairs]), pair_target=("pair", [t for _, t in data.pairs]))
@@ -453,3 +436,55 @@ def _to_idata(model, data: ModelData, priors, samples, sample_stats, key) -> az.
                 run_censored=("run", np.asarray(data.censored, bool)))
         setattr(idata, group, ds)
     return idata
+
+
+def _names(data: ModelData, samples: dict) -> tuple[dict, dict]:
+    coords = {"target": data.targets, "pair": data.pair_names, "kind": data.kinds, "run": data.runs["run"].to_numpy(),
+              "pretrain_run": data.pretrain_runs}
+    dims = {name: [_dim_of(data, name)] for name, v in samples.items() if np.ndim(v) == 3}
+    dims.update({"sigma": ["kind"], "log_loss": ["run"]})
+    return coords, dims
+
+
+def _to_idata(model, data: ModelData, priors, samples, sample_stats, key) -> az.InferenceData:
+    """InferenceData with named dims from grouped-by-chain samples (prior draws come later: ``_prior_draws``)."""
+    nchain, ndraw = next(iter(samples.values())).shape[:2]
+    flat = {k: jnp.reshape(v, (nchain * ndraw, *v.shape[2:])) for k, v in samples.items()}
+    pp = Predictive(model, posterior_samples=flat, return_sites=["log_loss"])(key, data, priors)["log_loss"]
+    ll = log_likelihood(model, flat, data, priors, y=data.y)["log_loss"]
+
+    def grouped(v):
+        v = np.asarray(v)
+        return v.reshape(nchain, -1, *v.shape[1:])
+
+    coords, dims = _names(data, samples)
+    idata = az.from_dict(
+        posterior={k: np.asarray(v) for k, v in samples.items()},
+        posterior_predictive={"log_loss": grouped(pp)},
+        log_likelihood={"log_loss": grouped(ll)},
+        observed_data={"log_loss": data.y},
+        sample_stats=sample_stats,
+        coords=coords,
+        dims=dims,
+    )
+    return _labelled(idata, data)
+
+
+def _prior_draws(model, data: ModelData, priors, samples, key):
+    """A function drawing ``PRIOR_DRAWS`` prior draws of the posterior's quantities (and
+    the prior predictive), as the ``prior`` and ``prior_predictive`` groups.
+
+    Called when a prior is first asked for, not at every fit: the prior pass
+    compiles the model's samplers, which costs as much as 1,000 draws do
+    (benchmarks/fit_cost_breakdown.py), and many fits never need it."""
+    names = set(samples)
+    coords, dims = _names(data, samples)
+
+    def draw() -> az.InferenceData:
+        prior = Predictive(model, num_samples=PRIOR_DRAWS)(key, data, priors)
+        prior_pred = np.asarray(prior.pop("log_loss"))[None]
+        kept = {k: np.asarray(v)[None] for k, v in prior.items() if k in names}
+        return _labelled(az.from_dict(prior=kept, prior_predictive={"log_loss": prior_pred}, coords=coords,
+                                      dims=dims), data)
+
+    return draw

@@ -96,6 +96,7 @@ def main() -> None:
         "pointwise log-likelihood": timed(lambda: log_likelihood(model, flat, data, priors, y=data.y)["log_loss"])[1],
         "1000 prior draws": timed(lambda: Predictive(model, num_samples=1000)(key, data, priors))[1],
     }
+    later = {"1000 prior draws"}  # drawn when a prior is first asked for (Fit.prior), not inside fit()
     grad = gradient_cost(model, data, priors)
     n_grads = int(steps.sum())  # sampling phase only; warm-up adds about as many again
     sampler = f.sampler["seconds"]
@@ -109,7 +110,8 @@ def main() -> None:
     print(f"| sampler (compile + warm-up + draws) | {sampler:.1f} | {sampler / total:.2f} |")
     print(f"| after sampling (all of it) | {after:.1f} | {after / total:.2f} |")
     for name, seconds in parts.items():
-        print(f"| ... of which {name} (timed alone) | {seconds:.1f} | {seconds / total:.2f} |")
+        what = "not in the fit: on first use of the prior" if name in later else "of which"
+        print(f"| ... {what}: {name} (timed alone) | {seconds:.1f} | {seconds / total:.2f} |")
     print(f"leapfrog steps per draw: mean {steps.mean():.1f}, max {steps.max()}; "
           f"{n_grads:,} gradients in the sampling phase")
     print(f"one gradient in a compiled loop: {grad * 1e6:.0f} us; the sampling phase's gradients alone would take "

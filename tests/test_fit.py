@@ -175,8 +175,18 @@ def test_save_load_round_trip(transfer_fit, tmp_path):
     assert list(g.posterior["pair_source"].values) == ["code", "text"]
     assert g.config == transfer_fit.config and g.sampler == transfer_fit.sampler
     assert g.diagnostics() == transfer_fit.diagnostics()
-    for group in ("log_likelihood", "posterior_predictive", "observed_data", "sample_stats"):
+    for group in ("log_likelihood", "posterior_predictive", "observed_data", "sample_stats", "prior", "prior_predictive"):
         assert hasattr(g.idata, group)
+    np.testing.assert_array_equal(g.prior["alpha"].values, transfer_fit.prior["alpha"].values)
+
+
+def test_prior_draws_wait_until_asked_for(transfer_grid):
+    f = fit(transfer_grid, "transfer", method="map", map_steps=200, progress=False)
+    assert getattr(f.idata, "prior", None) is None  # the prior pass costs a compilation: not at every fit
+    prior = f.prior
+    assert prior.sizes["draw"] == 1000 and set(f.params) - {"nu"} <= set(prior.data_vars)
+    assert list(prior["alpha"].coords["pair_source"].values) == list(f.posterior["pair_source"].values)
+    assert f.idata.prior_predictive["log_loss"].shape == (1, 1000, f.idata.posterior_predictive.sizes["run"])
 
 
 def test_load_checks_version(transfer_fit, tmp_path, monkeypatch):
