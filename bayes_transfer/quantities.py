@@ -393,7 +393,8 @@ def prior_view(fit):
 
     if getattr(fit, "prior", None) is None:
         raise ValueError("the fit holds no prior draws (refit with this version to get them)")
-    return replace(fit, idata=az.InferenceData(posterior=fit.prior), allow_unconverged=True, _diagnostics=None)
+    return replace(fit, idata=az.InferenceData(posterior=fit.prior), allow_unconverged=True, _diagnostics=None,
+                   _draw_prior=None)
 
 
 def prior_driven(fit, quantity, *args, **kwargs) -> xr.DataArray:
