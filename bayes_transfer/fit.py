@@ -31,12 +31,11 @@ from bayes_transfer.atomic import atomic_write
 from bayes_transfer.diagnostics import PRIOR_DRIVEN, Diagnostics, NotConvergedError, diagnose, width_ratio
 from bayes_transfer.grid import Grid, grid_from_dataset, load_grid, runs_to_dataset
 from bayes_transfer.identify import NotIdentifiedError, check_identifiable
-from bayes_transfer.models import ModelData, model_for, prepare
+from bayes_transfer.models import FEW_GROUPS, ModelData, model_for, prepare
 from bayes_transfer.priors import describe, resolve_priors
 
 SAMPLE_DIMS = ("chain", "draw")
 PRIOR_DRAWS = 1000
-FEW_GROUPS = 5  # fewer groups than this barely inform a spread across them
 _SHARES = ("w", "omega")  # parameters in (0, 1): widths on the natural scale
 
 __all__ = ["Fit", "NotIdentifiedError", "default_law", "fit", "gap_size", "load_fit"]
