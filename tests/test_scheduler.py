@@ -36,6 +36,7 @@ def test_grid_runs_exports_and_is_not_redone(tmp_path):
     assert again["finished_runs"] == 0 and again["complete"]
     assert mtimes == {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     assert status(out)[0]["total"] == 12
+    assert status(out)[0]["pretrain"] == f"{len(sp.pretrain_jobs)}/{len(sp.pretrain_jobs)}" != "0/0"
 
     info = export(out, tmp_path / "g.nc")
     assert info["runs"] == 12

@@ -267,7 +267,7 @@ def grid_price(
 
 @grid_app.command("status")
 def grid_status(out: Path = typer.Argument(..., help="grid output directory")):
-    """Finished, pending, failed and damaged runs per spec in a grid directory."""
+    """Finished, pending, failed and damaged runs per spec in a grid directory, and its pre-training runs done."""
     from trainer.export import status
     from trainer.spec import SpecError
 
@@ -280,12 +280,14 @@ def grid_status(out: Path = typer.Argument(..., help="grid output directory")):
     if not rows:
         _fail(f"{out} holds no grid")
     t = Table()
-    keys = ["spec", "total", "ok", "capped", "failed", "damaged", "pending"]
+    keys = ["spec", "total", "ok", "capped", "failed", "damaged", "pending", "pretrain"]
     for k in keys:
-        t.add_column(k)
+        t.add_column(k, no_wrap=True)
     for r in rows:
         t.add_row(*[str(r.get(k, 0)) for k in keys])
-    Console().print(t)
+    console = Console()
+    # in a log or a pipe the table keeps its full width: a spec's name is what `grid export --spec` takes
+    (console if console.is_terminal else Console(width=200)).print(t)
 
 
 @grid_app.command("export")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 
 from trainer.data import source_mix
 from trainer.files import atomic_write
 from trainer.provenance import code_version
 from trainer.scheduler import read_record
-from trainer.spec import SCRATCH, SpecError
+from trainer.spec import SCRATCH, SpecError, parse_spec
 
 
 def _specs(out: Path) -> dict[str, dict]:
@@ -26,7 +27,8 @@ def _specs(out: Path) -> dict[str, dict]:
 
 
 def status(out: Path) -> list[dict]:
-    """Per spec recorded in out: total runs and how many are ok/capped/failed/pending/damaged."""
+    """Per spec recorded in out: total runs and how many are ok/capped/failed/pending/damaged,
+    and its pre-training runs finished of all (``pretrain``: "done/total")."""
     out = Path(out)
     rows = []
     for name, info in _specs(out).items():
@@ -39,8 +41,17 @@ def status(out: Path) -> list[dict]:
                 rec = read_record(p)
                 st = rec["result"]["status"] if rec else "damaged"
             counts[st] = counts.get(st, 0) + 1
-        rows.append(dict(spec=name, total=len(info["run_ids"]), **counts))
+        rows.append(dict(spec=name, total=len(info["run_ids"]), **counts, pretrain=_pretrain_done(out, info)))
     return rows
+
+
+def _pretrain_done(out: Path, info: dict) -> str:
+    """"done/total" of a recorded spec's pre-training runs ("-" where its text is not recorded)."""
+    if not info.get("text"):
+        return "-"
+    jobs = parse_spec(tomllib.loads(info["text"]), info["text"], default_name=info["name"]).pretrain_jobs
+    done = sum((out / "pretrain" / j.job_id / "result.json").exists() for j in jobs)
+    return f"{done}/{len(jobs)}"
 
 
 def load_results(out: Path, spec_name: str | None = None) -> tuple[list[dict], dict]:
