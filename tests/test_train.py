@@ -236,6 +236,23 @@ def test_a_crafted_resume_file_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+def test_an_unfinished_pretraining_resumes_only_under_the_code_that_began_it(tmp_path, monkeypatch):
+    from trainer import provenance
+
+    mk = lambda: [Member("pre", 0, Stream([TEXT], [1.0]), Stream([TEXT[-2000:]], [1.0]), checkpoints=[16384])]  # noqa: E731
+    s = settings(eval_interval=16, total_tokens=16384)
+    resume = tmp_path / "resume.pt"
+    monkeypatch.setattr(provenance, "_CODE_VERSION", "a" * 40)
+    assert train_group(CFG, mk(), s, device=torch.device("cpu"), resume_path=resume,
+                       deadline=time.monotonic() - 1) is None
+    monkeypatch.setattr(provenance, "_CODE_VERSION", "b" * 40)
+    with pytest.raises(ResumeError, match="written by code aaaaaaaaaaaa and this is bbbbbbbbbbbb"):
+        train_group(CFG, mk(), s, device=torch.device("cpu"), resume_path=resume)
+    assert resume.exists()  # nothing lost: the right commit can still finish it
+    monkeypatch.setattr(provenance, "_CODE_VERSION", "a" * 40)
+    assert train_group(CFG, mk(), s, device=torch.device("cpu"), resume_path=resume)[0]["status"] == "ok"
+
+
 def test_a_mix_is_sampled_in_its_proportions():
     parts = [np.full(5000, k, dtype=np.uint8) for k in (1, 2, 3)]
     s = Sampler([Stream(parts, [0.5, 0.25, 0.25])], [0], 8, 4000, torch.device("cpu"))

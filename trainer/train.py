@@ -42,6 +42,7 @@ from trainer.data import Sampler, Stream, eval_starts
 from trainer.files import atomic_torch_save
 from trainer.model import EnsembleGPT, GPTConfig
 from trainer.optim import AdamW, clip_per_member
+from trainer.provenance import code_version
 
 # Per-size peak learning rate, for AdamW at batch 16-32 sequences of 256
 # bytes: lr = 2e-3 * (N / 1e5)^-0.3 through the three sizes measured first
@@ -284,7 +285,7 @@ def train_group(
         if resume_path is None:
             return
         meta = dict(settings=s.to_dict(), runs=[m.run_id for m in members], rng=sampler.state(), rec=rec,
-                    step=step, pending=pending_ckpt, opt_t=opt.t)
+                    step=step, pending=pending_ckpt, opt_t=opt.t, code_version=code_version())
         st = {f"p.{n}": p.detach() for n, p in model.named_parameters()}
         st.update({f"a.{n}": p.detach() for n, p in avg.named_parameters()})
         st.update({f"m.{n}": v for n, v in opt.m.items()})
@@ -459,6 +460,11 @@ def _load_resume(path: Path, model, avg, opt, sampler, device, s: Settings, memb
                           f"this pre-training group") from None
     if meta.get("settings") != s.to_dict() or meta.get("runs") != [m.run_id for m in members]:
         raise ResumeError(f"resume file {path} was written for other settings or runs; delete it to restart")
+    theirs, mine = meta.get("code_version"), code_version()
+    if theirs is not None and theirs != mine:
+        # a run is one code's measurement: finished runs keep their commit, an unfinished one is not spliced
+        raise ResumeError(f"resume file {path} was written by code {theirs[:12]} and this is {mine[:12]}: finish the "
+                          f"pre-training with that commit checked out, or delete the file to restart it")
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.copy_(st[f"p.{n}"])
