@@ -437,6 +437,8 @@ def next_runs_cmd(
     cost_pretrain: Optional[float] = CostPretrain,
     cost_params: Optional[float] = CostParams,
     worlds: int = typer.Option(256, "--worlds", min=2, help="simulated outcomes per candidate"),
+    method: Optional[str] = typer.Option(None, "--method", help="reweight (the fit's draws; default for a fit) or "
+                                                                "linear (Bayes-linear; default for `prior`)"),
     seed: int = Seed,
     allow_unconverged: bool = typer.Option(False, "--allow-unconverged", help="use a fit that did not converge"),
 ):
@@ -464,7 +466,7 @@ def next_runs_cmd(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = next_runs(fit, candidates, target=target, budget=budget, cost=cost, decision=decision,
-                        n_worlds=worlds, seed=seed, allow_unconverged=allow_unconverged)
+                        n_worlds=worlds, method=method, seed=seed, allow_unconverged=allow_unconverged)
     if res.table.empty:
         raise UserError("no affordable candidate is expected to sharpen the target; nothing written")
     res.specs()  # a spec that cannot be written fails here, before anything is

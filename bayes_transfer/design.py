@@ -46,8 +46,17 @@ known) are missed one at a time, which ``lookahead=2`` (pairs) addresses;
 from a pre-training run the fit has seen carries that run's effect in each
 draw; one from a new pre-training run gets its effect folded into its noise,
 so two candidates sharing a new pre-training run count as more independent
-than they are. A fit from the prior alone (``prior_fit``) works the same way
-for a first batch.
+than they are.
+
+From the prior alone (``prior_fit``, a first batch with no runs yet) the
+reweighting fails: one run is so informative against the prior that a few
+draws take all the weight in every world. There the default is the
+Bayes-linear engine (``LinearPreposterior``, ``method="linear"``): target and
+outcomes treated as jointly Gaussian with the draws' covariance. Its expected
+variance is that of the best *linear* estimate of the target from the
+outcomes, which is never below the Bayes posterior's: for a nonlinear law it
+understates what the runs will teach (a conservative figure), while still
+ranking runs by how much their outcomes co-vary with the target.
 """
 
 from __future__ import annotations
@@ -76,7 +85,7 @@ from bayes_transfer.design_io import (
     spec_base,
 )
 
-__all__ = ["COSTS", "NextRuns", "Preposterior", "Target", "load_candidates", "next_runs", "parse_target",
+__all__ = ["COSTS", "LinearPreposterior", "NextRuns", "Preposterior", "Target", "load_candidates", "next_runs", "parse_target",
            "prior_fit", "run_specs"]
 
 VARIANCE_TARGETS = ("multiplier", "D_T")
@@ -197,7 +206,8 @@ class Preposterior:
     """Simulated worlds and the reweighted posterior criterion of any batch of candidates.
 
     ``values``: the target per draw (S,), or a loss matrix (S, A) for a decision;
-    ``mu``, ``sigma``: (C, S); ``nu``: (S,). ``criterion(batch)`` returns the per-world
+    ``mu``, ``sigma``: (C, S); ``nu``: (S,). A batch's state is the log weights of
+    the draws in each world (M, S); ``criterion(batch)`` returns the per-world
     criterion (M,) and effective sample size (M,).
     """
 
@@ -206,6 +216,7 @@ class Preposterior:
         self.values, self.mu, self.sigma = np.asarray(values, float), np.asarray(mu, float), np.asarray(sigma, float)
         self.nu = np.broadcast_to(np.asarray(nu, float), self.mu.shape[1:]).copy()
         S = self.mu.shape[1]
+        self.n_worlds = n_worlds
         self.world_draw = rng.integers(0, S, n_worlds)
         g = self.world_draw
         nu_g = self.nu[g]
@@ -215,10 +226,22 @@ class Preposterior:
         self.decision = self.values.ndim == 2
         if self.decision:
             self.best_per_draw = self.values.min(axis=1)
+        self._cache = {}
 
     def loglik(self, c):
         """(M, S): log-likelihood of each world's simulated outcome of candidate c under each draw."""
         return _loglik(self.y[:, c][:, None], self.mu[c][None, :], self.sigma[c][None, :], self.nu[None, :])
+
+    def start(self):
+        return np.zeros((self.n_worlds, self.mu.shape[1]))
+
+    def extend(self, state, batch, keep: bool = False):
+        """The state after adding ``batch``; ``keep`` caches each run's (M, S) log-likelihood for reuse."""
+        for c in batch:
+            if keep and c not in self._cache:
+                self._cache[c] = self.loglik(c)
+            state = state + (self._cache[c] if c in self._cache else self.loglik(c))
+        return state
 
     def per_world(self, logw):
         w, ess = _weights(logw)
@@ -232,10 +255,76 @@ class Preposterior:
         return np.maximum(var, 0) / np.maximum(1 - 1 / ess, 1e-12), ess
 
     def criterion(self, batch):
-        logw = np.zeros((len(self.world_draw), self.mu.shape[1]))
-        for c in batch:
-            logw += self.loglik(c)
-        return self.per_world(logw)
+        return self.per_world(self.extend(self.start(), batch))
+
+
+class LinearPreposterior:
+    """The Bayes-linear (Gaussian) preposterior: no weights to collapse, for a first batch from the prior.
+
+    The target (or each plan's loss) and the candidates' log-loss outcomes are
+    treated as jointly Gaussian with the mean and covariance of the draws
+    (outcome = prediction + noise of the run's variance, Student-t noise by its
+    variance). Observing a batch B then leaves the target the variance
+    V_tt - V_tB (V_BB + N_B)^-1 V_Bt whatever the outcomes show: exact for a
+    linear-Gaussian model, the best linear update otherwise. Reweighting the
+    draws fails from the prior: a single run is so informative against it that
+    a few draws take all the weight, and the expected variance is then near zero
+    for every candidate alike. For the decision target, the expected loss of
+    each plan moves by the same linear update of outcomes simulated from that
+    Gaussian (common random numbers across batches), and the regret is the
+    expected best plan's loss less the mean of each draw's best. The state of a
+    batch is the tuple of its runs; the effective sample size is undefined (NaN).
+    """
+
+    def __init__(self, values, mu, sigma, nu, n_worlds=256, seed=0):
+        self.values = np.asarray(values, float)
+        self.decision = self.values.ndim == 2
+        T = self.values.reshape(len(self.values), -1)  # (S, A)
+        mu, sigma = np.asarray(mu, float), np.asarray(sigma, float)
+        nu = np.broadcast_to(np.asarray(nu, float), mu.shape[1:])
+        # Student-t noise of scale sigma has variance sigma^2 nu / (nu - 2); nu <= 2.1 is held at 2.1
+        nu_held = np.where(np.isinf(nu), np.inf, np.maximum(nu, 2.1))
+        inflate = np.where(np.isinf(nu), 1.0, nu_held / (np.where(np.isinf(nu), 3.0, nu_held) - 2))
+        noise = np.mean(sigma ** 2 * inflate[None, :], axis=1)  # (C,)
+        cov = np.atleast_2d(np.cov(np.hstack([T, mu.T]), rowvar=False))
+        A = T.shape[1]
+        self.v_tt, self.v_tc = cov[:A, :A], cov[:A, A:]
+        self.K = cov[A:, A:] + np.diag(noise)
+        self.t_mean = T.mean(axis=0)
+        self.n_worlds = n_worlds
+        if self.decision:
+            self.best_per_draw = self.values.min(axis=1)
+            rng = np.random.default_rng(seed)
+            jitter = 1e-10 * np.trace(self.K) / len(self.K)
+            L = np.linalg.cholesky(self.K + jitter * np.eye(len(self.K)))
+            self.dev = rng.standard_normal((n_worlds, len(self.K))) @ L.T  # (M, C): outcomes less their mean
+
+    def start(self):
+        return ()
+
+    def extend(self, state, batch, keep: bool = False):
+        return tuple(state) + tuple(batch)
+
+    def per_world(self, state):
+        B = list(state)
+        nan = np.full(self.n_worlds, np.nan)
+        if self.decision:
+            if not B:
+                return np.full(self.n_worlds, self.t_mean.min() - self.best_per_draw.mean()), nan
+            gain = np.linalg.solve(self.K[np.ix_(B, B)], self.v_tc[:, B].T)  # (|B|, A)
+            expected = self.t_mean[None, :] + self.dev[:, B] @ gain  # (M, A)
+            return expected.min(axis=1) - self.best_per_draw.mean(), nan
+        var = self.v_tt[0, 0]
+        if B:
+            v = self.v_tc[0, B]
+            var = var - v @ np.linalg.solve(self.K[np.ix_(B, B)], v)
+        return np.full(self.n_worlds, max(float(var), 0.0)), nan
+
+    def criterion(self, batch):
+        return self.per_world(self.extend(self.start(), batch))
+
+
+ENGINES = {"reweight": Preposterior, "linear": LinearPreposterior}
 
 
 def _prior_criterion(values, decision):
@@ -244,8 +333,8 @@ def _prior_criterion(values, decision):
     return float(values.var(ddof=1))
 
 
-def greedy(engine: Preposterior, costs, budget, lookahead: int = 1):
-    """Cost-aware greedy batch; returns rows (index, gain, criterion after, its s.e., ESS) and the log weights.
+def greedy(engine, costs, budget, lookahead: int = 1):
+    """Cost-aware greedy batch; returns rows (index, gain, criterion after, its s.e., ESS) and the final state.
 
     ``lookahead=2`` also weighs every affordable pair of runs at each step: runs that
     only inform the target together (a scratch run and its fine-tuned twin, from a
@@ -254,23 +343,16 @@ def greedy(engine: Preposterior, costs, budget, lookahead: int = 1):
     single run's; it costs O(candidates^2) criterion evaluations per step.
     """
     costs = np.asarray(costs, float)
-    M, S = len(engine.world_draw), engine.mu.shape[1]
-    logw = np.zeros((M, S))
+    M = engine.n_worlds
+    state = engine.start()
+    keep = lookahead >= 2  # pairs reuse each run's per-world log-likelihood, so only then is it kept
     current = _prior_criterion(engine.values, engine.decision)
     chosen, rows, left = [], [], float(budget)
-    cache = {}
-
-    def ll(c):  # pairs reuse each run's (worlds x draws) log-likelihood, so only then is it kept
-        if lookahead < 2:
-            return engine.loglik(c)
-        if c not in cache:
-            cache[c] = engine.loglik(c)
-        return cache[c]
 
     def add(c, crit, ess, gain):
-        nonlocal logw, left, current
+        nonlocal state, left, current
         chosen.append(c)
-        logw = logw + ll(c)
+        state = engine.extend(state, [c], keep)
         left -= costs[c]
         current = float(crit.mean())
         rows.append(dict(index=c, expected_gain=gain, criterion_after=current,
@@ -282,7 +364,7 @@ def greedy(engine: Preposterior, costs, budget, lookahead: int = 1):
             break
         single = {}
         for c in options:
-            crit, ess = engine.per_world(logw + ll(c))
+            crit, ess = engine.per_world(engine.extend(state, [c], keep))
             single[c] = (current - crit.mean(), crit, ess)
         c = max(options, key=lambda c: single[c][0] / costs[c])
         pair = None
@@ -292,7 +374,7 @@ def greedy(engine: Preposterior, costs, budget, lookahead: int = 1):
                     cost = costs[c1] + costs[c2]
                     if cost > left + 1e-12 * budget:
                         continue
-                    crit, ess = engine.per_world(logw + ll(c1) + ll(c2))
+                    crit, ess = engine.per_world(engine.extend(state, [c1, c2], keep))
                     gain = current - crit.mean()
                     if gain / cost > single[c][0] / costs[c] and (pair is None or gain / cost > pair[0]):
                         pair = (gain / cost, c1, c2, crit, ess)
@@ -305,7 +387,7 @@ def greedy(engine: Preposterior, costs, budget, lookahead: int = 1):
         if gain <= 0:
             break
         add(c, crit, ess, gain)
-    return rows, logw
+    return rows, state
 
 
 def weighted_width(values, logw, prob=0.9):
@@ -351,7 +433,7 @@ class NextRuns:
                 if c in self.table.columns]
         fmt = self.table[cols].copy()
         for c in ("cost", "expected_gain", "gain_per_cost", "criterion_after", "ess"):
-            fmt[c] = fmt[c].map(lambda v: f"{v:.3g}")
+            fmt[c] = fmt[c].map(lambda v: "n/a" if np.isnan(v) else f"{v:.3g}")
         from bayes_transfer.allocate import markdown_table
 
         lines += ["", markdown_table(fmt), "", f"Method: {self.approximation}"]
@@ -374,16 +456,24 @@ class NextRuns:
         return paths
 
 
-APPROXIMATION = ("expected reduction of the target's posterior variance (or of the decision's expected regret), "
+APPROXIMATION = {
+    "reweight": ("expected reduction of the target's posterior variance (or of the decision's expected regret), "
                  "estimated by importance-reweighting the fit's draws by the likelihood of outcomes simulated "
                  "from its posterior predictive, {worlds} simulated worlds, {draws} draws; batch chosen greedily "
                  "by gain per unit cost, each new run judged jointly with those already chosen. Trustworthy while "
-                 "the effective number of draws (ess) stays above ~{min_ess}.")
+                 "the effective number of draws (ess) stays above ~{min_ess}."),
+    "linear": ("expected reduction of the target's variance (or of the decision's expected regret) under a "
+               "Bayes-linear approximation: target and outcomes jointly Gaussian with the mean and covariance of "
+               "{draws} draws (outcome noise included); batch chosen greedily by gain per unit cost, each new run "
+               "judged jointly with those already chosen. Exact for a linear-Gaussian law; for a nonlinear law "
+               "it ranks runs by how strongly their outcome co-varies with the target."),
+}
 
 
 def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost: str = lg.COST_CORE_HOURS,
               decision: dict | None = None, n_worlds: int = 256, max_draws: int = 2000, seed: int = 0,
-              lookahead: int | None = None, allow_unconverged: bool = False) -> NextRuns:
+              lookahead: int | None = None, method: str | None = None,
+              allow_unconverged: bool = False) -> NextRuns:
     """Choose the runs, within ``budget`` (in the units of column ``cost``), that best sharpen ``target``.
 
     ``target``: a Target or its string (module docstring). ``decision``: keyword
@@ -391,6 +481,8 @@ def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost
     outcomes per candidate; ``max_draws``: posterior draws used (thinned evenly).
     ``lookahead``: 2 weighs pairs of runs at each greedy step (``greedy``); by
     default 2 for a fit from the prior alone with at most 64 candidates, else 1.
+    ``method``: "reweight" (``Preposterior``, the default for a fitted posterior)
+    or "linear" (``LinearPreposterior``, the default for a fit from the prior alone).
     """
     target = parse_target(target)
     try:
@@ -399,10 +491,14 @@ def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost
         raise ValueError(f"budget must be a number, got {budget!r}") from None
     if not math.isfinite(budget) or budget <= 0:
         raise ValueError(f"budget must be a positive amount, got {budget:g}")
-    method = (getattr(fit, "sampler", None) or {}).get("method")
-    if method == "map":
+    sampled = (getattr(fit, "sampler", None) or {}).get("method")
+    from_prior = sampled == "prior"
+    method = method or ("linear" if from_prior else "reweight")
+    if method not in ENGINES:
+        raise ValueError(f"method must be one of {', '.join(ENGINES)}, got {method!r}")
+    if sampled == "map":
         raise ValueError("the fit is a MAP point estimate: choosing runs needs posterior draws (fit with NUTS)")
-    if method != "prior" and not (allow_unconverged or getattr(fit, "allow_unconverged", False) or fit.converged):
+    if not from_prior and not (allow_unconverged or getattr(fit, "allow_unconverged", False) or fit.converged):
         why = fit.diagnostics() if hasattr(fit, "diagnostics") else "see its diagnostics"
         raise ValueError(f"the fit did not converge ({why}); refit, or allow_unconverged=True")
     if allow_unconverged and hasattr(fit, "accept_unconverged"):
@@ -417,10 +513,10 @@ def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost
     S = mu.shape[1]
     keep = np.unique(np.linspace(0, S - 1, min(S, max_draws)).round().astype(int))
     values, mu, sig, nu = values[keep], mu[:, keep], sig[:, keep], nu[keep]
-    engine = Preposterior(values, mu, sig, nu, n_worlds=n_worlds, seed=seed)
+    engine = ENGINES[method](values, mu, sig, nu, n_worlds=n_worlds, seed=seed)
     if lookahead is None:
-        lookahead = 2 if method == "prior" and len(cands) <= 64 else 1
-    rows, logw = greedy(engine, cands[cost].to_numpy(), budget, lookahead=lookahead)
+        lookahead = 2 if from_prior and len(cands) <= 64 else 1
+    rows, state = greedy(engine, cands[cost].to_numpy(), budget, lookahead=lookahead)
     chosen = pd.DataFrame(rows)
     table = cands.iloc[chosen["index"]].reset_index(drop=True) if rows else cands.iloc[:0].copy()
     if rows:
@@ -435,34 +531,40 @@ def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost
     if not engine.decision:
         lo, hi = np.quantile(values, [0.05, 0.95])
         width_before = float(hi - lo)
-        width_after = float(weighted_width(values, logw).mean()) if rows else width_before
+        if not rows:
+            width_after = width_before
+        elif method == "linear":  # the Gaussian width scales with the standard deviation
+            width_after = width_before * math.sqrt(max(rows[-1]["criterion_after"], 0.0) / before)
+        else:
+            width_after = float(weighted_width(values, state).mean())
     notes = []
-    if rows:
+    if rows and method == "reweight":
         import arviz as az
 
         # Pareto k of each world's weights (PSIS): above 0.7 the reweighted draws are unreliable
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            khat = np.asarray(az.psislw(logw - logw.max(axis=1, keepdims=True), reff=1.0)[1])
+            khat = np.asarray(az.psislw(state - state.max(axis=1, keepdims=True), reff=1.0)[1])
         share = float(np.mean(khat > 0.7))
         if share > 0.1:
             notes.append(f"in {share:.0%} of simulated worlds the importance weights have Pareto k > 0.7: the "
                          "expected shrinkage there rests on too few draws; refit after fewer runs")
     if rows and table["ess"].min() < MIN_ESS:
         notes.append(f"the effective number of draws fell to {table['ess'].min():.0f}: the expected shrinkage is "
-                     "optimistic; refit after these runs (or fit with more draws) before choosing more")
+                     "optimistic; refit after these runs (or fit with more draws) before choosing more, or choose with "
+                     "method='linear'")
     if not rows:
         notes.append("no affordable candidate is expected to reduce the target's uncertainty")
     if rows and table["extrapolated"].any():
         notes.append("some chosen runs lie outside the measured ranges: their outcomes are the law's extrapolation")
-    if method == "prior":
+    if from_prior:
         notes.append("chosen from the prior alone (no runs yet): the gains are only as good as the prior")
     for n in notes:
         warnings.warn(n, stacklevel=2)
     return NextRuns(table=table, target=str(target), scale=scale, cost_column=cost, budget=budget, before=before,
                     after=rows[-1]["criterion_after"] if rows else before, width_before=width_before,
                     width_after=width_after,
-                    approximation=APPROXIMATION.format(worlds=n_worlds, draws=len(keep), min_ess=MIN_ESS),
+                    approximation=APPROXIMATION[method].format(worlds=n_worlds, draws=len(keep), min_ess=MIN_ESS),
                     spec_base=spec_base(fit), notes=notes)
 
 

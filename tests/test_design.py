@@ -8,6 +8,7 @@ import pytest
 from test_quantities import fake_fit
 
 from bayes_transfer.design import (
+    LinearPreposterior,
     Preposterior,
     greedy,
     next_runs,
@@ -35,7 +36,8 @@ def test_normal_normal_expected_variance_is_the_conjugate_posterior_variance():
     assert np.all(ess > 500)
 
 
-def test_joint_conditioning_matches_bayesian_linear_regression():
+@pytest.mark.parametrize("engine_cls", [Preposterior, LinearPreposterior])
+def test_joint_conditioning_matches_bayesian_linear_regression(engine_cls):
     # theta = (a, b) ~ N(0, I); a run at x observes a + b x + N(0, 0.3^2). The posterior variance of b
     # after a batch X is [(I + X'X / s^2)^-1]_bb: two runs together say more than either alone.
     rng = np.random.default_rng(2)
@@ -43,7 +45,7 @@ def test_joint_conditioning_matches_bayesian_linear_regression():
     xs = np.array([-1.0, 0.0, 1.0, 2.0])
     s = 0.3
     mu = a[None, :] + b[None, :] * xs[:, None]
-    engine = Preposterior(b, mu, np.full(mu.shape, s), np.inf, n_worlds=200, seed=3)
+    engine = engine_cls(b, mu, np.full(mu.shape, s), np.inf, n_worlds=200, seed=3)
 
     def exact(batch):
         X = np.column_stack([np.ones(len(batch)), xs[batch]])
@@ -59,7 +61,8 @@ def test_joint_conditioning_matches_bayesian_linear_regression():
     assert rows[1]["criterion_after"] == pytest.approx(exact([3, second]), rel=0.06)
 
 
-def test_lookahead_finds_runs_that_only_inform_together():
+@pytest.mark.parametrize("engine_cls", [Preposterior, LinearPreposterior])
+def test_lookahead_finds_runs_that_only_inform_together(engine_cls):
     # target a; run 0 sees a + 2 b, run 1 sees b (weak alone, together they pin a: variance 0.047),
     # run 2 sees a through heavy noise. Budget for two runs: one-at-a-time greedy takes run 2 first
     # and ends at variance 0.59 (closed forms of the Gaussian posterior).
@@ -67,7 +70,7 @@ def test_lookahead_finds_runs_that_only_inform_together():
     a, b = rng.standard_normal((2, 20000))
     mu = np.vstack([a + 2 * b, b, a])
     sigma = np.array([0.1, 0.1, 1.5])[:, None] * np.ones_like(mu)
-    engine = Preposterior(a, mu, sigma, np.inf, n_worlds=150, seed=9)
+    engine = engine_cls(a, mu, sigma, np.inf, n_worlds=150, seed=9)
     myopic, _ = greedy(engine, np.ones(3), budget=2.0, lookahead=1)
     ahead, _ = greedy(engine, np.ones(3), budget=2.0, lookahead=2)
     assert myopic[0]["index"] == 2
@@ -104,20 +107,43 @@ def test_brute_force_posterior_by_quadrature_on_a_nonlinear_law():
     assert exact.mean() < 0.8 * v.var()  # the run is informative: the test is not vacuous
 
 
-def test_regret_of_a_decision_falls_by_the_value_of_information():
+@pytest.mark.parametrize("engine_cls", [Preposterior, LinearPreposterior])
+def test_regret_of_a_decision_falls_by_the_value_of_information(engine_cls):
     # Two plans; plan 1's loss is theta, plan 0's is 0. Perfect information removes all regret,
     # no information leaves E[max(0, -theta)] ... computed against the closed form for theta ~ N(0.1, 1).
     rng = np.random.default_rng(6)
     theta = rng.normal(0.1, 1.0, 40000)
     losses = np.column_stack([np.zeros_like(theta), theta])
-    exact_run = Preposterior(losses, theta[None, :], np.full((1, theta.size), 1e-3), np.inf, n_worlds=200, seed=7)
-    useless = Preposterior(losses, np.zeros((1, theta.size)), np.ones((1, theta.size)), np.inf, n_worlds=200, seed=7)
+    exact_run = engine_cls(losses, theta[None, :], np.full((1, theta.size), 1e-3), np.inf, n_worlds=400, seed=7)
+    useless = engine_cls(losses, np.zeros((1, theta.size)), np.ones((1, theta.size)), np.inf, n_worlds=400, seed=7)
     from scipy.stats import norm
 
     # choosing plan 0 (E[theta] > 0) regrets max(0, -theta): E = sigma phi(m/sigma) - m Phi(-m/sigma)
     prior_regret = norm.pdf(0.1) - 0.1 * norm.cdf(-0.1)
     assert useless.criterion([0])[0].mean() == pytest.approx(prior_regret, rel=0.03)
     assert exact_run.criterion([0])[0].mean() < 0.02 * prior_regret
+
+
+def test_from_a_wide_prior_reweighting_collapses_and_the_linear_engine_does_not():
+    # theta ~ N(0, 10^2) (a prior, no data yet); one run sees theta + N(0, 0.01^2): posterior variance
+    # 1 / (1/100 + 1e4). Reweighting 2,000 prior draws leaves about two draws per world,
+    # whose variance is meaningless; the Gaussian update is exact here.
+    rng = np.random.default_rng(4)
+    theta = rng.normal(0.0, 10.0, 2000)
+    args = (theta, theta[None, :], np.full((1, theta.size), 0.01), np.inf)
+    crit, ess = Preposterior(*args, n_worlds=100, seed=5).criterion([0])
+    assert np.median(ess) < 5
+    lin, lin_ess = LinearPreposterior(*args, n_worlds=100, seed=5).criterion([0])
+    assert lin.mean() == pytest.approx(1 / (1 / theta.var(ddof=1) + 1e4), rel=0.01)
+    assert np.isnan(lin_ess).all()
+
+
+def test_linear_engine_with_student_t_noise_uses_its_variance():
+    # Student-t noise of scale s and nu = 4 has variance 2 s^2: the run counts as a normal one of that variance
+    rng = np.random.default_rng(11)
+    theta = rng.standard_normal(30000)
+    engine = LinearPreposterior(theta, theta[None, :], np.full((1, theta.size), 0.5), np.full(theta.size, 4.0))
+    assert engine.criterion([0])[0].mean() == pytest.approx(1 / (1 + 1 / (2 * 0.25)), rel=0.03)
 
 
 # ---------------------------------------------------------------- next_runs on a fit
@@ -360,5 +386,11 @@ def test_a_first_batch_from_the_prior_alone():
     assert float(np.log(prior.posterior["beta"]).std()) > 0.1
     with pytest.warns(UserWarning, match="prior alone"):
         res = next_runs(prior, c, target="multiplier:N=1e5,D_F=8192", budget=0.5, n_worlds=32, max_draws=500)
-    assert len(res.table) >= 1 and res.table["cost"].sum() <= 0.5
-    assert res.width_after < res.width_before
+    assert "Bayes-linear" in res.approximation  # reweighting prior draws collapses (test above)
+    t = res.table
+    assert len(t) >= 2 and t["cost"].sum() <= 0.5
+    assert res.after < res.before and res.width_after < res.width_before
+    assert np.all(t["expected_gain"] > 0)
+    # the multiplier compares the two laws: the batch has scratch and fine-tuned runs at the target's D_F
+    at_target = t[t["data_tokens"] == 8192]
+    assert {"none", "text"} <= set(at_target["source"])
