@@ -428,8 +428,8 @@ def next_runs_cmd(
                                                      "alpha_N:target=..), or regret (the recommend decision)"),
     budget: float = typer.Option(..., "--budget", help="compute to spend, in the units of --cost"),
     candidates: Path = typer.Option(..., "--candidates", help="candidates table (CSV) from `transfer-train grid price`"),
-    out_path: Path = typer.Option(..., "--out", help="trainer spec to write (several specs: OUT.1.toml, ...); "
-                                                     "the chosen runs' table goes beside it as OUT.runs.csv"),
+    out_path: Path = typer.Option(..., "--out", help="trainer spec to write; the chosen runs' table goes "
+                                                     "beside it as OUT.runs.csv"),
     cost: str = typer.Option("cost_core_hours", "--cost", help="cost column: cost_core_hours or cost_flops"),
     law: str = typer.Option("transfer", "--law", help="with `prior`: the law whose prior is used"),
     plan_budget: Optional[float] = typer.Option(None, "--plan-budget", help="regret target: the budget recommend plans"),
@@ -469,15 +469,16 @@ def next_runs_cmd(
                         n_worlds=worlds, method=method, seed=seed, allow_unconverged=allow_unconverged)
     if res.table.empty:
         raise UserError("no affordable candidate is expected to sharpen the target; nothing written")
-    res.specs()  # a spec that cannot be written fails here, before anything is
-    paths = res.write_specs(out_path)
+    res.spec()  # a spec that cannot be written fails here, before anything is
+    path = res.write_spec(out_path)
     table_path = out_path.with_name(f"{out_path.stem}.runs.csv")
     tmp = table_path.with_name(f".{table_path.name}.tmp")
     res.table.to_csv(tmp, index=False)
     tmp.replace(table_path)
     sys.stdout.write(res.to_markdown())
-    err.print(f"wrote {escape(', '.join(map(str, paths)))} and {escape(str(table_path))}; train them with "
-              f"`transfer-train grid run {escape(' '.join(map(str, paths)))} --out DIR`", highlight=False)
+    err.print(f"wrote {escape(str(path))} and {escape(str(table_path))}; train them with "
+              f"`transfer-train grid run {escape(str(path))} --out DIR` (the fitted grid's DIR reuses its "
+              f"pre-training)", highlight=False)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 ``next_runs(fit, candidates, target=..., budget=...)`` picks, from a table of
 candidate runs with a cost each (docs/loss_grid.md, "The candidates table"),
 the batch that is expected to sharpen ``target`` most per unit of cost, and
-writes it as trainer spec(s) (``write_specs``).
+writes it as a trainer spec (``write_spec``).
 
 Targets (``parse_target``; written ``name[:key=value,...]``):
 
@@ -81,12 +81,12 @@ from bayes_transfer.design_io import (
     flat_draws,
     load_candidates,
     prior_fit,
-    run_specs,
+    run_spec,
     spec_base,
 )
 
 __all__ = ["COSTS", "LinearPreposterior", "NextRuns", "Preposterior", "Target", "load_candidates", "next_runs", "parse_target",
-           "prior_fit", "run_specs"]
+           "prior_fit", "run_spec"]
 
 VARIANCE_TARGETS = ("multiplier", "D_T")
 DECISION_TARGET = "regret"
@@ -440,20 +440,18 @@ class NextRuns:
         lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
-    def specs(self, name: str = "next_runs") -> list[str]:
-        return run_specs(self.table, self.spec_base, name)
+    def spec(self, name: str = "next_runs") -> str:
+        """The chosen runs as one trainer spec (TOML) that ``transfer-train grid run`` accepts as it is."""
+        return run_spec(self.table, self.spec_base, name)
 
-    def write_specs(self, out) -> list[Path]:
-        """Write the spec(s) atomically: ``out`` if one spec holds the runs exactly, else out.1.toml, ..."""
+    def write_spec(self, out) -> Path:
+        """Write the spec to ``out`` atomically."""
         out = Path(out)
-        texts = self.specs(out.stem.replace(".", "_") or "next_runs")
-        paths = [out] if len(texts) == 1 else [out.with_name(f"{out.stem}.{i}{out.suffix or '.toml'}")
-                                               for i in range(1, len(texts) + 1)]
-        for path, text in zip(paths, texts):
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
-        return paths
+        text = self.spec(out.stem.replace(".", "_") or "next_runs")
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+        return out
 
 
 APPROXIMATION = {

@@ -1,10 +1,10 @@
 """Inputs and outputs of ``design``: the candidates table, the law's domain, trainer specs, a prior-only fit.
 
 The candidates table is the one ``transfer-train grid price`` writes
-(docs/loss_grid.md, "The candidates table"). The specs are the trainer's
-TOML grid format: a spec expands to a factorial product of its lists, so an
-arbitrary set of runs is written as the fewest specs whose cells are exactly
-those runs (``run_specs``).
+(docs/loss_grid.md, "The candidates table"). The chosen runs are written as
+one trainer spec (TOML) listing them as ``[[run]]`` tables (``run_spec``),
+with the fitted grid's [pretrain] and [train] so that they train the same way
+and reuse its pre-training runs.
 """
 
 from __future__ import annotations
@@ -194,7 +194,13 @@ def _columns(candidates):
 
 
 def spec_base(fit) -> dict:
-    """[pretrain] and [train] of the spec that made the fit's grid: new runs are trained the same way."""
+    """[pretrain] and [train] of the spec that made the fit's grid: new runs are trained the same way.
+
+    [pretrain].checkpoints lists every pre-training amount of that spec: a
+    pre-training run's identity includes its checkpoints, so the new spec's
+    pre-training runs are the grid's own and ``grid run`` into the grid's
+    directory reuses them instead of pre-training again.
+    """
     text = (getattr(fit.grid, "attrs", None) or {}).get(lg.ATTR_SPEC)
     if not text:
         return {}
@@ -202,7 +208,17 @@ def spec_base(fit) -> dict:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return {}
-    return {k: raw[k] for k in ("pretrain", "train") if isinstance(raw.get(k), dict)}
+    base = {k: dict(raw[k]) for k in ("pretrain", "train") if isinstance(raw.get(k), dict)}
+    grid = raw.get("grid") if isinstance(raw.get("grid"), dict) else {}
+    runs = [r for r in raw.get("run", []) if isinstance(r, dict)]
+    amounts = set(base.get("pretrain", {}).get("checkpoints", []))
+    if any(s != lg.SCRATCH for s in grid.get("sources", [])):
+        amounts |= {p for p in grid.get("pretrain_tokens", []) if isinstance(p, int) and p > 0}
+    amounts |= {r["pretrain_tokens"] for r in runs if isinstance(r.get("pretrain_tokens"), int)
+                and r["pretrain_tokens"] > 0}
+    if amounts:
+        base.setdefault("pretrain", {})["checkpoints"] = sorted(amounts)
+    return base
 
 
 def _toml_value(v) -> str:
@@ -225,60 +241,27 @@ def _toml_key(k: str) -> str:
     return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(str(k))
 
 
-def _blocks(table: pd.DataFrame) -> list[dict]:
-    """The chosen runs as factorial [grid] blocks that expand to exactly those runs.
-
-    One block per (target, source, pretrain_tokens, seed); within it, sizes share
-    one data_tokens list when each size's D_F set is that list cut at a maximum
-    (data_tokens_max_by_size), else one block per distinct D_F set.
-    """
+def run_spec(table: pd.DataFrame, base: dict, name: str = "next_runs") -> str:
+    """TOML text of one trainer spec whose cells are exactly the runs of ``table`` ([[run]] tables)."""
     if lg.SIZE not in table.columns:
         raise ValueError("the candidates table has no `size` column (the trainer's name of each architecture): "
                          "cannot write a trainer spec")
-    blocks = []
-    keys = [lg.TARGET, lg.SOURCE, lg.PRETRAIN_TOKENS, lg.SEED]
-    for (tgt, src, p, seed), g in table.groupby(keys, sort=True):
-        by_size = {s: sorted(set(int(d) for d in gg[lg.DATA_TOKENS])) for s, gg in g.groupby(lg.SIZE, sort=False)}
-        order = sorted(by_size, key=lambda s: float(g[g[lg.SIZE] == s][lg.N_PARAMS].iloc[0]))
-        union = sorted(set().union(*by_size.values()))
-        staircase = all(by_size[s] == [d for d in union if d <= max(by_size[s])] for s in order)
-        if staircase:
-            groups = [order]
-        else:  # sizes with the same D_F set form one exact product
-            same: dict[tuple, list] = {}
-            for s in order:
-                same.setdefault(tuple(by_size[s]), []).append(s)
-            groups = list(same.values())
-        for sizes in groups:
-            ds = sorted(set().union(*(by_size[s] for s in sizes)))
-            grid = {"sizes": [str(s) for s in sizes], "targets": [str(tgt)], "sources": [str(src)],
-                    "data_tokens": ds}
-            if src != lg.SCRATCH:
-                grid["pretrain_tokens"] = [int(p)]
-            grid["seeds"] = [int(seed)]
-            caps = {str(s): max(by_size[s]) for s in sizes if max(by_size[s]) < max(ds)}
-            if caps:
-                grid["data_tokens_max_by_size"] = caps
-            blocks.append(grid)
-    return blocks
-
-
-def run_specs(table: pd.DataFrame, base: dict, name: str = "next_runs") -> list[str]:
-    """TOML text of trainer spec(s) whose cells are exactly the runs of ``table``."""
-    texts = []
-    blocks = _blocks(table)
-    for i, grid in enumerate(blocks, 1):
-        label = name if len(blocks) == 1 else f"{name}_{i}"
-        lines = [f"# Chosen by bayes-transfer next-runs ({i} of {len(blocks)} specs); [pretrain] and [train]",
-                 "# copied from the spec of the fitted grid, so these runs train the same way.",
-                 f"name = {_toml_value(label)}",
-                 f"description = {_toml_value(f'{len(table)} run(s) chosen to sharpen the target')}", "", "[grid]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in grid.items()]
-        pre = dict(base.get("pretrain", {}))
-        if grid["sources"] != [lg.SCRATCH] and pre:
-            pre["tokens"] = max(int(pre.get("tokens", 0)), grid["pretrain_tokens"][0])
-            lines += ["", "[pretrain]"] + [f"{k} = {_toml_value(v)}" for k, v in pre.items()]
-        if base.get("train"):
-            lines += ["", "[train]"] + [f"{k} = {_toml_value(v)}" for k, v in base["train"].items()]
-        texts.append("\n".join(lines) + "\n")
-    return texts
+    lines = ["# Chosen by bayes-transfer next-runs; [pretrain] and [train] copied from the spec of the fitted",
+             "# grid, so these runs train the same way and reuse its pre-training in the same directory.",
+             f"name = {_toml_value(name)}",
+             f"description = {_toml_value(f'{len(table)} run(s) chosen to sharpen the target')}"]
+    fine_tuned = table[table[lg.SOURCE] != lg.SCRATCH]
+    pre = dict(base.get("pretrain", {}))
+    if len(fine_tuned) and pre:
+        pre["tokens"] = max(int(pre.get("tokens", 0)), int(fine_tuned[lg.PRETRAIN_TOKENS].max()))
+        lines += ["", "[pretrain]"] + [f"{k} = {_toml_value(v)}" for k, v in pre.items()]
+    if base.get("train"):
+        lines += ["", "[train]"] + [f"{k} = {_toml_value(v)}" for k, v in base["train"].items()]
+    for r in table.itertuples(index=False):
+        run = {"size": str(getattr(r, lg.SIZE)), "target": str(getattr(r, lg.TARGET)),
+               "source": str(getattr(r, lg.SOURCE)), "data_tokens": int(getattr(r, lg.DATA_TOKENS))}
+        if run["source"] != lg.SCRATCH:
+            run["pretrain_tokens"] = int(getattr(r, lg.PRETRAIN_TOKENS))
+        run["seed"] = int(getattr(r, lg.SEED))
+        lines += ["", "[[run]]"] + [f"{k} = {_toml_value(v)}" for k, v in run.items()]
+    return "\n".join(lines) + "\n"

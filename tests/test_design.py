@@ -13,7 +13,7 @@ from bayes_transfer.design import (
     greedy,
     next_runs,
     parse_target,
-    run_specs,
+    run_spec,
 )
 
 PAIR = "text->python"
@@ -176,8 +176,7 @@ def test_next_runs_respects_the_budget_and_reports_gains(fit, tmp_path):
     assert res.scale == "log"
     # a fine-tuned run informs the multiplier more than a scratch one at the same cost
     assert (t["source"] != "none").any()
-    paths = res.write_specs(tmp_path / "next.toml")
-    assert all(p.exists() for p in paths)
+    assert res.write_spec(tmp_path / "next.toml").exists()
     assert "Next runs for multiplier" in res.to_markdown()
 
 
@@ -242,15 +241,11 @@ def test_unconverged_and_point_estimate_fits_are_refused():
 # ---------------------------------------------------------------- trainer specs
 
 
-def _cells(texts):
+def _spec(text):
     import tomllib
 
     spec_mod = pytest.importorskip("trainer.spec")
-    out = []
-    for text in texts:
-        spec = spec_mod.parse_spec(tomllib.loads(text), text)
-        out += [(c.size, c.target, c.source, c.pretrain_tokens, c.data_tokens, c.seed) for c in spec.cells]
-    return out
+    return spec_mod.parse_spec(tomllib.loads(text), text)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -260,12 +255,30 @@ def test_specs_expand_to_exactly_the_chosen_runs(seed):
     c["seed"] = rng.integers(0, 2, len(c))
     chosen = c.iloc[np.sort(rng.choice(len(c), size=int(rng.integers(1, len(c))), replace=False))]
     base = {"pretrain": {"tokens": 4194304, "eval_interval": 200}, "train": {"batch": 16, "patience": 4}}
-    texts = run_specs(chosen, base)
-    cells = _cells(texts)
+    text = run_spec(chosen, base)
+    cells = [(c.size, c.target, c.source, c.pretrain_tokens, c.data_tokens, c.seed) for c in _spec(text).cells]
     want = [(r.size, r.target, r.source, int(r.pretrain_tokens), int(r.data_tokens), int(r.seed))
             for r in chosen.itertuples()]
     assert sorted(cells) == sorted(want)
-    assert "batch = 16" in texts[0]
+    assert "batch = 16" in text
+
+
+def test_the_spec_reuses_the_fitted_grids_pre_training():
+    # the fitted grid pre-trained to 4 and 8 MiB; the chosen runs use 4 MiB only
+    import xarray as xr
+
+    grid_text = ("[grid]\nsizes = [\"25k\", \"100k\"]\ntargets = [\"python\"]\nsources = [\"none\", \"text\"]\n"
+                 "data_tokens = [8192, 32768]\npretrain_tokens = [4194304, 8388608]\nseeds = [1]\n\n"
+                 "[pretrain]\ntokens = 8388608\n\n[train]\nbatch = 16\n")
+    fit = type("F", (), {"grid": xr.Dataset(attrs={"spec": grid_text})})()
+    from bayes_transfer.design_io import spec_base
+
+    base = spec_base(fit)
+    assert base["pretrain"]["checkpoints"] == [4194304, 8388608]
+    c = cands(sizes=(1e5, 1e6), data=(32768,), pretrain=4194304)
+    new, grid = _spec(run_spec(c, base)), _spec(grid_text)
+    assert {j.job_id for j in new.pretrain_jobs} == {j.job_id for j in grid.pretrain_jobs}
+    assert {c.run_id for c in new.cells} <= {c.run_id for c in grid.cells}
 
 
 # ---------------------------------------------------------------- the command

@@ -128,4 +128,4 @@ def test_cpu_grids_fit_sixteen_core_hours_at_measured_speeds():
 
 def test_micro_spec_is_tiny():
     sp = load_spec(SPECS / "micro.toml")
-    assert sp.sizes == ["25k"] and max(sp.data_tokens) <= 16384 and sp.pretrain["tokens"] <= 65536
+    assert sp.sizes == ["25k"] and max(c.data_tokens for c in sp.cells) <= 16384 and sp.pretrain["tokens"] <= 65536

@@ -119,3 +119,68 @@ def test_data_sizes_are_checked_against_the_reference_corpus_build():
     check_sizes(parse_spec(spec_dict()), reference_manifest())
     with pytest.raises(SpecError, match="D_F=1000000000 exceeds the .* bytes of python/train"):
         check_sizes(parse_spec(spec_dict(data_tokens=[10**9])), reference_manifest())
+
+
+# ---------------------------------------------------------------- [[run]]: an explicit list of cells
+
+GRID = {"grid": dict(sizes=["25k", "50k"], targets=["python"], sources=["none", "text"], data_tokens=[4096, 16384],
+                     pretrain_tokens=[32768, 65536], seeds=[0]),
+        "pretrain": {"tokens": 65536}, "train": {"batch": 2, "eval_interval": 3, "eval_seqs": 4, "patience": 1}}
+
+
+def runs_spec(runs, **pretrain):
+    return {"run": runs, "pretrain": {"tokens": 65536, **pretrain}, "train": dict(GRID["train"])}
+
+
+def test_a_run_list_expands_to_exactly_its_cells_and_reuses_the_grids_pre_training():
+    grid = parse_spec(GRID)
+    runs = [dict(size="50k", target="python", source="text", pretrain_tokens=32768, data_tokens=16384),
+            dict(size="25k", target="python", source="none", data_tokens=4096),
+            dict(size="25k", target="python", source="text", pretrain_tokens=65536, data_tokens=4096, seed=3)]
+    sp = parse_spec(runs_spec(runs, checkpoints=[32768]))
+    assert [(c.size, c.source, c.pretrain_tokens, c.data_tokens, c.seed) for c in sp.cells] == [
+        ("50k", "text", 32768, 16384, 0), ("25k", "none", 0, 4096, 0), ("25k", "text", 65536, 4096, 3)]
+    # with the grid's checkpoints listed, the pre-training runs are the grid's own (same identity, so
+    # `grid run` into the grid's directory reuses them) and a cell the grid has is the same cell
+    assert {j.job_id for j in sp.pretrain_jobs} == {j.job_id for j in grid.pretrain_jobs}
+    assert {c.run_id for c in sp.cells[:2]} <= {c.run_id for c in grid.cells}
+    # without them the 25k pre-training saves only what this spec needs, and is a different run
+    alone = parse_spec(runs_spec(runs[2:]))
+    assert alone.pretrain_jobs[0].checkpoints == (65536,)
+    assert alone.pretrain_jobs[0].job_id not in {j.job_id for j in grid.pretrain_jobs}
+
+
+def test_a_grid_and_a_run_list_together():
+    d = dict(GRID, run=[dict(size="50k", target="python", source="none", data_tokens=65536)])
+    sp = parse_spec(d)
+    assert len(sp.cells) == len(parse_spec(GRID).cells) + 1
+    assert sp.sizes == ["25k", "50k"] and sp.sources == ["none", "text"]
+
+
+@pytest.mark.parametrize("run,msg", [
+    (dict(size="25k", target="python", data_tokens=4096), r"\[\[run\]\] 1: missing `source`"),
+    (dict(size="1b", target="python", source="none", data_tokens=4096), "unknown model size '1b'"),
+    (dict(size="25k", target="python", source="none", data_tokens=4096, pretrain_tokens=32768),
+     "a scratch run"),
+    (dict(size="25k", target="python", source="text", data_tokens=4096), "needs a positive `pretrain_tokens`"),
+    (dict(size="25k", target="python", source="text", data_tokens=4096, pretrain_tokens=32768, pretrain_seed=7),
+     r"pretrain_seed 7 is not in \[pretrain\].seeds"),
+    (dict(size="25k", target="python", source="none", data_tokens=4096, sed=1), "unknown key `sed`"),
+    (dict(size="25k", target="python", source="text", data_tokens=4096, pretrain_tokens=10**6),
+     "at least the largest pretrain_tokens"),
+])
+def test_bad_runs_are_refused_naming_the_run(run, msg):
+    with pytest.raises(SpecError, match=msg):
+        parse_spec(runs_spec([run]))
+
+
+def test_run_list_duplicates_and_checkpoints_are_checked():
+    r = dict(size="25k", target="python", source="none", data_tokens=4096)
+    with pytest.raises(SpecError, match=r"\[\[run\]\] 2 repeats an earlier run"):
+        parse_spec(runs_spec([r, dict(r)]))
+    with pytest.raises(SpecError, match=r"checkpoints: 131072 is beyond \[pretrain\].tokens"):
+        parse_spec(runs_spec([r], checkpoints=[131072]))
+    with pytest.raises(SpecError, match="must be a list of tables"):
+        parse_spec({"run": 3})
+    with pytest.raises(SpecError, match=r"missing \[grid\] table \(or \[\[run\]\] tables\)"):
+        parse_spec({"train": {}})

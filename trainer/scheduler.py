@@ -27,8 +27,8 @@ from trainer.data import Corpora, Stream, source_mix, stable_int
 from trainer.files import atomic_write_json, sweep_temps
 from trainer.model import config_for
 from trainer.plan import (
-    cell_groups, default_pack, estimate, flops_per_token, group_seconds, pretrain_groups, pretrain_seconds,
-    probe_tokens_per_s,
+    cell_groups, check_sizes, default_pack, estimate, flops_per_token, group_seconds, pretrain_groups,
+    pretrain_seconds, probe_tokens_per_s,
 )
 from trainer.provenance import code_version, corpus_hashes
 from trainer.spec import Cell, PretrainJob, Spec, SpecError, spec_hash
@@ -111,15 +111,7 @@ class RunDir:
     def validate(self) -> None:
         """Everything that can be checked before training starts: corpora
         present and large enough, and built as the finished runs' were."""
-        names = set(self.corpora.manifest["distributions"])
-        missing = sorted(self.spec.corpora_needed() - names)
-        if missing:
-            raise SpecError(f"corpora {', '.join(missing)} are not in {self.corpora.root} "
-                            f"(has: {', '.join(sorted(names))})")
-        for t in self.spec.targets:
-            n = self.corpora.split(t, "train").size
-            if max(c.data_tokens for c in self.spec.cells) > n:
-                raise SpecError(f"D_F={max(self.spec.data_tokens)} exceeds the {n} bytes of {t}/train")
+        check_sizes(self.spec, self.corpora.manifest)
         mine = corpus_hashes(self.corpora.manifest)
         for p in sorted((self.out / "runs").glob("*.json"))[:1]:
             rec = read_record(p)

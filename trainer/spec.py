@@ -1,11 +1,17 @@
 """Grid specs (TOML): the schema, its validation, and the expansion into
 pre-training jobs and cells.
 
-A spec names model sizes, targets, pre-training sources, fine-tuning sizes
-D_F (`data_tokens`), pre-training amounts p and seeds; every combination is
-a cell (one run). Scratch cells have source "none" and p = 0. Every value is
-checked against the schema below before any work starts, and every problem
-is one line naming the key.
+A spec's [grid] names model sizes, targets, pre-training sources, fine-tuning
+sizes D_F (`data_tokens`), pre-training amounts p and seeds; every
+combination is a cell (one run). Scratch cells have source "none" and p = 0.
+Cells that are no product (the runs `bayes-transfer next-runs` chooses) are
+listed one by one as [[run]] tables (size, target, source, data_tokens,
+pretrain_tokens, seed, pretrain_seed); a spec may have both. One pre-training
+run per (size, source, pre-training seed) saves a checkpoint at every p of the
+spec and at [pretrain].checkpoints; those belong to its identity, so listing a
+grid's checkpoints lets another spec reuse that grid's pre-training. Every
+value is checked against the schema below before any work starts, and every
+problem is one line naming the key.
 """
 from __future__ import annotations
 
@@ -40,14 +46,17 @@ def spec_hash(obj) -> str:
 # --- the schema: key -> (kind, low, high); kind "int" is a whole number ---
 _INT, _FLOAT, _STR = "int", "float", "str"
 _SCHEMA: dict[str, dict[str, tuple]] = {
-    "spec": {"name": (_STR,), "description": (_STR,), "grid": ("table",), "pretrain": ("table",),
-             "train": ("table",)},
+    "spec": {"name": (_STR,), "description": (_STR,), "grid": ("table",), "run": ("tables",),
+             "pretrain": ("table",), "train": ("table",)},
     "grid": {"sizes": ("list", _STR), "targets": ("list", _STR), "sources": ("list", _STR),
              "data_tokens": ("list", _INT, CTX + 1, 2**40), "scratch_data_tokens": ("list", _INT, CTX + 1, 2**40),
              "pretrain_tokens": ("list", _INT, 0, 2**44), "seeds": ("list", _INT, 0, 2**31),
              "multi_seed_max_data_tokens": (_INT, 1, 2**40), "data_tokens_max_by_size": ("map", _INT, 1, 2**40)},
     "pretrain": {"tokens": (_INT, 1, 2**44), "eval_interval": (_INT, 1, 10**6), "eval_seqs": (_INT, 1, 8192),
-                 "seed": (_INT, 0, 2**31), "seeds": ("list", _INT, 0, 2**31), "seed_sizes": ("list", _STR)},
+                 "seed": (_INT, 0, 2**31), "seeds": ("list", _INT, 0, 2**31), "seed_sizes": ("list", _STR),
+                 "checkpoints": ("list", _INT, 1, 2**44)},
+    "run": {"size": (_STR,), "target": (_STR,), "source": (_STR,), "data_tokens": (_INT, CTX + 1, 2**40),
+            "pretrain_tokens": (_INT, 0, 2**44), "seed": (_INT, 0, 2**31), "pretrain_seed": (_INT, 0, 2**31)},
     "train": {"patience": (_INT, 1, 1000), "smooth": (_FLOAT, 0.01, 1.0), "eval_seqs": (_INT, 1, 8192),
               "report_seqs": (_INT, 1, 65536), "max_steps": (_INT, 1, 10**8), "budget": (_FLOAT, 1.0, 1000.0),
               "warmup": (_INT, 1, 10**6), "pack": (_INT, 1, 1024), "lr": ("map", _FLOAT, 1e-7, 1.0),
@@ -74,8 +83,8 @@ def _check_scalar(v, kind: str, lo, hi, where: str):
     return float(v) if kind == _FLOAT else v
 
 
-def _check_table(d, section: str) -> dict:
-    where = "spec" if section == "spec" else f"[{section}]"
+def _check_table(d, section: str, where: str | None = None) -> dict:
+    where = where or ("spec" if section == "spec" else f"[{section}]")
     if not isinstance(d, dict):
         raise SpecError(f"{where} must be a table")
     schema = _SCHEMA[section]
@@ -91,6 +100,10 @@ def _check_table(d, section: str) -> dict:
         item = rest.pop(0) if kind in ("list", "map") else kind
         lo, hi = rest if rest else (None, None)
         if kind == "table":
+            out[k] = v
+        elif kind == "tables":
+            if not isinstance(v, list) or not v or not all(isinstance(x, dict) for x in v):
+                raise SpecError(f"{where}.{k} must be a list of tables ([[{k}]])")
             out[k] = v
         elif kind == "list":
             if not isinstance(v, list) or not v:
@@ -156,22 +169,28 @@ class Cell:
 class Spec:
     name: str
     text: str
-    sizes: list[str]
-    targets: list[str]
-    sources: list[str]
-    data_tokens: list[int]
-    pretrain_tokens: list[int]
-    seeds: list[int]
     train: dict
     pretrain: dict
     pretrain_jobs: list[PretrainJob] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)
 
+    # sizes, targets and sources in the order the cells name them
+    @property
+    def sizes(self) -> list[str]:
+        return list(dict.fromkeys(c.size for c in self.cells))
+
+    @property
+    def targets(self) -> list[str]:
+        return list(dict.fromkeys(c.target for c in self.cells))
+
+    @property
+    def sources(self) -> list[str]:
+        return list(dict.fromkeys(c.source for c in self.cells))
+
     def corpora_needed(self) -> set[str]:
         need = set(self.targets)
-        for s in self.sources:
-            if s != SCRATCH:
-                need |= set(source_mix(s))
+        for s in set(self.sources) - {SCRATCH}:
+            need |= set(source_mix(s))
         return need
 
 
@@ -191,55 +210,101 @@ def load_spec(path: str | Path) -> Spec:
     return parse_spec(raw, text, default_name=path.stem)
 
 
+def _check_names(where: str, sizes=(), targets=(), sources=()) -> None:
+    for s in sizes:
+        if s not in SIZES:
+            raise SpecError(f"{where}: unknown model size {s!r}; known: {', '.join(SIZES)}")
+    for t in targets:
+        if t not in DISTRIBUTIONS:
+            raise SpecError(f"{where}: unknown corpus {t!r}; known: {', '.join(DISTRIBUTIONS)}")
+    for s in sources:
+        if s != SCRATCH:
+            try:
+                source_mix(s)
+            except ValueError as e:
+                raise SpecError(f"{where}: {e}") from None
+
+
+def _check_runs(raw_runs: list, pre_seeds: list[int]) -> list[dict]:
+    """The explicit cells of [[run]]: one table per run; scratch runs have source "none"."""
+    runs, seen = [], set()
+    for i, r in enumerate(raw_runs, 1):
+        where = f"[[run]] {i}"
+        r = _check_table(r, "run", where)
+        for k in ("size", "target", "source", "data_tokens"):
+            if k not in r:
+                raise SpecError(f"{where}: missing `{k}`")
+        _check_names(where, [r["size"]], [r["target"]], [r["source"]])
+        scratch = r["source"] == SCRATCH
+        p = r.get("pretrain_tokens", 0)
+        if scratch and p:
+            raise SpecError(f"{where}: a scratch run (source \"none\") has pretrain_tokens = 0")
+        if not scratch and not p:
+            raise SpecError(f"{where}: a fine-tuned run needs a positive `pretrain_tokens`")
+        ps = r.get("pretrain_seed", pre_seeds[0])
+        if scratch and "pretrain_seed" in r:
+            raise SpecError(f"{where}: a scratch run has no pretrain_seed")
+        if not scratch and ps not in pre_seeds:
+            raise SpecError(f"{where}: pretrain_seed {ps} is not in [pretrain].seeds {pre_seeds}")
+        run = dict(size=r["size"], target=r["target"], source=r["source"], data_tokens=r["data_tokens"],
+                   pretrain_tokens=p, seed=r.get("seed", 0), pretrain_seed=-1 if scratch else ps)
+        key = tuple(run.values())
+        if key in seen:
+            raise SpecError(f"{where} repeats an earlier run: duplicate cells")
+        seen.add(key)
+        runs.append(run)
+    return runs
+
+
 def parse_spec(raw: dict, text: str = "", default_name: str = "grid") -> Spec:
+    """A spec's cells are a factorial [grid], an explicit list of [[run]] tables, or both."""
     top = _check_table(raw, "spec")
-    if "grid" not in top:
-        raise SpecError("spec: missing [grid] table")
-    g = _check_table(top["grid"], "grid")
+    if "grid" not in top and "run" not in top:
+        raise SpecError("spec: missing [grid] table (or [[run]] tables)")
+    g = _check_table(top["grid"], "grid") if "grid" in top else None
     pre = _check_table(top.get("pretrain", {}), "pretrain")
     tr = _check_table(top.get("train", {}), "train")
     name = top.get("name", default_name)
     if not NAME_RE.match(name):
         raise SpecError(f"spec name {name!r} must be 1-64 letters, digits, '_', '.' or '-' (it names files)")
-    for k in ("sizes", "targets", "sources", "data_tokens", "seeds"):
-        if k not in g:
-            raise SpecError(f"[grid]: missing `{k}`")
-    for s in g["sizes"]:
-        if s not in SIZES:
-            raise SpecError(f"[grid].sizes: unknown model size {s!r}; known: {', '.join(SIZES)}")
-    for t in g["targets"]:
-        if t not in DISTRIBUTIONS:
-            raise SpecError(f"[grid].targets: unknown corpus {t!r}; known: {', '.join(DISTRIBUTIONS)}")
-    for s in g["sources"]:
-        if s != SCRATCH:
-            try:
-                source_mix(s)
-            except ValueError as e:
-                raise SpecError(f"[grid].sources: {e}") from None
-    ft_sources = [s for s in g["sources"] if s != SCRATCH]
-    if ft_sources and "pretrain_tokens" not in g:
-        raise SpecError("[grid]: missing `pretrain_tokens` (needed by the pre-training sources)")
-    p_list = g.get("pretrain_tokens", [])
-    p_pos = sorted(p for p in p_list if p > 0)
-    if ft_sources and not p_pos:
-        raise SpecError("[grid].sources names a pre-training source but pretrain_tokens has no positive value")
-    for k in ("data_tokens_max_by_size",):
-        for s in g.get(k, {}):
+    p_pos: set[int] = set()
+    if g is not None:
+        for k in ("sizes", "targets", "sources", "data_tokens", "seeds"):
+            if k not in g:
+                raise SpecError(f"[grid]: missing `{k}`")
+        _check_names("[grid].sizes", sizes=g["sizes"])
+        _check_names("[grid].targets", targets=g["targets"])
+        _check_names("[grid].sources", sources=g["sources"])
+        ft_sources = [s for s in g["sources"] if s != SCRATCH]
+        if ft_sources and "pretrain_tokens" not in g:
+            raise SpecError("[grid]: missing `pretrain_tokens` (needed by the pre-training sources)")
+        grid_p = {p for p in g.get("pretrain_tokens", []) if p > 0}
+        if ft_sources and not grid_p:
+            raise SpecError("[grid].sources names a pre-training source but pretrain_tokens has no positive value")
+        if ft_sources:
+            p_pos |= grid_p
+        for s in g.get("data_tokens_max_by_size", {}):
             if s not in g["sizes"]:
-                raise SpecError(f"[grid].{k}: size {s!r} is not in [grid].sizes")
+                raise SpecError(f"[grid].data_tokens_max_by_size: size {s!r} is not in [grid].sizes")
+        for s in pre.get("seed_sizes", []):
+            if s not in g["sizes"]:
+                raise SpecError(f"[pretrain].seed_sizes: size {s!r} is not in [grid].sizes")
+    pre_seeds = pre.get("seeds", [pre.get("seed", 0)])
+    runs = _check_runs(top["run"], pre_seeds) if "run" in top else []
+    p_pos |= {r["pretrain_tokens"] for r in runs if r["pretrain_tokens"] > 0}
     budget = pre.get("tokens", max(p_pos) if p_pos else 0)
     if p_pos and budget < max(p_pos):
         raise SpecError(f"[pretrain].tokens ({budget}) must be at least the largest pretrain_tokens ({max(p_pos)})")
-    pre_seeds = pre.get("seeds", [pre.get("seed", 0)])
-    for s in pre.get("seed_sizes", []):
-        if s not in g["sizes"]:
-            raise SpecError(f"[pretrain].seed_sizes: size {s!r} is not in [grid].sizes")
-    spec = Spec(name=name, text=text, sizes=g["sizes"], targets=g["targets"], sources=g["sources"],
-                data_tokens=g["data_tokens"], pretrain_tokens=p_list, seeds=g["seeds"], train=tr,
+    extra = [c for c in pre.get("checkpoints", []) if c > budget]
+    if extra:
+        raise SpecError(f"[pretrain].checkpoints: {extra[0]} is beyond [pretrain].tokens ({budget})")
+    sizes = g["sizes"] if g is not None else []
+    spec = Spec(name=name, text=text, train=tr,
                 pretrain=dict(tokens=int(budget), eval_interval=pre.get("eval_interval", 250),
                               eval_seqs=pre.get("eval_seqs", 256), seeds=pre_seeds,
-                              seed_sizes=pre.get("seed_sizes", g["sizes"] if "seeds" in pre else [])))
-    _expand(spec, g, ft_sources, p_pos)
+                              seed_sizes=pre.get("seed_sizes", sizes if "seeds" in pre else []),
+                              checkpoints=sorted(p_pos | set(pre.get("checkpoints", [])) | {int(budget)})))
+    _expand(spec, g, runs)
     return spec
 
 
@@ -277,39 +342,60 @@ def pretrain_settings(spec: Spec, size: str) -> Settings:
                     report_seqs=0, total_tokens=spec.pretrain["tokens"], ctx=CTX)
 
 
-def _expand(spec: Spec, g: dict, ft_sources: list[str], p_pos: list[int]) -> None:
+def _expand(spec: Spec, g: dict | None, runs: list[dict]) -> None:
+    """Pre-training jobs and cells of the [grid] product and the [[run]] list.
+
+    A pre-training run saves a checkpoint at every pretrain amount of the spec
+    (and [pretrain].checkpoints): its identity includes them, so a spec that
+    lists the same checkpoints as an earlier grid reuses that grid's
+    pre-training in the same output directory.
+    """
+    ckpts = tuple(spec.pretrain["checkpoints"])
     jobs: dict[tuple[str, str, int], PretrainJob] = {}
-    if ft_sources:
-        ckpts = tuple(sorted(set(p_pos) | {spec.pretrain["tokens"]}))
-        for size in spec.sizes:
+
+    def job(size: str, src: str, ps: int) -> PretrainJob:
+        if (size, src, ps) not in jobs:
+            jobs[(size, src, ps)] = PretrainJob(size, src, spec.pretrain["tokens"], ckpts, ps,
+                                                pretrain_settings(spec, size))
+        return jobs[(size, src, ps)]
+
+    cells: dict[str, Cell] = {}
+    if g is not None:
+        ft_sources = [s for s in g["sources"] if s != SCRATCH]
+        p_pos = sorted(p for p in g.get("pretrain_tokens", []) if p > 0)
+        for size in g["sizes"]:
             seeds = spec.pretrain["seeds"] if size in spec.pretrain["seed_sizes"] else spec.pretrain["seeds"][:1]
             for src in ft_sources:
                 for ps in seeds:
-                    jobs[(size, src, ps)] = PretrainJob(size, src, spec.pretrain["tokens"], ckpts, ps,
-                                                        pretrain_settings(spec, size))
-    cells: dict[str, Cell] = {}
-    scratch = SCRATCH in spec.sources or 0 in spec.pretrain_tokens
-    dmax = g.get("data_tokens_max_by_size", {})
-    multi = g.get("multi_seed_max_data_tokens")
-    scratch_only = g.get("scratch_data_tokens", [])
-    for size in spec.sizes:
-        for target in spec.targets:
-            for D in sorted(set(spec.data_tokens) | set(scratch_only)):
-                if D > dmax.get(size, D):
-                    continue
-                st = cell_settings(spec.train, size, D)
-                seeds = spec.seeds if multi is None or D <= multi else spec.seeds[:1]
-                for seed in seeds:
-                    if scratch:
-                        c = Cell(size, target, SCRATCH, 0, D, seed, st, None)
-                        cells[c.run_id] = c
-                    if D not in spec.data_tokens:
+                    job(size, src, ps)
+        scratch = SCRATCH in g["sources"] or 0 in g.get("pretrain_tokens", [])
+        dmax = g.get("data_tokens_max_by_size", {})
+        multi = g.get("multi_seed_max_data_tokens")
+        scratch_only = g.get("scratch_data_tokens", [])
+        for size in g["sizes"]:
+            for target in g["targets"]:
+                for D in sorted(set(g["data_tokens"]) | set(scratch_only)):
+                    if D > dmax.get(size, D):
                         continue
-                    for (jsize, src, ps), job in jobs.items():
-                        if jsize != size or (ps != spec.pretrain["seeds"][0] and seed != seeds[0]):
-                            continue  # extra pre-training seeds: one fine-tuning seed each
-                        for p in p_pos:
-                            c = Cell(size, target, src, p, D, seed, st, job.job_id, ps)
+                    st = cell_settings(spec.train, size, D)
+                    seeds = g["seeds"] if multi is None or D <= multi else g["seeds"][:1]
+                    for seed in seeds:
+                        if scratch:
+                            c = Cell(size, target, SCRATCH, 0, D, seed, st, None)
                             cells[c.run_id] = c
+                        if D not in g["data_tokens"]:
+                            continue
+                        for (jsize, src, ps), jb in list(jobs.items()):
+                            if jsize != size or (ps != spec.pretrain["seeds"][0] and seed != seeds[0]):
+                                continue  # extra pre-training seeds: one fine-tuning seed each
+                            for p in p_pos:
+                                c = Cell(size, target, src, p, D, seed, st, jb.job_id, ps)
+                                cells[c.run_id] = c
+    for r in runs:
+        st = cell_settings(spec.train, r["size"], r["data_tokens"])
+        jb = None if r["source"] == SCRATCH else job(r["size"], r["source"], r["pretrain_seed"]).job_id
+        c = Cell(r["size"], r["target"], r["source"], r["pretrain_tokens"], r["data_tokens"], r["seed"], st, jb,
+                 r["pretrain_seed"])
+        cells[c.run_id] = c
     spec.pretrain_jobs = list(jobs.values())
     spec.cells = list(cells.values())
