@@ -70,6 +70,18 @@ def test_grid_runs_exports_and_is_not_redone(tmp_path):
     assert set(g.runs["source"]) <= {"none", "text"} and set(g.runs["target"]) == {"python", "german"}
     ds.close()
 
+    # A [[run]] spec naming the grid's checkpoints trains only its new cell, on the grid's pre-training.
+    pre = {p: p.stat().st_mtime_ns for p in (out / "pretrain").rglob("*") if p.is_file()}
+    text = MICRO.read_text().split("[grid]")[0] + "[pretrain]" + MICRO.read_text().split("[pretrain]")[1]
+    text = text.replace("eval_seqs = 8\n\n[train]", "eval_seqs = 8\ncheckpoints = [32768]\n\n[train]", 1)
+    text += ('\n[[run]]\nsize = "25k"\ntarget = "python"\nsource = "text"\npretrain_tokens = 32768\n'
+             'data_tokens = 4096\nseed = 5\n\n[[run]]\nsize = "25k"\ntarget = "python"\nsource = "none"\n'
+             'data_tokens = 4096\nseed = 0\n')
+    (tmp_path / "next.toml").write_text(text)
+    more = run_grid(load_spec(tmp_path / "next.toml"), out, root)
+    assert more["finished_runs"] == 1 and more["complete"]  # the scratch run was the grid's
+    assert pre == {p: p.stat().st_mtime_ns for p in (out / "pretrain").rglob("*") if p.is_file()}
+
 
 def test_time_limit_starts_nothing_new(tmp_path):
     summary = run_grid(load_spec(MICRO), tmp_path / "out", corpus_root(tmp_path), time_limit=0)
