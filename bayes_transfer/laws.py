@@ -51,6 +51,11 @@ def exp(x):
     return jnp.exp(x) if isinstance(x, jax.Array) else np.exp(x)
 
 
+def expm1(x):
+    """``exp(x) - 1``, accurate near 0, for xarray, JAX or NumPy inputs."""
+    return jnp.expm1(x) if isinstance(x, jax.Array) else np.expm1(x)
+
+
 def _lse(*terms):
     return logsumexp(jnp.stack(jnp.broadcast_arrays(*terms)), axis=0)
 
@@ -142,7 +147,37 @@ def repeated_data(D, epochs, R_star):
     repeat is worth less, and D' saturates at D (1 + R*).
     """
     R = epochs - 1.0
-    return D * (1.0 + R_star * (1.0 - exp(-R / R_star)))
+    return D * (1.0 - R_star * expm1(-R / R_star))
+
+
+def compute_optimal_params(D, A, B, alpha_N, alpha_D):
+    """The model size for which D tokens are compute-optimal under the Chinchilla law.
+
+    Minimising A N^-alpha_N + B D^-alpha_D at fixed N D gives
+    alpha_N A N^-alpha_N = alpha_D B D^-alpha_D, so
+    N_opt = (alpha_N A / (alpha_D B))^(1/alpha_N) D^(alpha_D/alpha_N).
+    """
+    return (alpha_N * A / (alpha_D * B)) ** (1.0 / alpha_N) * D ** (alpha_D / alpha_N)
+
+
+def useful_params(N, D, p):
+    """Muennighoff et al. (2023): the worth N' of N parameters trained on D unique tokens.
+
+    Parameters beyond U_N = min(N, N_opt(D)) are worth less, like repeated
+    epochs: N' = U_N (1 + R_N* (1 - exp(-R_N / R_N*))), R_N = N / U_N - 1.
+    N' = N for a model no larger than compute-optimal for its unique data.
+    """
+    n_opt = compute_optimal_params(D, p["A"], p["B"], p["alpha_N"], p["alpha_D"])
+    U_N = where(N < n_opt, N, n_opt)
+    return repeated_data(U_N, N / U_N, p["R_N_star"])
+
+
+def log_useful_params_centred(x_N, x_D, s):
+    """log(N'/N0) of ``useful_params`` from centred inputs (x_D: unique data) and the centred sites."""
+    x_opt = (jnp.log(s["alpha_N"] * s["A_term"]) - jnp.log(s["alpha_D"] * s["B_term"]) + s["alpha_D"] * x_D) \
+        / s["alpha_N"]
+    x_U = jnp.minimum(x_N, x_opt)
+    return x_U + jnp.log(repeated_data(1.0, jnp.exp(x_N - x_U), s["R_N_star"]))
 
 
 # ------------------------------------------------------------------ the scratch-law registry
@@ -260,23 +295,48 @@ CHINCHILLA = ScratchLaw(
     natural=_chinchilla_natural,
 )
 
+def _data_constrained_loss(N, D, p, epochs=1.0, **_):
+    return chinchilla(useful_params(N, D, p), repeated_data(D, epochs, p["R_D_star"]), p["E"], p["A"], p["B"],
+                      p["alpha_N"], p["alpha_D"])
+
+
+def _data_constrained_invert(N, L, p):
+    """Single-epoch data D with loss(N, D) = L, by bisection on log D.
+
+    N' grows with D (a larger D makes more of N compute-optimal), so the loss
+    falls monotonically in D but has no closed-form inverse; 200 halvings of
+    [1, 1e40] give D to machine precision. +inf at or below the floor.
+    """
+    floor = CHINCHILLA.floor(N, p)
+    lo, hi = 0.0 * (L + N + p["E"]), 0.0 * (L + N + p["E"]) + np.log(1e40)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        above = _data_constrained_loss(N, exp(mid), p) > L  # too little data
+        lo, hi = where(above, mid, lo), where(above, hi, mid)
+    return where(L > floor, exp(0.5 * (lo + hi)), np.inf)
+
+
 DATA_CONSTRAINED = ScratchLaw(
     name="data_constrained",
-    params=("E", "A", "B", "alpha_N", "alpha_D", "R_star"),
-    formula="L = E + A N^-alpha_N + B D'^-alpha_D, D' = D (1 + R_star (1 - exp(-(epochs - 1) / R_star)))",
-    reference="Muennighoff et al. 2023 (data part)",
+    params=("E", "A", "B", "alpha_N", "alpha_D", "R_D_star", "R_N_star"),
+    formula="L = E + A N'^-alpha_N + B D'^-alpha_D, D' = D (1 + R_D* (1 - exp(-(epochs - 1) / R_D*))), "
+            "N' = U_N (1 + R_N* (1 - exp(-(N/U_N - 1) / R_N*))), U_N = min(N, N_opt(D))",
+    reference="Muennighoff et al. 2023",
     sites=_CHINCHILLA_SITES + (
-        # repeats worth half a fresh epoch after ~R_star/0.7 of them: 1 to 100 within 90%
-        Site("R_star", lambda: dist.LogNormal(float(np.log(10.0)), 1.4), lambda: dist.Gamma(2.0, 2.0),
-             meaning="repetitions at which a repeated epoch's worth has decayed by 1/e"),),
-    # D is unique data; at one epoch D' = D and this is the Chinchilla law
-    loss=lambda N, D, p, epochs=1.0, **_: chinchilla(
-        N, repeated_data(D, epochs, p["R_star"]), p["E"], p["A"], p["B"], p["alpha_N"], p["alpha_D"]),
-    floor=CHINCHILLA.floor,
-    invert=_chinchilla_invert,  # effective data D' (single-epoch equivalent)
+        # repeats worth half a fresh epoch after ~R/0.7 of them: 1 to 100 within 90%
+        Site("R_D_star", lambda: dist.LogNormal(float(np.log(10.0)), 1.4), lambda: dist.Gamma(2.0, 2.0),
+             meaning="repetitions at which a repeated epoch's worth has decayed by 1/e"),
+        Site("R_N_star", lambda: dist.LogNormal(float(np.log(10.0)), 1.4), lambda: dist.Gamma(2.0, 2.0),
+             meaning="excess size (in multiples of the compute-optimal size) at which added parameters' worth "
+                     "has decayed by 1/e"),),
+    # D is unique data. At one epoch, for N at most compute-optimal for D, this is the Chinchilla law.
+    loss=_data_constrained_loss,
+    floor=CHINCHILLA.floor,  # D -> inf: every parameter is useful
+    invert=_data_constrained_invert,  # effective data D' (single-epoch equivalent)
     log_loss_centred=lambda x_N, x_D, s, inputs: _chinchilla_log(
-        x_N, x_D + jnp.log(repeated_data(1.0, inputs["epochs"], s["R_star"])), s, inputs),
-    natural=lambda s, c: {**_chinchilla_natural(s, c), "R_star": s["R_star"]},
+        log_useful_params_centred(x_N, x_D, s), x_D + jnp.log(repeated_data(1.0, inputs["epochs"], s["R_D_star"])),
+        s, inputs),
+    natural=lambda s, c: {**_chinchilla_natural(s, c), "R_D_star": s["R_D_star"], "R_N_star": s["R_N_star"]},
     inputs=_epochs,
     needs="from-scratch runs at two or more sizes and data amounts, with tokens_seen (epochs)",
 )

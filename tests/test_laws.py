@@ -104,7 +104,7 @@ def test_transfer_gap_forms_agree():
 
 # ---------------------------------------------------------------- the registry and the data-constrained law
 
-DC = dict(CHIN, R_star=5.0)
+DC = dict(CHIN, R_D_star=5.0, R_N_star=3.0)
 
 
 def test_every_law_is_registered_with_its_parts():
@@ -130,7 +130,10 @@ def test_repeated_data_closed_form():
 
 def test_data_constrained_law_is_chinchilla_at_one_epoch_and_inverts():
     law = laws.scratch("data_constrained")
-    N, D = np.array([1e5, 1e7]), np.array([1e6, 1e9])
+    # with CHIN, 1e6 unique tokens are compute-optimal for N = 4.75e4 and 1e9 for N = 1.5e7
+    n_opt = laws.compute_optimal_params(np.array([1e6, 1e9]), 40.0, 60.0, 0.3, 0.25)
+    np.testing.assert_allclose(n_opt, 0.8 ** (1 / 0.3) * np.array([1e6, 1e9]) ** (0.25 / 0.3), rtol=1e-12)
+    N, D = np.array([4e4, 1e7]), np.array([1e6, 1e9])
     np.testing.assert_allclose(law.loss(N, D, DC), laws.chinchilla(N, D, **CHIN), rtol=1e-12)
     many = law.loss(N, D, DC, epochs=10.0)
     np.testing.assert_allclose(many, laws.chinchilla(N, laws.repeated_data(D, 10.0, 5.0), **CHIN), rtol=1e-12)
@@ -139,19 +142,40 @@ def test_data_constrained_law_is_chinchilla_at_one_epoch_and_inverts():
     np.testing.assert_allclose(law.invert(N, many, DC), laws.repeated_data(D, 10.0, 5.0), rtol=1e-8)
 
 
+def test_parameters_beyond_the_compute_optimal_size_are_worth_less():
+    law = laws.scratch("data_constrained")
+    D = 1e6
+    U = laws.compute_optimal_params(D, 40.0, 60.0, 0.3, 0.25)
+    N = U * np.array([0.5, 1.0, 2.0, 11.0, 1e4])
+    useful = laws.useful_params(N, D, DC)
+    # N' = N up to U_N, then U_N (1 + R_N* (1 - exp(-R_N / R_N*))), saturating at U_N (1 + R_N*) = 4 U_N
+    np.testing.assert_allclose(useful[:2], N[:2], rtol=1e-12)
+    np.testing.assert_allclose(useful[2:], U * (1 + 3.0 * (1 - np.exp(-(N[2:] / U - 1) / 3.0))), rtol=1e-12)
+    assert np.all(np.diff(useful) > 0) and useful[-1] == pytest.approx(4 * U, rel=1e-9)
+    # a huge R_N* makes every parameter count: the law is Chinchilla's again
+    np.testing.assert_allclose(laws.useful_params(N, D, dict(DC, R_N_star=1e12)), N, rtol=1e-6)
+    loss = law.loss(N, D, DC)
+    assert np.all(loss[2:] > laws.chinchilla(N[2:], D, **CHIN))
+    # inversion of an over-sized model's loss: back to its unique data, by bisection
+    np.testing.assert_allclose(law.invert(N, loss, DC), np.full(N.shape, D), rtol=1e-9)
+    assert np.isinf(law.invert(N[:1], law.floor(N[:1], DC), DC)).all()
+
+
 def test_data_constrained_centred_log_form_matches_natural():
     import jax.numpy as jnp
     from types import SimpleNamespace
 
     law = laws.scratch("data_constrained")
     c = SimpleNamespace(log_N0=np.log(1e6), log_D0=np.log(1e7))
-    N, D, epochs = np.array([1e5, 1e6, 1e7]), np.array([1e6, 1e7, 1e8]), np.array([1.0, 4.0, 30.0])
-    s = {"E": 0.8, "alpha_N": 0.3, "alpha_D": 0.25, "R_star": 5.0,
+    # the first and last runs are far beyond the compute-optimal size for their data
+    N, D, epochs = np.array([1e8, 1e6, 1e7, 1e9]), np.array([1e6, 1e7, 1e8, 1e5]), np.array([1.0, 4.0, 30.0, 2.0])
+    s = {"E": 0.8, "alpha_N": 0.3, "alpha_D": 0.25, "R_D_star": 5.0, "R_N_star": 3.0,
          "A_term": 40.0 * 1e6 ** -0.3, "B_term": 60.0 * 1e7 ** -0.25}
     nat = law.natural({k: jnp.asarray(v) for k, v in s.items()}, c)
     assert float(nat["A"]) == pytest.approx(40.0) and float(nat["B"]) == pytest.approx(60.0)
     log_l = law.log_loss_centred(np.log(N) - c.log_N0, np.log(D) - c.log_D0, s, {"epochs": epochs})
     np.testing.assert_allclose(np.exp(log_l), law.loss(N, D, DC, epochs=epochs), rtol=1e-10)
+    assert law.loss(N[:1], D[:1], DC)[0] > laws.chinchilla(N[:1], D[:1], **CHIN)[0] + 1e-3  # not vacuous
     with pytest.raises(ValueError, match="tokens_seen"):
         law.inputs(__import__("pandas").DataFrame({"data_tokens": [1.0]}))
 
@@ -166,5 +190,5 @@ def test_a_registered_law_fits_without_code_elsewhere():
     g = simulate_grid(design, "data_constrained", DC, sigma=0.005, seed=0)
     f = fit(g, "data_constrained", method="map", map_steps=3000)
     assert set(laws.DATA_CONSTRAINED.params) <= set(f.posterior.data_vars)
-    assert f.posterior["R_star"].dims == ("chain", "draw", "target")
-    assert f.config["priors"]["R_star"].startswith("LogNormal")
+    assert f.posterior["R_D_star"].dims == ("chain", "draw", "target")
+    assert f.config["priors"]["R_N_star"].startswith("LogNormal")
