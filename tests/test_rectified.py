@@ -32,15 +32,17 @@ def design(data=DATA):
 
 def test_centred_form_is_the_law_at_its_natural_parameters():
     rng = np.random.default_rng(0)
-    s = {"E": 0.7, "T": 1.3, "beta": 0.4, "r": 2.5}
+    s = {"L0": 2.0, "w": 0.65, "beta": 0.4, "r": 2.5}
     centre = SimpleNamespace(log_D0=np.log(5e4))
     nat = {k: float(v) for k, v in laws.RECTIFIED.natural({k: jnp.asarray(v) for k, v in s.items()}, centre).items()}
-    nat.update(beta=s["beta"], E=s["E"])  # sampled as themselves
+    nat.update(beta=s["beta"])  # sampled as itself
+    assert nat["E"] == pytest.approx(0.7)
     D = np.exp(rng.uniform(np.log(100), np.log(1e7), 50))
     centred = np.exp(np.asarray(laws.log_rectified_centred(np.log(D) - centre.log_D0, s)))
     np.testing.assert_allclose(centred, laws.rectified(D, **nat), rtol=1e-12)
-    # at the centre the reducible part is T, and at D -> 0 the loss is B / D_l + E
-    assert laws.rectified(np.exp(centre.log_D0), **nat) == pytest.approx(s["E"] + s["T"])
+    # at the centre the loss is L0, its reducible part w L0; at D -> 0 the loss is B / D_l + E
+    assert laws.rectified(np.exp(centre.log_D0), **nat) == pytest.approx(s["L0"])
+    assert nat["B"] / (nat["D_l"] + np.exp(centre.log_D0) ** s["beta"]) == pytest.approx(s["w"] * s["L0"])
     assert laws.rectified(1e-30, **nat) == pytest.approx(nat["B"] / nat["D_l"] + nat["E"])
 
 
