@@ -106,7 +106,8 @@ BYTE = "byte"  # ATTR_TOKEN of the trainer's grids (vocab_size 256)
 SIZE = "size"  # the trainer's name for the architecture (e.g. "100k")
 COST_CORE_HOURS = "cost_core_hours"  # estimated accelerator (or CPU core) hours
 COST_FLOPS = "cost_flops"  # estimated training FLOPs, pre-training share included
-CANDIDATE_COLUMNS = (SIZE, N_PARAMS, DATA_TOKENS, SOURCE, TARGET, PRETRAIN_TOKENS, SEED,
+PRETRAIN_SEED = "pretrain_seed"  # the seed of the pre-training run a candidate starts from (-1 for scratch)
+CANDIDATE_COLUMNS = (SIZE, N_PARAMS, DATA_TOKENS, SOURCE, TARGET, PRETRAIN_TOKENS, SEED, PRETRAIN_SEED,
                      COST_CORE_HOURS, COST_FLOPS)
 
 # ------------------------------------------------------------------ pair labels

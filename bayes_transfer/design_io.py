@@ -50,7 +50,7 @@ def load_candidates(candidates, cost: str = lg.COST_CORE_HOURS) -> pd.DataFrame:
         raise ValueError(f"candidates table lacks column(s) {missing}; columns are {list(lg.CANDIDATE_COLUMNS)}")
     if df.empty:
         raise ValueError("the candidates table has no rows")
-    for col, default in ((lg.SOURCE, lg.SCRATCH), (lg.PRETRAIN_TOKENS, 0), (lg.SEED, 0)):
+    for col, default in ((lg.SOURCE, lg.SCRATCH), (lg.PRETRAIN_TOKENS, 0), (lg.SEED, 0), (lg.PRETRAIN_SEED, -1)):
         if col not in df.columns:
             df[col] = default
     for col in (lg.N_PARAMS, lg.DATA_TOKENS, lg.PRETRAIN_TOKENS, cost):
@@ -59,7 +59,7 @@ def load_candidates(candidates, cost: str = lg.COST_CORE_HOURS) -> pd.DataFrame:
         if len(bad):
             raise ValueError(f"candidates rows {list(bad[:8])}: {col} must be a positive finite number")
     df[lg.SOURCE] = df[lg.SOURCE].astype(str)
-    cell = [c for c in lg.CELL if c in df.columns]
+    cell = [c for c in (*lg.CELL, lg.PRETRAIN_SEED) if c in df.columns]
     dup = df.index[df.duplicated(cell, keep=False)]
     if len(dup):
         raise ValueError(f"candidates rows {list(dup[:8])} are the same run ({', '.join(cell)} agree)")
@@ -262,6 +262,8 @@ def run_spec(table: pd.DataFrame, base: dict, name: str = "next_runs") -> str:
                "source": str(getattr(r, lg.SOURCE)), "data_tokens": int(getattr(r, lg.DATA_TOKENS))}
         if run["source"] != lg.SCRATCH:
             run["pretrain_tokens"] = int(getattr(r, lg.PRETRAIN_TOKENS))
+            if int(getattr(r, lg.PRETRAIN_SEED, -1)) >= 0:
+                run["pretrain_seed"] = int(getattr(r, lg.PRETRAIN_SEED))
         run["seed"] = int(getattr(r, lg.SEED))
         lines += ["", "[[run]]"] + [f"{k} = {_toml_value(v)}" for k, v in run.items()]
     return "\n".join(lines) + "\n"

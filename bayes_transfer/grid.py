@@ -384,7 +384,8 @@ def _finish(table: pd.DataFrame, attrs: dict, curves, include_capped=True) -> Gr
     table, curves, attrs = _to_canonical_units(table, curves, attrs)
 
     # Where runs repeat their data, the passes made are part of the design (Muennighoff et al.'s grid).
-    identity = list(CELL) + ([lg.TOKENS_SEEN] if lg.TOKENS_SEEN in table.columns else [])
+    # and runs of one cell fine-tuned from different pre-training runs (their seeds) are different runs.
+    identity = list(CELL) + [c for c in (lg.TOKENS_SEEN, lg.PRETRAIN_RUN) if c in table.columns]
     dup = table.duplicated(identity, keep=False)
     if dup.any():
         raise GridError(f"duplicated runs (same {', '.join(identity)}) at {_rows(table, dup)}")

@@ -407,3 +407,16 @@ def test_a_first_batch_from_the_prior_alone():
     # the multiplier compares the two laws: the batch has scratch and fine-tuned runs at the target's D_F
     at_target = t[t["data_tokens"] == 8192]
     assert {"none", "text"} <= set(at_target["source"])
+
+
+def test_candidates_from_two_pre_training_runs_are_two_candidates_and_keep_their_run():
+    from bayes_transfer.design_io import load_candidates
+
+    c = cands(sizes=(1e5,), data=(8192,), sources=("text",), pretrain=4194304)
+    two = pd.concat([c.assign(pretrain_seed=0), c.assign(pretrain_seed=1)], ignore_index=True)
+    assert len(load_candidates(two)) == 2
+    with pytest.raises(ValueError, match="are the same run"):
+        load_candidates(pd.concat([c, c], ignore_index=True))
+    base = {"pretrain": {"tokens": 4194304, "seeds": [0, 1]}, "train": {"batch": 16}}
+    spec = _spec(run_spec(load_candidates(two), base))
+    assert sorted(c.pretrain_seed for c in spec.cells) == [0, 1] and len(spec.pretrain_jobs) == 2

@@ -79,6 +79,15 @@ def test_minimal_table_defaults():
     assert (g.runs["pretrain_tokens"] == 0).all()
 
 
+def test_one_cell_fine_tuned_from_two_pre_training_runs_is_two_runs():
+    # the trainer's pre-training seeds: same cell, different pre-training run (and, by chance, same tokens_seen)
+    rows = [dict(n_params=1e5, data_tokens=8192, loss=2.0 + i / 10, source="text", target="python",
+                 pretrain_tokens=1e6, seed=0, tokens_seen=1e6, pretrain_run=f"pre.s{i}") for i in range(2)]
+    assert len(load_grid(pd.DataFrame(rows)).runs) == 2
+    with pytest.raises(GridError, match="duplicated runs"):
+        load_grid(pd.DataFrame(rows).assign(pretrain_run="pre.s0"))
+
+
 def test_netcdf_excludes_failed_and_capped(tmp_path):
     path = tmp_path / "grid.nc"
     dataset().to_netcdf(path, engine="h5netcdf")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -78,6 +79,21 @@ def test_grid_runs_exports_and_is_not_redone(tmp_path):
              'data_tokens = 4096\nseed = 5\n\n[[run]]\nsize = "25k"\ntarget = "python"\nsource = "none"\n'
              'data_tokens = 4096\nseed = 0\n')
     (tmp_path / "next.toml").write_text(text)
+    # priced against the grid's directory: only the new cell is a candidate, and its pre-training is free
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    priced = {}
+    for name, extra in (("alone", []), ("against", ["--runs", str(out)])):
+        res = CliRunner().invoke(app, ["grid", "price", str(tmp_path / "next.toml"), "--out",
+                                       str(tmp_path / f"{name}.csv"), *extra])
+        assert res.exit_code == 0, res.output
+        priced[name] = pd.read_csv(tmp_path / f"{name}.csv")
+    assert len(priced["alone"]) == 2 and len(priced["against"]) == 1
+    new = priced["against"].iloc[0]
+    assert [new["seed"], new["pretrain_seed"], new["source"]] == [5, 0, "text"]
+    assert priced["alone"].query("seed == 5")["cost_core_hours"].iloc[0] > new["cost_core_hours"]
     more = run_grid(load_spec(tmp_path / "next.toml"), out, root)
     assert more["finished_runs"] == 1 and more["complete"]  # the scratch run was the grid's
     assert pre == {p: p.stat().st_mtime_ns for p in (out / "pretrain").rglob("*") if p.is_file()}

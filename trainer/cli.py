@@ -221,6 +221,8 @@ def grid_price(
     specs: list[Path] = typer.Argument(..., help="grid spec(s) (TOML) whose cells are the candidates"),
     out: Path = typer.Option(..., help="candidates table (CSV) to write"),
     device: Optional[str] = typer.Option("cpu", help="the device whose speed prices the runs"),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="a grid directory: runs finished there are not "
+                                                             "candidates, and pre-training finished there is free"),
 ):
     """Write the candidate runs of specs with their cost (the candidates table of docs/loss_grid.md)."""
     import csv
@@ -231,22 +233,27 @@ def grid_price(
     import loss_grid as lg
     from trainer.files import atomic_write_text
     from trainer.plan import flops_per_token, group_seconds, pretrain_seconds, probe_tokens_per_s
-    from trainer.scheduler import n_params
+    from trainer.scheduler import RunDir, n_params
     from trainer.spec import SCRATCH, expected_tokens
 
     sps = _specs(specs)
     dev = _device(device)
+    if runs is not None and not (runs / "runs").is_dir():
+        _fail(f"{runs} is not a grid directory (it has no runs/)")
     torch.set_num_threads(1)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(lg.CANDIDATE_COLUMNS)
     seen = set()
     for sp in sps:
-        # a fine-tuned run carries an equal share of its pre-training run's cost
-        users = {j.job_id: sum(c.pretrain_job == j.job_id for c in sp.cells) for j in sp.pretrain_jobs}
-        pre = {j.job_id: (pretrain_seconds([j], probe_tokens_per_s(j.size, 1, j.settings.batch, dev.type)),
-                          j.tokens * flops_per_token(j.size)) for j in sp.pretrain_jobs}
-        for c in sp.cells:
+        rd = RunDir(sp, runs, None, 1) if runs is not None else None
+        cells = [c for c in sp.cells if rd is None or not rd.done(c)]
+        # a fine-tuned run carries an equal share of its pre-training run's cost, unless that run is done
+        users = {j.job_id: sum(c.pretrain_job == j.job_id for c in cells) for j in sp.pretrain_jobs}
+        pre = {j.job_id: (0.0, 0.0) if rd is not None and not rd.job_needed(j) else
+               (pretrain_seconds([j], probe_tokens_per_s(j.size, 1, j.settings.batch, dev.type)),
+                j.tokens * flops_per_token(j.size)) for j in sp.pretrain_jobs if users[j.job_id]}
+        for c in cells:
             if c.run_id in seen:
                 continue
             seen.add(c.run_id)
@@ -257,7 +264,7 @@ def grid_price(
                 secs += pre[c.pretrain_job][0] / users[c.pretrain_job]
                 flops += pre[c.pretrain_job][1] / users[c.pretrain_job]
             w.writerow([c.size, n_params(c.size), c.data_tokens, c.source, c.target, c.pretrain_tokens, c.seed,
-                        f"{secs / 3600:.6g}", f"{flops:.6g}"])
+                        c.pretrain_seed, f"{secs / 3600:.6g}", f"{flops:.6g}"])
     try:
         atomic_write_text(out, buf.getvalue())
     except OSError as e:
