@@ -125,10 +125,12 @@ def _check_output_dir(path: Path, what: str) -> None:
 # ---------------------------------------------------------------- shared options
 
 LAW_HELP = ("law to fit: transfer (scratch + fine-tuned jointly), transfer_gap (several pre-training "
-            "amounts at one size), kaplan or chinchilla (scratch runs only). Default: transfer_gap when "
-            "one size has several pretrain_tokens, else transfer when fine-tuned runs exist, else kaplan")
+            "amounts at one size), kaplan, chinchilla or data_constrained (scratch runs only; data_constrained "
+            "needs tokens_seen), rectified (one fine-tuning curve per pre-trained model). Default: transfer_gap "
+            "when one size has several pretrain_tokens, else transfer when fine-tuned runs exist, else kaplan")
 Law = typer.Option(None, "--law", help=LAW_HELP)
-ScratchLaw = typer.Option("kaplan", "--scratch-law", help="scratch-law form inside the transfer law: kaplan or chinchilla")
+ScratchLaw = typer.Option("kaplan", "--scratch-law", help="scratch-law form inside the transfer law: kaplan, chinchilla "
+                                                           "or data_constrained")
 Method = typer.Option("nuts", "--method", help="nuts (full posterior) or map (quick point estimate)")
 Chains = typer.Option(4, "--chains", min=1, help="NUTS chains")
 Draws = typer.Option(1000, "--draws", min=1, help="NUTS draws per chain after warm-up")
