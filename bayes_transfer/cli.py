@@ -45,6 +45,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console()
+if not out.is_terminal:  # a log or a pipe: tables at full width, never cut to 80 columns
+    out = Console(width=200)
 err = Console(stderr=True)
 
 

@@ -9,6 +9,7 @@ and reuse its pre-training runs.
 
 from __future__ import annotations
 
+import json
 import tomllib
 import warnings
 from pathlib import Path
@@ -103,6 +104,30 @@ def check_domain(fit, cands: pd.DataFrame) -> None:
         raise ValueError("candidates outside the law's domain: " + "; ".join(problems[:3]) + more)
 
 
+def pretrain_runs_of(fit) -> dict:
+    """The fit's pre-training runs (its ``pretrain_run`` labels) -> (source, n_params, seed).
+
+    The labels are the grid's own (``models.pretrain_groups``); the seed is the
+    one the trainer recorded for that run (the grid's ``pretrain`` attribute),
+    -1 where the grid does not say.
+    """
+    from bayes_transfer.models import pretrain_groups
+
+    runs = fit.grid.runs
+    ft = (runs[lg.SOURCE] != lg.SCRATCH).to_numpy()
+    idx, labels = pretrain_groups(runs, ft)
+    try:
+        recorded = json.loads((fit.grid.attrs or {}).get(lg.ATTR_PRETRAIN) or "{}")
+    except ValueError:
+        recorded = {}
+    out = {}
+    for i, label in enumerate(labels):
+        row = runs.iloc[int(np.flatnonzero(idx == i)[0])]
+        seed = recorded.get(label, {}).get("seed", -1) if isinstance(recorded, dict) else -1
+        out[label] = (str(row[lg.SOURCE]), round(float(row[lg.N_PARAMS])), int(seed))
+    return out
+
+
 def candidate_predictions(fit, cands: pd.DataFrame):
     """Per candidate and draw: predicted log-loss mu (C, S), noise scale (C, S); nu per draw (S,).
 
@@ -114,10 +139,9 @@ def candidate_predictions(fit, cands: pd.DataFrame):
     if "sigma_pretrain" in post and "pretrain_z" in post:
         z = post["pretrain_z"]
         dim = next(d for d in z.dims if d not in q.SAMPLE_DIMS)
-        runs = {}
-        for label in z[dim].values:
-            source, _, n = str(label).partition("/")
-            runs[(source, round(float(n.split("/")[0])))] = flat_draws(z.sel({dim: label}))
+        where = pretrain_runs_of(fit)
+        runs = {where[str(label)]: flat_draws(z.sel({dim: label})) for label in z[dim].values
+                if str(label) in where}
         shared = {"scale": flat_draws(post["sigma_pretrain"]), "runs": runs}
     mu, sig, extrap = [], [], []
     for _, row in cands.iterrows():
@@ -142,7 +166,11 @@ def candidate_predictions(fit, cands: pd.DataFrame):
         if src != lg.SCRATCH and shared is not None:
             # one effect per pre-training run: a run it already has shares its draws' effect,
             # a new pre-training run brings a fresh one (folded into the noise, see module notes)
-            z = shared["runs"].get((src, round(N)))
+            seed = int(row.get(lg.PRETRAIN_SEED, -1))
+            z = shared["runs"].get((src, round(N), seed))
+            if z is None and seed < 0:  # the candidate does not say which: the one run of its size, if one
+                same = [v for k, v in shared["runs"].items() if k[:2] == (src, round(N))]
+                z = same[0] if len(same) == 1 else None
             if z is not None:
                 mu[-1] = mu[-1] + shared["scale"] * z
             else:

@@ -420,3 +420,19 @@ def test_candidates_from_two_pre_training_runs_are_two_candidates_and_keep_their
     base = {"pretrain": {"tokens": 4194304, "seeds": [0, 1]}, "train": {"batch": 16}}
     spec = _spec(run_spec(load_candidates(two), base))
     assert sorted(c.pretrain_seed for c in spec.cells) == [0, 1] and len(spec.pretrain_jobs) == 2
+
+
+def test_the_fits_pre_training_runs_are_found_by_source_size_and_seed():
+    import json
+    from types import SimpleNamespace
+
+    from bayes_transfer.design_io import pretrain_runs_of
+
+    runs = pd.DataFrame(dict(source=["none", "text", "text", "text"], n_params=[1e5] * 4,
+                             pretrain_run=["", "pre.text.100k-ab", "pre.text.100k.s1-cd", "pre.text.100k-ab"]))
+    attrs = {"pretrain": json.dumps({"pre.text.100k-ab": {"seed": 0}, "pre.text.100k.s1-cd": {"seed": 1}})}
+    fit = SimpleNamespace(grid=SimpleNamespace(runs=runs, attrs=attrs))
+    assert pretrain_runs_of(fit) == {"pre.text.100k-ab": ("text", 100000, 0), "pre.text.100k.s1-cd": ("text", 100000, 1)}
+    # a table without pre-training ids: one run per (source, size), seed unknown
+    plain = SimpleNamespace(grid=SimpleNamespace(runs=runs.drop(columns="pretrain_run"), attrs={}))
+    assert list(pretrain_runs_of(plain).values()) == [("text", 100000, -1)]

@@ -51,6 +51,7 @@ def test_grid_runs_exports_and_is_not_redone(tmp_path):
     assert ds.attrs["loss_units"] == "nats" and ds.attrs["token"] == "byte" and ds.attrs["vocab_size"] == 256
     assert ds.attrs["spec"] == MICRO.read_text()
     assert ds.pretrain_run.dims == ("run",)
+    assert [v["seed"] for v in json.loads(ds.attrs["pretrain"]).values()] == [0]
     man = json.loads(ds.attrs["corpus_manifest"])
     assert len(man["python"]["train"]) == 64  # a sha256
     scratch = ds.where(ds.source == "none", drop=True)

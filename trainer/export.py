@@ -153,8 +153,8 @@ def export(out: Path, dest: Path, spec_name: str | None = None) -> dict:
 
 
 def _pretrain_records(out: Path, recs: list[dict]) -> dict:
-    """Final source validation loss, tokens and wall time of each pre-training
-    run the exported runs start from."""
+    """Final source validation loss, tokens, wall time and seed of each
+    pre-training run the exported runs start from."""
     jobs = sorted({r["pretrain_job"] for r in recs if r.get("pretrain_job")})
     outp = {}
     for j in jobs:
@@ -163,7 +163,7 @@ def _pretrain_records(out: Path, recs: list[dict]) -> dict:
             r = rec["result"]
             outp[j] = dict(final_val_loss=r["curve_loss"][-1] if r["curve_loss"] else math.nan,
                            tokens=r["tokens_seen"], wall_s=r["group_wall_s"],
-                           device=r["device"])
+                           device=r["device"], seed=rec["job"]["seed"])
     return outp
 
 
