@@ -20,9 +20,9 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.optim as optim
 import pandas as pd
 import xarray as xr
-import numpyro.optim as optim
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_median, log_likelihood
 from numpyro.infer.autoguide import AutoDelta
 
@@ -31,11 +31,16 @@ from bayes_transfer.atomic import atomic_write
 from bayes_transfer.diagnostics import PRIOR_DRIVEN, Diagnostics, NotConvergedError, diagnose, width_ratio
 from bayes_transfer.grid import Grid, grid_from_dataset, load_grid, runs_to_dataset
 from bayes_transfer.identify import NotIdentifiedError, check_identifiable
-from bayes_transfer.models import FEW_GROUPS, ModelData, model_for, prepare
+from bayes_transfer.models import FEW_GROUPS, ModelData, latent_dims, model_for, prepare
 from bayes_transfer.priors import describe, resolve_priors
 
 SAMPLE_DIMS = ("chain", "draw")
 PRIOR_DRAWS = 1000
+# A dense mass matrix learns the correlations of a small posterior: Chinchilla on Epoch AI's runs
+# (6 latent dimensions) went from 94 to 23 leapfrog steps per draw, 2.4x the effective draws; the
+# transfer law on the 44-run CPU grid (18) from 46 to 34, converging where the diagonal did not.
+# Its warm-up estimate of d(d+1)/2 entries gets noisy as d grows (benchmarks/fit_cost_breakdown.py).
+DENSE_MAX_DIMS = 24
 _SHARES = ("w", "omega")  # parameters in (0, 1): widths on the natural scale
 
 __all__ = ["Fit", "NotIdentifiedError", "default_law", "fit", "gap_size", "load_fit"]
@@ -280,7 +285,7 @@ def fit(
     target_accept: float = 0.9,
     chain_method: str | None = None,
     map_steps: int = 6000,
-    dense_mass: bool = False,
+    dense_mass: bool | None = None,
 ) -> Fit:
     """Fit ``law`` to ``grid`` (a Grid or anything ``load_grid`` reads; capped runs are kept, as bounds).
 
@@ -295,6 +300,8 @@ def fit(
     spreads shrink towards 0 (a property of joint modes), so per-group
     differences need NUTS. ``chain_method``: NumPyro's; by default
     "parallel" when JAX has a device per chain, else "vectorized".
+    ``dense_mass``: by default dense for posteriors of at most
+    ``DENSE_MAX_DIMS`` latent dimensions, diagonal above.
     """
     grid = load_grid(grid, include_capped=True) if isinstance(grid, (str, Path)) else load_grid(grid)
     spec = laws.get(law)
@@ -331,6 +338,8 @@ def fit(
     if method == "nuts":
         if chain_method is None:
             chain_method = "parallel" if jax.local_device_count() >= chains else "vectorized"
+        if dense_mass is None:
+            dense_mass = latent_dims(model, data, prior_set) <= DENSE_MAX_DIMS
         mcmc = MCMC(
             NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=15),
                  dense_mass=dense_mass),

@@ -29,6 +29,8 @@ def _args():
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--dense", choices=("default", "on", "off"), default="default",
+                   help="mass matrix: fit()'s choice, dense or diagonal")
     return p.parse_args()
 
 
@@ -84,8 +86,9 @@ def main() -> None:
     model = model_for(law)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        dense = {} if ARGS.dense == "default" else {"dense_mass": ARGS.dense == "on"}
         f, total = timed(lambda: fit(grid, law, chains=ARGS.chains, draws=ARGS.draws, warmup=ARGS.warmup, seed=0,
-                                     progress=False))
+                                     progress=False, **dense))
     steps = f.idata.sample_stats["n_steps"].values
     post = f.posterior
     flat = {k: post[k].values.reshape(-1, *post[k].shape[2:]) for k in post.data_vars}
@@ -104,7 +107,8 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"problem: {ARGS.problem} ({law}, {len(grid)} runs); {ARGS.chains} chains x {ARGS.draws} draws "
-          f"after {ARGS.warmup} warm-up, chain method {f.sampler['chain_method']}; {f.diagnostics()}")
+          f"after {ARGS.warmup} warm-up, chain method {f.sampler['chain_method']}, dense mass "
+          f"{f.sampler.get('dense_mass')}; {f.diagnostics()}")
     print("| part | seconds | share of the fit |\n|---|---|---|")
     print(f"| whole fit | {total:.1f} | 1.00 |")
     print(f"| sampler (compile + warm-up + draws) | {sampler:.1f} | {sampler / total:.2f} |")
