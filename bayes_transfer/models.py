@@ -41,7 +41,11 @@ from loss_grid import CAPPED, PRETRAIN_RUN, SCRATCH, pair_label
 
 LAWS = tuple(laws.LAWS)  # the law names, for callers that list them (the laws live in laws.py)
 # Fewer groups than this barely inform a spread across them: the spread's posterior
-# is then mostly its prior, and the groups are sampled non-centred (no funnel).
+# is then mostly its prior. Fewer targets than this are sampled non-centred: Gadre et al.'s
+# three corpora diverged 47 times centred and never non-centred. Pair-level sites stay centred
+# (unless their Site says otherwise): each pair's fine-tuned runs pin its transfer ratio, and with
+# two pairs it took 307 leapfrog steps per draw non-centred against 69 centred (the 108-run
+# benchmark grid, benchmarks/fit_cost_breakdown.py).
 FEW_GROUPS = 5
 
 
@@ -198,10 +202,9 @@ def _group(site: laws.Site, prior, tau_prior, n: int, plate: str):
 
     The population value is drawn from ``prior`` and moved to the log/logit
     scale; groups are Normal(population, tau) there, sampled non-centred when
-    the site asks for it (``site.noncentred``) or the groups are few (with
-    three training sets of Gadre et al.'s runs, centred sampling diverged 47
-    times and non-centred not once), centred otherwise. tau = 0 makes the
-    groups share the population value.
+    the site asks for it (``site.noncentred``) or the groups are few targets
+    (``FEW_GROUPS``), centred otherwise. tau = 0 makes the groups share the
+    population value.
     """
     if site.scale == "free":
         with numpyro.plate(plate, n):
@@ -214,7 +217,7 @@ def _group(site: laws.Site, prior, tau_prior, n: int, plate: str):
     tau = numpyro.sample(f"{site.name}_tau", tau_prior) if isinstance(tau_prior, dist.Distribution) else tau_prior
     name = f"{site.name}_u"
     with numpyro.plate(plate, n):
-        if not (site.noncentred or n < FEW_GROUPS):
+        if not (site.noncentred or (plate == "target" and n < FEW_GROUPS)):
             return from_u(numpyro.sample(name, dist.Normal(u_mu, tau)))
         with numpyro.handlers.reparam(config={name: LocScaleReparam(centered=0.0)}):
             return from_u(numpyro.sample(name, dist.Normal(u_mu, tau)))

@@ -259,7 +259,7 @@ DATASETS = [
             why="Three training sets are three targets, whose exponents the model pools hierarchically. With "
                 "only three groups the spread of that pooling is barely identified and forms a funnel: sampled "
                 "centred, the fit diverged 47 times (worst: the spread of alpha_D; target_accept 0.95 or a dense "
-                "mass matrix did not help). Groups this few are now sampled non-centred, which removed every "
+                "mass matrix did not help). Targets this few are now sampled non-centred, which removed every "
                 "divergence."),
     Dataset("li", "Learning-rate sweep, best rate per cell (Li, Kudugunta & Zettlemoyer 2025)",
             "hadasah/scaling_laws, data/scaling_results_last_ckpt_only.csv", "chinchilla", li_table,

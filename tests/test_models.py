@@ -229,3 +229,23 @@ def test_runs_of_one_pre_training_run_share_its_effect():
     runs["pretrain_run"] = ["", "pre.a", "pre.b", "pre.c", "pre.d"]
     idx, labels = pretrain_groups(runs, ft)
     assert idx.tolist() == [-1, 0, 1, 2, 3] and labels == ["pre.a", "pre.b", "pre.c", "pre.d"]
+
+
+def test_few_targets_are_sampled_non_centred_and_pairs_centred():
+    from numpyro.handlers import seed
+
+    def sites(grid, law):
+        data, priors = prepare(grid, law), resolve_priors(law)
+        return set(trace(seed(model_for(law), 0)).get_trace(data, priors, y=data.y))
+
+    two_pairs = simulate_grid(design_grid(np.geomspace(1e5, 3e6, 3), np.geomspace(6e4, 3e7, 3), sources=("text", "code"),
+                                          target="python"), "transfer", dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15,
+                                                                             alpha_D=0.3, k=90.0, alpha=0.18, beta=0.38))
+    names = sites(two_pairs, "transfer")
+    # the transfer ratio is centred; alpha and beta are loose by nature and always non-centred (their Site)
+    assert "transfer_ratio_u" in names and "transfer_ratio_u_decentered" not in names
+    assert "alpha_u_decentered" in names
+    runs = pd.concat([design_grid(np.geomspace(1e5, 1e7, 3), np.geomspace(1e6, 1e8, 3)).assign(target=t)
+                      for t in ("web", "code", "books")], ignore_index=True)
+    three = simulate_grid(runs, "chinchilla", dict(E=0.7, A=60.0, B=40.0, alpha_N=0.3, alpha_D=0.25), seed=0)
+    assert "alpha_D_u_decentered" in sites(three, "chinchilla")
