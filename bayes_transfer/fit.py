@@ -84,20 +84,29 @@ class Fit:
     sampler: dict
     allow_unconverged: bool = False
     _diagnostics: Diagnostics | None = field(default=None, repr=False)
-    _draw_prior: Callable[[], az.InferenceData] | None = field(default=None, repr=False)
+    # groups drawn on first use ("prior", "posterior_predictive"): each returns InferenceData holding it
+    _lazy: dict[str, Callable[[], az.InferenceData]] = field(default_factory=dict, repr=False)
 
     @property
     def posterior(self) -> xr.Dataset:
         return self.idata.posterior
 
+    def _group(self, name: str) -> xr.Dataset | None:
+        if getattr(self.idata, name, None) is None and name in self._lazy:
+            drawn = self._lazy.pop(name)()
+            self.idata.add_groups({g: getattr(drawn, g) for g in drawn.groups()})
+        return getattr(self.idata, name, None)
+
     @property
     def prior(self) -> xr.Dataset | None:
         """Prior draws of the posterior's quantities (drawn on first use; None for a fit file
         written without them)."""
-        if getattr(self.idata, "prior", None) is None and self._draw_prior is not None:
-            drawn = self._draw_prior()
-            self.idata.add_groups({g: getattr(drawn, g) for g in drawn.groups()})
-        return getattr(self.idata, "prior", None)
+        return self._group("prior")
+
+    @property
+    def posterior_predictive(self) -> xr.Dataset | None:
+        """Log-losses simulated from the posterior, one per draw and run (drawn on first use)."""
+        return self._group("posterior_predictive")
 
     @property
     def point_estimate(self) -> bool:
@@ -190,8 +199,8 @@ class Fit:
         return self.diagnostics().converged
 
     def save(self, path) -> Path:
-        """Write the fit (results, grid, configs, version, prior draws) as netCDF, atomically."""
-        self.prior  # a fit file always holds its prior draws
+        """Write the fit (results, grid, configs, version, prior and predictive draws) as netCDF, atomically."""
+        self.prior, self.posterior_predictive  # a fit file always holds both
         posterior = self.idata.posterior.copy()
         posterior.attrs.update(
             {
@@ -365,9 +374,10 @@ def fit(
         sample_stats = {"diverging": np.zeros((1, 1), dtype=bool)}
         sampler = {"method": "map", "chains": 1, "draws": 1, "seed": seed, "map_steps": map_steps, "optimizer_success": success}
     sampler["seconds"] = round(time.perf_counter() - t0, 3)
-    idata = _to_idata(model, data, prior_set, samples, sample_stats, jax.random.fold_in(key, 1))
-    result = Fit(idata=idata, grid=grid, law=law, config=config, sampler=sampler,
-                 _draw_prior=_prior_draws(model, data, prior_set, samples, jax.random.fold_in(key, 3)))
+    idata = _to_idata(model, data, prior_set, samples, sample_stats)
+    result = Fit(idata=idata, grid=grid, law=law, config=config, sampler=sampler, _lazy={
+        "prior": _prior_draws(model, data, prior_set, samples, jax.random.fold_in(key, 3)),
+        "posterior_predictive": _predictive_draws(model, data, prior_set, samples, jax.random.fold_in(key, 1))})
     diag = result.diagnostics()
     if not diag.converged:
         what = "MAP optimisation failed" if method == "map" else "did not converge"
@@ -454,28 +464,38 @@ def _names(data: ModelData, samples: dict) -> tuple[dict, dict]:
     return coords, dims
 
 
-def _to_idata(model, data: ModelData, priors, samples, sample_stats, key) -> az.InferenceData:
-    """InferenceData with named dims from grouped-by-chain samples (prior draws come later: ``_prior_draws``)."""
+def _to_idata(model, data: ModelData, priors, samples, sample_stats) -> az.InferenceData:
+    """InferenceData with named dims from grouped-by-chain samples (predictive and prior draws come later:
+    ``_predictive_draws``, ``_prior_draws``)."""
     nchain, ndraw = next(iter(samples.values())).shape[:2]
     flat = {k: jnp.reshape(v, (nchain * ndraw, *v.shape[2:])) for k, v in samples.items()}
-    pp = Predictive(model, posterior_samples=flat, return_sites=["log_loss"])(key, data, priors)["log_loss"]
-    ll = log_likelihood(model, flat, data, priors, y=data.y)["log_loss"]
-
-    def grouped(v):
-        v = np.asarray(v)
-        return v.reshape(nchain, -1, *v.shape[1:])
-
+    ll = np.asarray(log_likelihood(model, flat, data, priors, y=data.y)["log_loss"])
     coords, dims = _names(data, samples)
     idata = az.from_dict(
         posterior={k: np.asarray(v) for k, v in samples.items()},
-        posterior_predictive={"log_loss": grouped(pp)},
-        log_likelihood={"log_loss": grouped(ll)},
+        log_likelihood={"log_loss": ll.reshape(nchain, -1, *ll.shape[1:])},
         observed_data={"log_loss": data.y},
         sample_stats=sample_stats,
         coords=coords,
         dims=dims,
     )
     return _labelled(idata, data)
+
+
+def _predictive_draws(model, data: ModelData, priors, samples, key):
+    """A function drawing the posterior predictive (one simulated log-loss per draw and run), as the
+    ``posterior_predictive`` group: called on first use (a report's checks), not at every fit, where
+    it cost 15% of a Chinchilla fit (benchmarks/fit_cost_breakdown.py)."""
+
+    def draw() -> az.InferenceData:
+        nchain, ndraw = next(iter(samples.values())).shape[:2]
+        flat = {k: jnp.reshape(v, (nchain * ndraw, *v.shape[2:])) for k, v in samples.items()}
+        pp = np.asarray(Predictive(model, posterior_samples=flat, return_sites=["log_loss"])(key, data, priors)["log_loss"])
+        coords, dims = _names(data, samples)
+        return _labelled(az.from_dict(posterior_predictive={"log_loss": pp.reshape(nchain, -1, *pp.shape[1:])},
+                                      coords=coords, dims=dims), data)
+
+    return draw
 
 
 def _prior_draws(model, data: ModelData, priors, samples, key):

@@ -394,7 +394,7 @@ def prior_view(fit):
     if getattr(fit, "prior", None) is None:
         raise ValueError("the fit holds no prior draws (refit with this version to get them)")
     return replace(fit, idata=az.InferenceData(posterior=fit.prior), allow_unconverged=True, _diagnostics=None,
-                   _draw_prior=None)
+                   _lazy={})
 
 
 def prior_driven(fit, quantity, *args, **kwargs) -> xr.DataArray:
@@ -420,11 +420,11 @@ def prior_driven(fit, quantity, *args, **kwargs) -> xr.DataArray:
 def posterior_predictive_table(fit, prob: float = 0.9) -> pd.DataFrame:
     """Each fitted run's observed loss against its posterior-predictive median and interval.
 
-    Read from the draws the fit stored (``idata.posterior_predictive``);
+    Read from the fit's posterior predictive draws (``Fit.posterior_predictive``);
     ``censored`` runs only bound their loss from above, so for them a
     prediction below the recorded loss is no misfit.
     """
-    pp = np.exp(fit.idata.posterior_predictive["log_loss"])
+    pp = np.exp(fit.posterior_predictive["log_loss"])
     lo, med, hi = (pp.quantile(x, dim=SAMPLE_DIMS).values for x in ((1 - prob) / 2, 0.5, (1 + prob) / 2))
     runs = fit.grid.runs.set_index("run").loc[pp["run"].values].reset_index()
     censored = pp["run_censored"].values if "run_censored" in pp.coords else np.zeros(len(runs), bool)

@@ -110,11 +110,11 @@ def test_transfer_recovery_and_per_pair_differences(transfer_fit):
 def test_fit_result_structure(transfer_fit):
     f = transfer_fit
     idata = f.idata
-    for group in ("posterior", "sample_stats", "observed_data", "log_likelihood", "posterior_predictive"):
+    for group in ("posterior", "sample_stats", "observed_data", "log_likelihood"):
         assert hasattr(idata, group), group
     n_runs = len(f.grid)
     assert idata.log_likelihood["log_loss"].shape == (2, 300, n_runs)
-    assert idata.posterior_predictive["log_loss"].shape == (2, 300, n_runs)
+    assert f.posterior_predictive["log_loss"].shape == (2, 300, n_runs)
     assert list(f.posterior["sigma"].coords["kind"].values) == ["scratch", "finetuned"]
     s = f.summary()
     assert list(s.columns) == ["median", "5%", "95%", "prior 5%", "prior 95%", "width ratio", "prior-driven",
@@ -190,10 +190,11 @@ def test_save_load_round_trip(transfer_fit, tmp_path):
 def test_prior_draws_wait_until_asked_for(transfer_grid):
     f = fit(transfer_grid, "transfer", method="map", map_steps=200, progress=False)
     assert getattr(f.idata, "prior", None) is None  # the prior pass costs a compilation: not at every fit
+    assert getattr(f.idata, "posterior_predictive", None) is None  # nor the predictive draws
     prior = f.prior
     assert prior.sizes["draw"] == 1000 and set(f.params) - {"nu"} <= set(prior.data_vars)
     assert list(prior["alpha"].coords["pair_source"].values) == list(f.posterior["pair_source"].values)
-    assert f.idata.prior_predictive["log_loss"].shape == (1, 1000, f.idata.posterior_predictive.sizes["run"])
+    assert f.idata.prior_predictive["log_loss"].shape == (1, 1000, f.posterior_predictive.sizes["run"])
 
 
 def test_load_checks_version(transfer_fit, tmp_path, monkeypatch):
