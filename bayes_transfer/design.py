@@ -429,7 +429,7 @@ class NextRuns:
             lines.append(f"90% interval width ({self.scale} scale): {self.width_before:.4g} now, "
                          f"{self.width_after:.4g} expected after.")
         cols = [c for c in (lg.SIZE, lg.SOURCE, lg.TARGET, lg.N_PARAMS, lg.DATA_TOKENS, lg.PRETRAIN_TOKENS, lg.SEED,
-                            "cost", "expected_gain", "gain_per_cost", "criterion_after", "ess", "extrapolated")
+                            lg.PRETRAIN_SEED, "cost", "expected_gain", "gain_per_cost", "criterion_after", "ess", "extrapolated")
                 if c in self.table.columns]
         fmt = self.table[cols].copy()
         for c in ("cost", "expected_gain", "gain_per_cost", "criterion_after", "ess"):
