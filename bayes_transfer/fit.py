@@ -291,7 +291,7 @@ def fit(
     progress: bool = True,
     ossification: bool = True,
     n_params=None,
-    target_accept: float = 0.9,
+    target_accept: float | None = None,
     chain_method: str | None = None,
     map_steps: int = 6000,
     dense_mass: bool | None = None,
@@ -310,7 +310,8 @@ def fit(
     differences need NUTS. ``chain_method``: NumPyro's; by default
     "parallel" when JAX has a device per chain, else "vectorized".
     ``dense_mass``: by default dense for posteriors of at most
-    ``DENSE_MAX_DIMS`` latent dimensions, diagonal above.
+    ``DENSE_MAX_DIMS`` latent dimensions, diagonal above. ``target_accept``:
+    by default 0.95 with a dense mass matrix, 0.9 with a diagonal one.
     """
     grid = load_grid(grid, include_capped=True) if isinstance(grid, (str, Path)) else load_grid(grid)
     spec = laws.get(law)
@@ -349,6 +350,10 @@ def fit(
             chain_method = "parallel" if jax.local_device_count() >= chains else "vectorized"
         if dense_mass is None:
             dense_mass = latent_dims(model, data, prior_set) <= DENSE_MAX_DIMS
+        if target_accept is None:
+            # a dense metric adapted in warm-up can misjudge a curved tail: Porian et al.'s runs diverged
+            # 3 times in 4,000 draws at 0.9, never at 0.95 (14 leapfrog steps per draw, diagonal 34)
+            target_accept = 0.95 if dense_mass else 0.9
         mcmc = MCMC(
             NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=15),
                  dense_mass=dense_mass),
