@@ -52,7 +52,7 @@ def beta_sharing_of(fit: Fit, **overrides) -> tuple[pd.DataFrame, dict[str, Fit]
     model options (priors the fit overrode are not carried: both models use the defaults)."""
     s, c = fit.sampler, fit.config
     kw = dict(chains=s["chains"], draws=s["draws"], warmup=s["warmup"], seed=s["seed"],
-              target_accept=s.get("target_accept"), scratch_law=c["scratch_law"],
+              target_accept=s.get("target_accept", 0.9), scratch_law=c["scratch_law"],
               ossification=bool(c["ossification"]), progress=False)
     return compare_beta_sharing(fit.grid, **{**kw, **overrides})
 

@@ -31,16 +31,11 @@ from bayes_transfer.atomic import atomic_write
 from bayes_transfer.diagnostics import PRIOR_DRIVEN, Diagnostics, NotConvergedError, diagnose, width_ratio
 from bayes_transfer.grid import Grid, grid_from_dataset, load_grid, runs_to_dataset
 from bayes_transfer.identify import NotIdentifiedError, check_identifiable
-from bayes_transfer.models import FEW_GROUPS, ModelData, latent_dims, model_for, prepare
+from bayes_transfer.models import FEW_GROUPS, ModelData, model_for, prepare
 from bayes_transfer.priors import describe, resolve_priors
 
 SAMPLE_DIMS = ("chain", "draw")
 PRIOR_DRAWS = 1000
-# A dense mass matrix learns the correlations of a small posterior: Chinchilla on Epoch AI's runs
-# (6 latent dimensions) went from 94 to 23 leapfrog steps per draw, 2.4x the effective draws; the
-# transfer law on the 44-run CPU grid (18) from 46 to 34, converging where the diagonal did not.
-# Its warm-up estimate of d(d+1)/2 entries gets noisy as d grows (benchmarks/fit_cost_breakdown.py).
-DENSE_MAX_DIMS = 24
 _SHARES = ("w", "omega")  # parameters in (0, 1): widths on the natural scale
 
 __all__ = ["Fit", "NotIdentifiedError", "default_law", "fit", "gap_size", "load_fit"]
@@ -291,10 +286,10 @@ def fit(
     progress: bool = True,
     ossification: bool = True,
     n_params=None,
-    target_accept: float | None = None,
+    target_accept: float = 0.9,
     chain_method: str | None = None,
     map_steps: int = 6000,
-    dense_mass: bool | None = None,
+    dense_mass: bool = False,
 ) -> Fit:
     """Fit ``law`` to ``grid`` (a Grid or anything ``load_grid`` reads; capped runs are kept, as bounds).
 
@@ -309,9 +304,11 @@ def fit(
     spreads shrink towards 0 (a property of joint modes), so per-group
     differences need NUTS. ``chain_method``: NumPyro's; by default
     "parallel" when JAX has a device per chain, else "vectorized".
-    ``dense_mass``: by default dense for posteriors of at most
-    ``DENSE_MAX_DIMS`` latent dimensions, diagonal above. ``target_accept``:
-    by default 0.95 with a dense mass matrix, 0.9 with a diagonal one.
+    ``dense_mass``: a dense mass matrix. On some small posteriors it saves
+    most leapfrog steps (Chinchilla on Epoch AI's runs: 94 to 23 per draw),
+    but it is not the default: on Porian et al.'s runs it diverged 3 times at
+    target_accept 0.9, and on Li et al.'s it did not converge (r_hat 1.011,
+    1,226 draws at the maximum tree depth) where the diagonal one did.
     """
     grid = load_grid(grid, include_capped=True) if isinstance(grid, (str, Path)) else load_grid(grid)
     spec = laws.get(law)
@@ -348,12 +345,6 @@ def fit(
     if method == "nuts":
         if chain_method is None:
             chain_method = "parallel" if jax.local_device_count() >= chains else "vectorized"
-        if dense_mass is None:
-            dense_mass = latent_dims(model, data, prior_set) <= DENSE_MAX_DIMS
-        if target_accept is None:
-            # a dense metric adapted in warm-up can misjudge a curved tail: Porian et al.'s runs diverged
-            # 3 times in 4,000 draws at 0.9, never at 0.95 (14 leapfrog steps per draw, diagonal 34)
-            target_accept = 0.95 if dense_mass else 0.9
         mcmc = MCMC(
             NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=15),
                  dense_mass=dense_mass),

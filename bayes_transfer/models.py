@@ -361,13 +361,6 @@ def finetune_model(data: ModelData, priors: dict, y=None):
     _likelihood(data, priors, laws.log_rectified_centred(data.x_D, {k: v[j] for k, v in s.items()}), y)
 
 
-def latent_dims(model, data: ModelData, priors: dict) -> int:
-    """The number of values NUTS samples (one trace of the model, nothing compiled)."""
-    tr = numpyro.handlers.trace(numpyro.handlers.seed(model, 0)).get_trace(data, priors, y=data.y)
-    return sum(int(np.prod(site["value"].shape)) for site in tr.values()
-               if site["type"] == "sample" and not site["is_observed"])
-
-
 def model_for(law: str):
     return {"scratch": scratch_model, "transfer": transfer_model, "gap": transfer_gap_model,
             "finetune": finetune_model}[laws.get(law).kind]
