@@ -447,6 +447,7 @@ def next_runs_cmd(
     allow_unconverged: bool = typer.Option(False, "--allow-unconverged", help="use a fit that did not converge"),
 ):
     """Which runs next: the candidates that most sharpen --target per unit of compute, as a trainer spec."""
+    from bayes_transfer.atomic import atomic_write
     from bayes_transfer.design import next_runs, prior_fit
     from bayes_transfer.fit import load_fit
 
@@ -475,10 +476,8 @@ def next_runs_cmd(
         raise UserError("no affordable candidate is expected to sharpen the target; nothing written")
     res.spec()  # a spec that cannot be written fails here, before anything is
     path = res.write_spec(out_path)
-    table_path = out_path.with_name(f"{out_path.stem}.runs.csv")
-    tmp = table_path.with_name(f".{table_path.name}.tmp")
-    res.table.to_csv(tmp, index=False)
-    tmp.replace(table_path)
+    table_path = atomic_write(out_path.with_name(f"{out_path.stem}.runs.csv"),
+                              res.table.to_csv(index=False).encode())
     sys.stdout.write(res.to_markdown())
     err.print(f"wrote {escape(str(path))} and {escape(str(table_path))}; train them with "
               f"`transfer-train grid run {escape(str(path))} --out DIR` (the fitted grid's DIR reuses its "

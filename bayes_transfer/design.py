@@ -72,6 +72,7 @@ from scipy.special import gammaln, logsumexp
 
 import loss_grid as lg
 from bayes_transfer.allocate import resolve_pair
+from bayes_transfer.atomic import atomic_write
 from bayes_transfer import laws
 from bayes_transfer import quantities as q
 from bayes_transfer.design_io import (
@@ -283,8 +284,10 @@ class LinearPreposterior:
         mu, sigma = np.asarray(mu, float), np.asarray(sigma, float)
         nu = np.broadcast_to(np.asarray(nu, float), mu.shape[1:])
         # Student-t noise of scale sigma has variance sigma^2 nu / (nu - 2); nu <= 2.1 is held at 2.1
-        nu_held = np.where(np.isinf(nu), np.inf, np.maximum(nu, 2.1))
-        inflate = np.where(np.isinf(nu), 1.0, nu_held / (np.where(np.isinf(nu), 3.0, nu_held) - 2))
+        held = np.maximum(nu, 2.1)
+        inflate = np.ones_like(held)
+        finite = np.isfinite(held)
+        inflate[finite] = held[finite] / (held[finite] - 2)
         noise = np.mean(sigma ** 2 * inflate[None, :], axis=1)  # (C,)
         cov = np.atleast_2d(np.cov(np.hstack([T, mu.T]), rowvar=False))
         A = T.shape[1]
@@ -447,11 +450,7 @@ class NextRuns:
     def write_spec(self, out) -> Path:
         """Write the spec to ``out`` atomically."""
         out = Path(out)
-        text = self.spec(out.stem.replace(".", "_") or "next_runs")
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
-        return out
+        return atomic_write(out, self.spec(out.stem.replace(".", "_") or "next_runs").encode())
 
 
 APPROXIMATION = {

@@ -460,12 +460,16 @@ def _names(data: ModelData, samples: dict) -> tuple[dict, dict]:
     return coords, dims
 
 
+def _flat(samples: dict) -> dict:
+    """Grouped-by-chain samples (chain, draw, ...) as one run of draws (chain * draw, ...)."""
+    return {k: jnp.reshape(v, (-1, *v.shape[2:])) for k, v in samples.items()}
+
+
 def _to_idata(model, data: ModelData, priors, samples, sample_stats) -> az.InferenceData:
     """InferenceData with named dims from grouped-by-chain samples (predictive and prior draws come later:
     ``_predictive_draws``, ``_prior_draws``)."""
-    nchain, ndraw = next(iter(samples.values())).shape[:2]
-    flat = {k: jnp.reshape(v, (nchain * ndraw, *v.shape[2:])) for k, v in samples.items()}
-    ll = np.asarray(log_likelihood(model, flat, data, priors, y=data.y)["log_loss"])
+    nchain = next(iter(samples.values())).shape[0]
+    ll = np.asarray(log_likelihood(model, _flat(samples), data, priors, y=data.y)["log_loss"])
     coords, dims = _names(data, samples)
     idata = az.from_dict(
         posterior={k: np.asarray(v) for k, v in samples.items()},
@@ -484,9 +488,9 @@ def _predictive_draws(model, data: ModelData, priors, samples, key):
     it cost 15% of a Chinchilla fit (benchmarks/fit_cost_breakdown.py)."""
 
     def draw() -> az.InferenceData:
-        nchain, ndraw = next(iter(samples.values())).shape[:2]
-        flat = {k: jnp.reshape(v, (nchain * ndraw, *v.shape[2:])) for k, v in samples.items()}
-        pp = np.asarray(Predictive(model, posterior_samples=flat, return_sites=["log_loss"])(key, data, priors)["log_loss"])
+        nchain = next(iter(samples.values())).shape[0]
+        pp = np.asarray(Predictive(model, posterior_samples=_flat(samples), return_sites=["log_loss"])(
+            key, data, priors)["log_loss"])
         coords, dims = _names(data, samples)
         return _labelled(az.from_dict(posterior_predictive={"log_loss": pp.reshape(nchain, -1, *pp.shape[1:])},
                                       coords=coords, dims=dims), data)

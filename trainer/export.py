@@ -10,7 +10,7 @@ from pathlib import Path
 from trainer.data import source_mix
 from trainer.files import atomic_write
 from trainer.provenance import code_version
-from trainer.scheduler import read_record
+from trainer.scheduler import RunDir, read_record
 from trainer.spec import SCRATCH, SpecError, parse_spec
 
 
@@ -49,9 +49,9 @@ def _pretrain_done(out: Path, info: dict) -> str:
     """"done/total" of a recorded spec's pre-training runs ("-" where its text is not recorded)."""
     if not info.get("text"):
         return "-"
-    jobs = parse_spec(tomllib.loads(info["text"]), info["text"], default_name=info["name"]).pretrain_jobs
-    done = sum((out / "pretrain" / j.job_id / "result.json").exists() for j in jobs)
-    return f"{done}/{len(jobs)}"
+    spec = parse_spec(tomllib.loads(info["text"]), info["text"], default_name=info["name"])
+    rd = RunDir(spec, out, None, 1)
+    return f"{sum(rd.job_done(j) for j in spec.pretrain_jobs)}/{len(spec.pretrain_jobs)}"
 
 
 def load_results(out: Path, spec_name: str | None = None) -> tuple[list[dict], dict]:
