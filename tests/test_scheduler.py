@@ -323,12 +323,24 @@ def test_worker_processes_die_with_a_killed_grid_run(tmp_path):
     assert not any(_alive(k) for k in kids)
 
 
-def test_a_time_limit_starts_only_groups_expected_to_end_within_it(tmp_path, monkeypatch):
-    import trainer.scheduler as sch
-
-    monkeypatch.setattr(sch, "probe_tokens_per_s", lambda *a: 1.0)  # a machine so slow nothing fits
-    logs = []
-    summary = run_grid(parse_spec(spec_dict_small()), tmp_path / "out", corpus_root(tmp_path), time_limit=3600,
-                       log=logs.append)
-    assert summary["finished_runs"] == 0 and not summary["complete"]
-    assert any("not expected to end within the time limit" in m for m in logs)
+def test_a_group_stopped_at_the_time_limit_resumes_where_it_stopped(tmp_path):
+    """A fine-tuning/scratch group past the deadline saves its state and writes
+    no record; the next call resumes it, and the runs equal uninterrupted ones."""
+    root = corpus_root(tmp_path)
+    sp = parse_spec(spec_dict_small(data_tokens=[4096, 16384]))
+    ref = run_grid(sp, tmp_path / "ref", root, workers=1)
+    assert ref["complete"]
+    rd = RunDir(sp, tmp_path / "cut", root, CPU_PACK)
+    cells = rd.groups()[1][0]
+    assert not rd.run_cell_group(cells, device="cpu", deadline=time.monotonic() - 1)
+    assert not (tmp_path / "cut" / "runs").exists()
+    assert len(list((tmp_path / "cut" / "resume").glob("resume-*.pt"))) == 1
+    again = run_grid(sp, tmp_path / "cut", root, workers=1)
+    assert again["complete"] and again["finished_runs"] == ref["finished_runs"]
+    assert not list((tmp_path / "cut" / "resume").glob("*"))
+    for f in (tmp_path / "ref" / "runs").glob("*.json"):
+        a = json.loads(f.read_text())["result"]
+        b = json.loads((tmp_path / "cut" / "runs" / f.name).read_text())["result"]
+        np.testing.assert_array_equal(a["curve_loss"], b["curve_loss"], err_msg=f.name)
+        assert a["loss"] == b["loss"]
+        assert b["resumed_at_steps"] == ([0] if f.stem in {c.run_id for c in cells} else [])

@@ -315,3 +315,39 @@ def test_pretraining_saves_resume_state_between_checkpoints(tmp_path, monkeypatc
     assert _json.loads(torch.load(resume, weights_only=True)["meta"])["step"] == 63  # the step before the last
     again = train_group(CFG, mk(), s, device=torch.device("cpu"), resume_path=resume)[0]
     np.testing.assert_array_equal(again["curve_loss"], full["curve_loss"])
+
+
+def test_a_cell_group_killed_after_dropping_a_member_resumes_exactly(tmp_path, monkeypatch):
+    """Fine-tuning and scratch groups resume too: a kill after one member has
+    stopped and been dropped loses nothing, and the rerun equals an
+    uninterrupted one bit for bit (CPU)."""
+    import trainer.train as tt
+
+    mk = lambda: [member(0, data_tokens=1500), member(1, eval_interval=15)]  # noqa: E731 - stop at different steps
+    s = settings(max_steps=300)
+    full = train_group(CFG, mk(), s, device=torch.device("cpu"))
+    first_stop = min(r["steps"] for r in full)
+    assert first_stop < max(r["steps"] for r in full)
+
+    class Killed(Exception):
+        pass
+
+    kill_at = first_stop + 7  # after the shorter member stopped and was dropped
+
+    def progress(msg):
+        if int(msg.split()[1].split("/")[0]) >= kill_at:
+            raise Killed
+
+    monkeypatch.setattr(tt, "RESUME_EVERY_S", -1.0)  # save at every step
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(Killed):
+        train_group(CFG, mk(), s, device=torch.device("cpu"), resume_path=resume, progress=progress)
+    import json as _json
+
+    meta = _json.loads(torch.load(resume, weights_only=True)["meta"])
+    assert meta["active"] == [1] and first_stop < meta["step"] < full[1]["steps"]
+    again = train_group(CFG, mk(), s, device=torch.device("cpu"), resume_path=resume)
+    for a, b in zip(full, again):
+        for k in ("curve_loss", "train_loss", "loss", "loss_select", "best_step", "steps", "status"):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        assert b["resumed_at_steps"] == [meta["step"]] and a["resumed_at_steps"] == []

@@ -140,8 +140,8 @@ def grid_run(
     specs: list[Path] = typer.Argument(..., help="grid spec(s) (TOML), run in order into the same directory"),
     out: Path = typer.Option(..., help="output directory (shared by specs whose runs overlap)"),
     corpora: Optional[Path] = typer.Option(None, help="corpus root dir or packed .tar"),
-    time_limit: Optional[float] = typer.Option(None, min=0, help="seconds (all specs together): start no new work "
-                                               "past this, then exit 0"),
+    time_limit: Optional[float] = typer.Option(None, min=0, help="seconds (all specs together): then groups in "
+                                               "flight save their state and stop (the next call resumes them), exit 0"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the runs and the estimated cost, train nothing"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if present)"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",

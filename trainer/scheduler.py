@@ -6,11 +6,13 @@ Layout of an output directory:
   pretrain/<job>/p<tokens>.pt           pre-training checkpoints (+ resume-*.pt while running)
   pretrain/<job>/result.json            the finished pre-training run
   runs/<run_id>.json                    one finished fine-tuning/scratch run
+  resume/resume-<hash>.pt               state of a fine-tuning/scratch group in flight
   .lock                                 held by the one `grid run` working in it
 
 Every file is written to a temporary name and renamed, and a group's records
-are written only when the group ends, so a kill at any moment loses at most
-the groups in flight. A run id carries a hash of every setting that shapes
+are written only when the group ends. Groups in flight save their state every
+few minutes and at a time limit, so a kill at any moment loses at most those
+minutes, and a group longer than a session finishes over several. A run id carries a hash of every setting that shapes
 the run, so a finished run is reused only by a spec that would train it the
 same way. A record that cannot be read back is redone, with a warning.
 """
@@ -28,7 +30,7 @@ from trainer.files import atomic_write_json, sweep_temps
 from trainer.model import config_for
 from trainer.plan import (
     cell_groups, check_sizes, default_pack, estimate, flops_per_token, group_seconds, pretrain_groups,
-    pretrain_seconds, probe_tokens_per_s,
+    pretrain_seconds,
 )
 from trainer.provenance import code_version, corpus_hashes
 from trainer.spec import Cell, PretrainJob, Spec, SpecError, spec_hash
@@ -184,7 +186,7 @@ class RunDir:
         resume.unlink(missing_ok=True)
         return True
 
-    def run_cell_group(self, cells: list[Cell], device=None, compile=None) -> list[dict]:
+    def run_cell_group(self, cells: list[Cell], device=None, compile=None, deadline=None) -> bool:
         size = cells[0].size
         cfg = config_for(size)
         members = []
@@ -198,13 +200,18 @@ class RunDir:
             members.append(Member(c.run_id, stable_int("run", c.seed, size, c.target), Stream([sub], [1.0]),
                                   self.val_for(c.target), init=init, data_tokens=c.data_tokens,
                                   eval_interval=c.settings.eval_interval))
-        res = train_group(cfg, members, cells[0].settings, device=device, compile=compile)
+        resume = self.out / "resume" / f"resume-{spec_hash([c.run_id for c in cells])}.pt"
+        res = train_group(cfg, members, cells[0].settings, device=device, compile=compile, resume_path=resume,
+                          deadline=deadline)
+        if res is None:
+            return False
         prov = self.provenance()
         for c, r in zip(cells, res):
             atomic_write_json(self.run_path(c), dict(cell=c.coords(), run_id=c.run_id, settings=c.settings.to_dict(),
                                                      pretrain_job=c.pretrain_job, result=r, provenance=prov,
                                                      n_params=n_params(size)))
-        return res
+        resume.unlink(missing_ok=True)
+        return True
 
 
 _N_CACHE: dict[str, int] = {}
@@ -232,8 +239,8 @@ def run_task(spec: Spec, out: Path, corpora: Path | None, pack: int, kind: str, 
         jobs = [j for j in pgs[idx] if rd.job_needed(j)]
         return rd.run_pretrain_group(jobs, device=device, compile=compile, deadline=deadline), 0
     cells = [c for c in cgs[idx] if not rd.done(c)]
-    rd.run_cell_group(cells, device=device, compile=compile)
-    return True, len(cells)
+    ok = rd.run_cell_group(cells, device=device, compile=compile, deadline=deadline)
+    return ok, len(cells) if ok else 0
 
 
 class _InProcess:
@@ -318,8 +325,9 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
              device=None, compile=None, workers: int | None = None, pack: int | None = None, log=print) -> dict:
     """Run every pending group, `workers` at a time (separate processes when
     more than one; default: the free cores on a CPU, 1 on a GPU), longest
-    first; with a time limit, start only groups the cost model expects to
-    end within it. Fine-tuning groups start once their checkpoints exist."""
+    first. At a time limit the groups in flight save their state and stop;
+    the next call resumes them. Fine-tuning groups start once their
+    checkpoints exist."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -353,16 +361,11 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
             return (pretrain_seconds if kind == "pre" else group_seconds)(g, speed(g))
 
         per_flop = lambda g: 1.0 / flops_per_token(g[0].size)  # noqa: E731
-        probed = lambda g: probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, dev.type)  # noqa: E731
         # Longest first (by expected FLOPs): the last group to finish is then a
-        # short one, and two workers end close together.
+        # short one, and two workers end close together. Every group resumes,
+        # so a long one is worth starting even near a time limit.
         tasks = sorted([("pre", i) for i in pend_pre], key=lambda t: -cost(*t, per_flop))
         tasks += sorted([("cell", i) for i in pend_cell], key=lambda t: -cost(*t, per_flop))
-
-        def fits(task) -> bool:
-            """With a time limit, start only groups expected to end before it: work
-            in flight at the end of a session is lost, finished runs are kept."""
-            return deadline is None or cost(*task, probed) <= deadline - time.monotonic()
 
         def ready(task) -> bool:
             return task[0] == "pre" or all(
@@ -384,7 +387,7 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
                         if deadline is not None and time.monotonic() > deadline:
                             stopped = True
                             break
-                        nxt = next((t for t in tasks if ready(t) and fits(t)), None)
+                        nxt = next((t for t in tasks if ready(t)), None)
                         if nxt is None:
                             break
                         tasks.remove(nxt)
@@ -402,12 +405,14 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
                         finished += runs
                         rd.refresh()  # records written by workers
                         g = pgs[idx] if kind == "pre" else cgs[idx]
+                        what = "pre-training" if kind == "pre" else "runs"
                         if not ok:
-                            log(f"pre-training {g[0].size} stopped at the time limit; it resumes on the next call")
+                            log(f"{what} {g[0].size} x{n} stopped at the time limit; they resume on the next call")
                             stopped = True
+                            continue
                         bar.advance(task_bar, n)
                         # one line per group as well: the bar alone shows nothing in a log file
-                        log(f"{'pre-training' if kind == 'pre' else 'runs'} {g[0].size} x{n} done: "
+                        log(f"{what} {g[0].size} x{n} done: "
                             f"{bar.tasks[0].completed:.0f}/{n_total}, {time.monotonic() - t0:.0f} s")
         except BaseException:
             # Interrupted (Ctrl-C, an error): do not wait for groups in flight; the
@@ -415,10 +420,7 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        if blocked and any(ready(t) for t in tasks):
-            log(f"{len(tasks)} group(s) left that are not expected to end within the time limit; "
-                f"they start on the next call")
-        elif blocked:
+        if blocked:
             log("some runs wait for pre-training checkpoints that were not made")
         rd.refresh()
         pg, cg = rd.pending()

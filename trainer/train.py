@@ -53,7 +53,8 @@ LR_TABLE: dict[str, float] = {
     "3m": 6e-4, "7m": 5e-4, "14m": 4e-4, "19m": 3.5e-4,
 }
 
-# Pre-training writes resume state at each checkpoint and at least this often.
+# A group with a resume file writes its state at least this often (and
+# pre-training at each checkpoint), so a kill loses at most this much.
 RESUME_EVERY_S = 600.0
 
 # torch.compile (CUDA only) from this N up: below it steps are bound by kernel
@@ -229,9 +230,10 @@ def train_group(
     progress: Callable[[str], None] | None = None,
 ) -> list[dict] | None:
     """Train the members as one ensemble; return one result dict per member
-    (in order). Pre-training groups (s.total_tokens set) save resume state to
-    resume_path at each checkpoint, and return None if `deadline`
-    (time.monotonic()) passes before they finish: re-running resumes them.
+    (in order). With a resume_path the group saves its state there every
+    RESUME_EVERY_S (pre-training also at each checkpoint) and returns None if
+    `deadline` (time.monotonic()) passes before it finishes: calling again
+    with the same members resumes it where it stopped.
     compile and bf16 default to on for CUDA (compile from COMPILE_MIN_PARAMS),
     off on CPU, where neither pays (trainer/BENCH.md)."""
     device = torch.device(device) if device is not None else device_default()
@@ -260,7 +262,6 @@ def train_group(
     if compile:
         _raise_recompile_limit()
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    train_step = _Step(model, compile, amp)
 
     total_steps = math.ceil(s.total_tokens / (B * T)) if pretrain else s.max_steps
     rec = [
@@ -277,20 +278,27 @@ def train_group(
     # Members may evaluate on their own schedules (e.g. different D_F in one pack).
     every = [m.eval_interval or s.eval_interval for m in members]
     early = [set(early_evals(e)) for e in every]
+    wall_before = 0.0  # seconds spent in earlier, interrupted calls
+    resumed_at: list[int] = []
     if resume_path is not None and resume_path.exists():
-        step, rec, pending_ckpt, train_sum, train_n = _load_resume(resume_path, model, avg, opt, sampler, device, s,
-                                                                   members)
+        r = _load_resume(resume_path, model, avg, best, opt, sampler, device, s, members)
+        step, rec, pending_ckpt, active, wall_before = r["step"], r["rec"], r["pending"], r["active"], r["wall_s"]
+        best, lr_live, train_sum, train_n = r["best"], r["lr_live"], r["train_sum"], r["train_n"]
+        resumed_at = r["resumed_at"] + [step]
+    train_step = _Step(model, compile, amp)
 
     def save_resume() -> None:
         if resume_path is None:
             return
         meta = dict(settings=s.to_dict(), runs=[m.run_id for m in members], rng=sampler.state(), rec=rec,
-                    step=step, pending=pending_ckpt, opt_t=opt.t, code_version=code_version())
+                    step=step, pending=pending_ckpt, active=active, opt_t=opt.t, code_version=code_version(),
+                    wall_s=wall_before + time.time() - t0, resumed_at=resumed_at)
         st = {f"p.{n}": p.detach() for n, p in model.named_parameters()}
         st.update({f"a.{n}": p.detach() for n, p in avg.named_parameters()})
+        st.update({f"b.{n}": v for n, v in best.items()})
         st.update({f"m.{n}": v for n, v in opt.m.items()})
         st.update({f"v.{n}": v for n, v in opt.v.items()})
-        st.update({"train_sum": train_sum, "train_n": train_n, "meta": json.dumps(meta)})
+        st.update({"train_sum": train_sum, "train_n": train_n, "lr_live": lr_live, "meta": json.dumps(meta)})
         atomic_torch_save(st, resume_path)
 
     @torch.no_grad()
@@ -361,16 +369,17 @@ def train_group(
         if stopped:
             report(stopped)
 
-    if step == 0:
+    if not resumed_at:  # a group resumed at step 0 has made its step-0 evaluation
         evaluate(list(range(M)), 0)
     last_save = time.monotonic()
     while step < total_steps and active:
-        if pretrain and deadline is not None and time.monotonic() > deadline:
-            save_resume()
-            return None
-        if pretrain and time.monotonic() - last_save > RESUME_EVERY_S:
-            save_resume()  # a kill (the end of a session) then loses at most this much pre-training
-            last_save = time.monotonic()
+        if resume_path is not None:
+            if deadline is not None and time.monotonic() > deadline:
+                save_resume()
+                return None
+            if time.monotonic() - last_save > RESUME_EVERY_S:
+                save_resume()  # a kill (the end of a session) then loses at most this much training
+                last_save = time.monotonic()
         warm = min(1.0, (step + 1) / s.warmup)
         x, y = sampler.next()
         losses = train_step(x, y)
@@ -398,8 +407,8 @@ def train_group(
         if progress is not None and due:
             done = sum(r["status"] is not None for r in rec)
             progress(f"step {step}/{total_steps} done {done}/{M}")
-        # Drop stopped members once half of the ensemble has stopped (not in
-        # pre-training, whose resume state keeps the whole ensemble).
+        # Drop stopped members once half of the ensemble has stopped (pre-training
+        # members all stop together, at total_steps).
         live = [j for j, i in enumerate(active) if rec[i]["status"] is None]
         if not pretrain and (len(live) <= len(active) // 2 or not live):
             if not live:
@@ -421,7 +430,7 @@ def train_group(
         for i in active:
             if rec[i]["status"] is None:
                 rec[i]["status"] = "ok"
-    wall = time.time() - t0
+    wall = wall_before + time.time() - t0
     results = []
     for k, (m, r) in enumerate(zip(members, rec)):
         ok = r["status"] != "failed"
@@ -443,28 +452,35 @@ def train_group(
             train_loss=r["train_loss"],
             batch=B, lr=s.lr, eval_interval=every[k], eval_seqs=int(sel_windows.shape[1]),
             report_seqs=0 if rep_windows is None else int(rep_windows.shape[1]),
-            group_size=M, group_wall_s=wall,
+            group_size=M, group_wall_s=wall, resumed_at_steps=resumed_at,
             device=device_name(device),
         ))
     return results
 
 
-def _load_resume(path: Path, model, avg, opt, sampler, device, s: Settings, members: list[Member]):
-    """Restore a pre-training group from its resume file: tensors and JSON
-    only (weights_only), and only if it was written for these settings and runs."""
+def _load_resume(path: Path, model, avg, best, opt, sampler, device, s: Settings, members: list[Member]) -> dict:
+    """Restore a group from its resume file: tensors and JSON only
+    (weights_only), and only if it was written for these settings and runs.
+    Members dropped before the save are dropped again, so every tensor has
+    the saved rows."""
     try:
         st = torch.load(path, map_location=device, weights_only=True)
         meta = json.loads(st["meta"])
     except Exception as e:  # noqa: BLE001 - any damage to the file
         raise ResumeError(f"resume file {path} cannot be read ({type(e).__name__}); delete it to restart "
-                          f"this pre-training group") from None
+                          f"this group") from None
     if meta.get("settings") != s.to_dict() or meta.get("runs") != [m.run_id for m in members]:
         raise ResumeError(f"resume file {path} was written for other settings or runs; delete it to restart")
     theirs, mine = meta.get("code_version"), code_version()
     if theirs is not None and theirs != mine:
         # a run is one code's measurement: finished runs keep their commit, an unfinished one is not spliced
         raise ResumeError(f"resume file {path} was written by code {theirs[:12]} and this is {mine[:12]}: finish the "
-                          f"pre-training with that commit checked out, or delete the file to restart it")
+                          f"group with that commit checked out, or delete the file to restart it")
+    active = meta["active"]
+    if len(active) < len(members):
+        model.select(active)
+        avg.select(active)
+        sampler.select(active)
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.copy_(st[f"p.{n}"])
@@ -474,7 +490,9 @@ def _load_resume(path: Path, model, avg, opt, sampler, device, s: Settings, memb
     opt.v = {n: st[f"v.{n}"] for n in opt.names}
     opt.t = meta["opt_t"]
     sampler.set_state(meta["rng"])
-    return meta["step"], meta["rec"], meta["pending"], st["train_sum"], st["train_n"]
+    return dict(step=meta["step"], rec=meta["rec"], pending=meta["pending"], active=active, wall_s=meta["wall_s"],
+                resumed_at=meta["resumed_at"], best={n: st[f"b.{n}"] for n in best}, lr_live=st["lr_live"],
+                train_sum=st["train_sum"], train_n=st["train_n"])
 
 
 def device_name(device: torch.device) -> str:
