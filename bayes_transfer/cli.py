@@ -295,6 +295,9 @@ def report_cmd(
     units: Optional[str] = Units,
     metric: Optional[str] = Metric,
     data_unit: Optional[str] = DataUnit,
+    prior_sensitivity: bool = typer.Option(False, "--prior-sensitivity",
+                                           help="refit with every law prior twice as wide and show the headline "
+                                                "numbers both ways (one more fit)"),
 ):
     """Write the posterior report (HTML + PNG + Markdown) of a fit, or of a grid after fitting it.
 
@@ -322,7 +325,7 @@ def report_cmd(
         fit = _fit_grid(source, law, scratch_law, method, chains, draws, warmup, seed, declared)
     with err.status("writing the report"):
         index = report(fit, out_dir, budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
-                       cost_params=cost_params, currency=currency)
+                       cost_params=cost_params, currency=currency, prior_sensitivity=prior_sensitivity)
     out.print(str(index))
     _converged_or_exit(fit, allow_unconverged, "the report says so at the top")
 
@@ -391,7 +394,7 @@ def demo_cmd(
         fit = _fit_grid(path, None, "kaplan", "nuts", sampler["chains"], sampler["draws"], sampler["warmup"], 0)
         target = out_dir if len(grids) == 1 else out_dir / path.stem
         with err.status(f"writing the report for {path.name}"):
-            index = report(fit, target)
+            index = report(fit, target, prior_sensitivity=True)
         converged = fit.diagnostics().converged
         if not converged:
             failed.append(path.name)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from loss_grid import SCRATCH, split_pair
 
-from . import compare, laws, plots, published
+from . import compare, laws, plots, published, sensitivity
 from .atomic import atomic_write
 from . import quantities as q
 from .allocate import display_table, markdown_table, recommend
@@ -151,12 +151,14 @@ def is_fit_file(path: Path) -> bool:
 
 def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, budget=None,
            cost_finetune=None, cost_pretrain=None, cost_params=None, current=None,
-           currency: str = "USD", fit_options: dict | None = None, beta_sharing: bool = True) -> Path:
+           currency: str = "USD", fit_options: dict | None = None, beta_sharing: bool = True,
+           prior_sensitivity: bool = False) -> Path:
     """Write the report for a fit (or a grid, fitted first) into `out_dir`; returns index.html's path.
 
     Recommendations use the given prices; without them, `illustrative_costs` (said so in the report).
     ``beta_sharing``: where a target has two or more sources, refit with beta shared and per
-    source and compare them (PSIS-LOO; two more fits).
+    source and compare them (PSIS-LOO; two more fits). ``prior_sensitivity``: refit a transfer
+    fit with every law prior twice as wide and show its headline numbers both ways (one more fit).
     The report is written into a temporary folder beside `out_dir` and swapped in whole: a report that
     fails part-way leaves an existing one untouched.
     """
@@ -170,7 +172,8 @@ def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, b
     tmp.mkdir()
     try:
         _write_report(fit, tmp, prob, dict(budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
-                                           cost_params=cost_params), current, currency, beta_sharing)
+                                           cost_params=cost_params), current, currency, beta_sharing,
+                      prior_sensitivity)
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -191,7 +194,7 @@ def _swap_in(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_report(fit, out: Path, prob, costs, current, currency, beta_sharing=True) -> None:
+def _write_report(fit, out: Path, prob, costs, current, currency, beta_sharing=True, prior_sensitivity=False) -> None:
     page = _Page(out, units_text(fit.grid))
     grid = fit.grid
     diag = fit.diagnostics()
@@ -239,6 +242,9 @@ def _write_report(fit, out: Path, prob, costs, current, currency, beta_sharing=T
     page.table(_format_params(table, prob))
     page.para("Published scratch-law values are for BPE tokens of web text, a sanity scale only; "
               "Hernandez et al.'s transfer fits are for characters of Python, comparable to bytes.")
+
+    if prior_sensitivity and law.kind == "transfer" and not fit.point_estimate:
+        _prior_sensitivity(page, fit, prob)
 
     if law.finetuned and law.has_scratch:
         page.heading("Ossification map")
@@ -294,7 +300,7 @@ def _sampler_text(fit) -> str:
 
 
 def _headline(page: _Page, fit, prob: float) -> None:
-    """A few numbers up front: D_T and the multiplier at the grid's corners."""
+    """A few numbers up front: D_T and the multiplier at the fit's centre and the grid's corners."""
     if laws.of(fit).kind != "transfer":
         return
     page.heading("Headline numbers")
@@ -303,19 +309,20 @@ def _headline(page: _Page, fit, prob: float) -> None:
         runs = q.fit_runs(fit)
         source, target = split_pair(pair)
         tuned = runs[(runs["source"] == source) & (runs["target"] == target)]
-        for n in sorted({tuned["n_params"].min(), tuned["n_params"].max()}):
-            for d in sorted({tuned["data_tokens"].min(), tuned["data_tokens"].max()}):
-                d_t = q.band(q.transferred_data(fit, n, d, pair=pair), prob)
-                m = q.band(q.effective_multiplier(fit, n, d, pair=pair), prob)
-                p_oss = float(q.ossification_probability(fit, n, d, pair=pair))
-                by_prior = bool(q.ossification_prior_driven(fit, n, d, pair=pair))
-                unit = fit.grid.data_label
-                rows.append({"pair": pair, "N": f"{n:.3g}", f"D_F ({unit})": f"{d:.3g}",
-                             f"D_T median ({unit})": f"{float(d_t['median']):.3g}",
-                             f"D_T {prob:.0%} interval": f"{float(d_t['lower']):.3g} to {float(d_t['upper']):.3g}",
-                             "multiplier": f"{float(m['median']):.3g}",
-                             f"multiplier {prob:.0%}": f"{float(m['lower']):.3g} to {float(m['upper']):.3g}",
-                             "P(ossified)": f"{p_oss:.2f}" + (" (prior-driven)" if by_prior else "")})
+        corners = [(n, d) for n in sorted({tuned["n_params"].min(), tuned["n_params"].max()})
+                   for d in sorted({tuned["data_tokens"].min(), tuned["data_tokens"].max()})]
+        for where, (n, d) in [("centre", sensitivity.grid_centre(fit))] + [("corner", c) for c in corners]:
+            d_t = q.band(q.transferred_data(fit, n, d, pair=pair), prob)
+            m = q.band(q.effective_multiplier(fit, n, d, pair=pair), prob)
+            p_oss = float(q.ossification_probability(fit, n, d, pair=pair))
+            by_prior = bool(q.ossification_prior_driven(fit, n, d, pair=pair))
+            unit = fit.grid.data_label
+            rows.append({"pair": pair, "where": where, "N": f"{n:.3g}", f"D_F ({unit})": f"{d:.3g}",
+                         f"D_T median ({unit})": f"{float(d_t['median']):.3g}",
+                         f"D_T {prob:.0%} interval": f"{float(d_t['lower']):.3g} to {float(d_t['upper']):.3g}",
+                         "multiplier": f"{float(m['median']):.3g}",
+                         f"multiplier {prob:.0%}": f"{float(m['lower']):.3g} to {float(m['upper']):.3g}",
+                         "P(ossified)": f"{p_oss:.2f}" + (" (prior-driven)" if by_prior else "")})
     page.table(pd.DataFrame(rows))
 
 
@@ -382,6 +389,30 @@ def _beta_sharing(page: _Page, fit) -> None:
     page.table(shown.round(2))
     page.para(compare.sharing_verdict(table, fits) + f" Both refitted with this fit's sampler settings; beta's "
               f"spread across sources is 0 (shared) or {compare.PER_SOURCE_SPREAD} on the log scale (per source).")
+
+
+def _prior_sensitivity(page: _Page, fit, prob: float) -> None:
+    page.heading("Prior sensitivity")
+    table, wide = sensitivity.prior_sensitivity(fit, prob)
+    lo, hi = f"{(1 - prob) / 2:.0%}", f"{(1 + prob) / 2:.0%}"
+
+    def cell(m, a, b):
+        return f"{m:.3g} [{a:.3g}, {b:.3g}]"
+
+    page.table(pd.DataFrame({
+        "quantity": table["quantity"],
+        f"default priors: median [{lo}, {hi}]": [cell(*r) for r in table[["median", "lower", "upper"]].to_numpy()],
+        f"priors {sensitivity.WIDEN:g}x as wide": [cell(*r) for r in
+                                                  table[["wide median", "wide lower", "wide upper"]].to_numpy()],
+        "median shift / interval width": table["shift / width"].round(2),
+        "interval width ratio": table["width ratio"].round(2)}))
+    note = "" if wide.converged else " The wider-prior fit did not converge; read its column as provisional."
+    page.para(f"Every prior on the law's parameters made {sensitivity.WIDEN:g} times as wide (log-sd of a "
+              f"log-normal doubled, a Beta's concentration halved; noise and spread priors kept), refitted with "
+              f"the same sampler settings. A number the data decided barely moves (shift and width ratio near 0 "
+              f"and 1); one that moves by a good part of its interval, or whose interval widens with its prior, "
+              f"rests on the prior. Widths on the log scale. The multiplier is at the fit's centre, where its "
+              f"prior is set.{note}")
 
 
 def _slug(text) -> str:

@@ -204,3 +204,4 @@ def test_demo_fits_a_shipped_grid_and_writes_the_report(tmp_path):
     page = (tmp_path / "demo" / "index.html").read_text()
     assert "THE FIT DID NOT CONVERGE" in page  # --fast settings: honest about it
     assert (tmp_path / "demo" / "fig_transferred_data.png").exists()
+    assert ">Prior sensitivity</h2>" in page  # the headline's dependence on the priors, refitted

@@ -69,7 +69,9 @@ def known_fit(law="transfer", chains=2, draws=300, stuck_chain=False, method="nu
         {"diverging": (("chain", "draw"), np.zeros((chains, draws), bool))}))
     sampler = ({"method": "map", "chains": 1, "draws": 1, "optimizer_success": True} if method == "map" else
                {"method": "nuts", "chains": chains, "draws": draws, "warmup": draws, "seconds": 1.0})
-    config = {"law": law, "scratch_law": "kaplan" if law == "transfer" else None}
+    log_N, log_D = np.log(grid.runs["n_params"]), np.log(grid.runs["data_tokens"])
+    config = {"law": law, "scratch_law": "kaplan" if law == "transfer" else None,
+              "centre": {"log_N0": float(log_N.mean()), "log_D0": float(log_D.mean()), "log_p0": 0.0}}
     return Fit(idata=idata, grid=grid, law=law, config=config, sampler=sampler)
 
 
@@ -189,3 +191,26 @@ def test_report_renders_in_chromium(transfer_report, tmp_path):
     # figures render: a good share of the page is neither white nor text-grey
     colourful = (pixels[..., :3].max(axis=-1) - pixels[..., :3].min(axis=-1)) > 0.2
     assert colourful.mean() > 0.01
+
+
+def test_prior_sensitivity_section_when_asked(tmp_path, monkeypatch):
+    from bayes_transfer import sensitivity
+
+    ok = known_fit()
+    calls = []
+    table = pd.DataFrame({"quantity": ["alpha[text->python]"], "median": [0.18], "lower": [0.1], "upper": [0.3],
+                          "wide median": [0.12], "wide lower": [0.02], "wide upper": [0.4],
+                          "shift / width": [0.37], "width ratio": [2.73]})
+
+    def fake(fit, prob):
+        calls.append(fit)
+        return table, ok
+
+    monkeypatch.setattr(sensitivity, "prior_sensitivity", fake)
+    assert ">Prior sensitivity</h2>" not in report(ok, tmp_path / "off").read_text() and not calls
+    page = report(ok, tmp_path / "on", prior_sensitivity=True).read_text()
+    assert len(calls) == 1 and ">Prior sensitivity</h2>" in page
+    assert "0.18 [0.1, 0.3]" in page and "0.12 [0.02, 0.4]" in page and "2.73" in page
+    # the headline table starts at the fit's centre
+    summary = (tmp_path / "on" / "summary.md").read_text()
+    assert "| text->python | centre |" in summary

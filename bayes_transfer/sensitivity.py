@@ -1,0 +1,110 @@
+"""How much the headline numbers owe to the priors: refit with every law prior
+twice as wide and set the two answers side by side."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import numpyro.distributions as dist
+import pandas as pd
+
+from bayes_transfer import laws
+from bayes_transfer import quantities as q
+from bayes_transfer.fit import Fit, fit as fit_law
+from bayes_transfer.priors import default_priors
+
+WIDEN = 2.0
+
+
+def widened(prior, factor: float = WIDEN):
+    """``prior`` made ``factor`` times as wide on the scale it is drawn on: the
+    log-sd of a LogNormal, the scale of a (Half)Normal; a Beta keeps its mean
+    with its concentration divided by ``factor``. Fixed numbers stay fixed."""
+    if not isinstance(prior, dist.Distribution):
+        return prior
+    if isinstance(prior, dist.LogNormal):
+        return dist.LogNormal(prior.loc, prior.scale * factor)
+    if isinstance(prior, dist.Normal):
+        return dist.Normal(prior.loc, prior.scale * factor)
+    if isinstance(prior, dist.HalfNormal):
+        return dist.HalfNormal(prior.scale * factor)
+    if isinstance(prior, dist.Beta):
+        return dist.Beta(prior.concentration1 / factor, prior.concentration0 / factor)
+    raise ValueError(f"no rule to widen a {type(prior).__name__} prior")
+
+
+def law_sites(fit: Fit) -> list[str]:
+    """The sites of the fit's law (its scratch form included), not its noise or spreads."""
+    spec = laws.of(fit)
+    names = [s.name for s in spec.sites]
+    if spec.kind == "transfer":
+        names += [s.name for s in laws.scratch(q.scratch_form(fit)).sites]
+    return names
+
+
+def wide_fit(fit: Fit, factor: float = WIDEN) -> Fit:
+    """``fit`` refitted, same grid and sampler settings, with every law prior ``factor`` times as wide."""
+    spec = laws.of(fit)
+    scratch_law = fit.config.get("scratch_law", "kaplan")
+    defaults = default_priors(fit.law, scratch_law)
+    priors = {name: widened(defaults[name], factor) for name in law_sites(fit)}
+    s = fit.sampler
+    kw = dict(chains=s["chains"], draws=s["draws"], warmup=s["warmup"], seed=s["seed"],
+              target_accept=s.get("target_accept", 0.9), progress=False)
+    if spec.kind == "transfer":
+        kw.update(scratch_law=scratch_law, ossification=bool(fit.config["ossification"]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="fit of law .* did not converge")  # said in the table's caption
+        return fit_law(fit.grid, fit.law, priors=priors, **kw)
+
+
+def grid_centre(fit: Fit) -> tuple[float, float]:
+    """(N, D) at the fit's centre: where its priors on loss terms and on D_T / D_F are set."""
+    c = fit.config["centre"]
+    return float(np.exp(c["log_N0"])), float(np.exp(c["log_D0"]))
+
+
+def _interval(values: np.ndarray, prob: float) -> tuple[float, float, float]:
+    lo, med, hi = np.quantile(values, [(1 - prob) / 2, 0.5, (1 + prob) / 2])
+    return float(med), float(lo), float(hi)
+
+
+def headline_draws(fit: Fit, allow_unconverged: bool = False) -> dict[str, np.ndarray]:
+    """Draws of the headline numbers of a transfer fit: per pair, its alpha, beta
+    and k and the effective-data multiplier at the grid centre."""
+    q.checked(fit, allow_unconverged)
+    out = {}
+    for pair in q.pairs(fit):
+        post = q.select_pair(fit, pair)
+        for name in ("alpha", "beta", "k"):
+            out[f"{name}[{pair}]"] = post[name].values.ravel()
+        N, D_F = grid_centre(fit)
+        out[f"multiplier[{pair}] at N={N:.3g}, D_F={D_F:.3g}"] = \
+            q.effective_multiplier(fit, N, D_F, pair=pair, allow_unconverged=True).values.ravel()
+    return out
+
+
+def prior_sensitivity(fit: Fit, prob: float = 0.9, factor: float = WIDEN) -> tuple[pd.DataFrame, Fit]:
+    """Each headline number under the default priors and under priors ``factor``
+    times as wide (``wide_fit``): medians, intervals, and the shift of the median
+    in units of the default interval's width (on the log scale: all are
+    positive). A shift near 0 and a similar interval: the data decided it.
+    Returns the table and the wider-prior fit (check its ``converged``)."""
+    if laws.of(fit).kind != "transfer":
+        raise ValueError(f"prior sensitivity covers the transfer law's headline numbers; this fit is {fit.law!r}")
+    a = headline_draws(fit)  # the fit's own gate holds
+    wide = wide_fit(fit, factor)
+    b = headline_draws(wide, allow_unconverged=True)  # whether it converged is part of the answer
+    rows = []
+    for name in a:
+        m0, l0, h0 = _interval(a[name], prob)
+        m1, l1, h1 = _interval(b[name], prob)
+        rows.append({"quantity": name, "median": m0, "lower": l0, "upper": h0,
+                     "wide median": m1, "wide lower": l1, "wide upper": h1,
+                     "shift / width": abs(np.log(m1 / m0)) / np.log(h0 / l0),
+                     "width ratio": np.log(h1 / l1) / np.log(h0 / l0)})
+    return pd.DataFrame(rows), wide
+
+
+__all__ = ["prior_sensitivity", "wide_fit", "widened", "grid_centre"]

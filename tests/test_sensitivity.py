@@ -1,0 +1,54 @@
+"""Prior sensitivity: the headline numbers refitted under priors twice as wide."""
+
+import warnings
+
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+from bayes_transfer import fit
+from bayes_transfer.models import design_grid, simulate_grid
+from bayes_transfer.sensitivity import grid_centre, prior_sensitivity, widened
+
+# Far from the published values (alpha 0.18, beta 0.38): transfer that grows
+# fast with D_F and barely with N.
+TRUTH = dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3, k=0.5, alpha=0.6, beta=0.1, omega=0.0)
+
+
+def test_widened_doubles_the_width_where_each_prior_is_drawn():
+    w = widened(dist.LogNormal(0.4, 0.75))
+    assert float(w.loc) == 0.4 and float(w.scale) == 1.5
+    assert float(widened(dist.HalfNormal(0.1)).scale) == pytest.approx(0.2)
+    b, wb = dist.Beta(1.0, 18.0), widened(dist.Beta(1.0, 18.0))
+    assert float(wb.mean) == pytest.approx(float(b.mean))  # the same mean, more spread
+    assert float(wb.variance) > 1.8 * float(b.variance)
+    assert widened(0.05) == 0.05  # a fixed value stays fixed
+    with pytest.raises(ValueError, match="no rule to widen a Gamma"):
+        widened(dist.Gamma(2.0, 4.0))
+
+
+def test_a_well_measured_multiplier_does_not_move_when_the_priors_widen():
+    design = design_grid(np.geomspace(1e5, 3e6, 4), np.geomspace(3e4, 3e7, 5), sources=("text",), target="python")
+    grid = simulate_grid(design, "transfer", TRUTH, sigma=0.01, seed=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="fit of law .* did not converge")
+        # the mechanics are under test here, not convergence at test-sized settings
+        base = fit(grid, "transfer", chains=2, draws=400, warmup=400, progress=False).accept_unconverged()
+        table, wide = prior_sensitivity(base)
+    assert wide.config["priors"]["alpha"] == "LogNormal(loc=-1.386, scale=2)"
+    assert wide.config["priors"]["sigma"] == base.config["priors"]["sigma"]  # noise priors kept
+    assert wide.config["priors"]["tau_beta"] == base.config["priors"]["tau_beta"]
+    assert list(table["quantity"][:3]) == ["alpha[text->python]", "beta[text->python]", "k[text->python]"]
+    m = table.iloc[3]
+    N, D = grid_centre(base)
+    true_m = 1 + TRUTH["k"] * D ** TRUTH["alpha"] * N ** TRUTH["beta"] / D
+    assert m["lower"] < true_m < m["upper"] and m["wide lower"] < true_m < m["wide upper"]
+    assert m["shift / width"] < 0.3 and 0.5 < m["width ratio"] < 1.5  # a prior-driven one would near double
+
+
+def test_prior_sensitivity_is_for_transfer_fits():
+    design = design_grid([1e5, 1e6], [1e5, 1e6], target="python")
+    grid = simulate_grid(design, "kaplan", dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3), sigma=0.01)
+    scratch = fit(grid, "kaplan", method="map", map_steps=200, progress=False)
+    with pytest.raises(ValueError, match="transfer law's headline numbers"):
+        prior_sensitivity(scratch)
