@@ -297,6 +297,42 @@ def grid_status(out: Path = typer.Argument(..., help="grid output directory")):
     (console if console.is_terminal else Console(width=200)).print(t)
 
 
+@grid_app.command("quality")
+def grid_quality(
+    out_dir: Path = typer.Argument(..., help="grid output directory"),
+    spec: Optional[str] = typer.Option(None, help="grid name, when the directory holds several"),
+):
+    """Capped and unresolved runs, seed and pre-training spreads, and the measured cost of a grid's finished runs."""
+    from trainer.export import quality
+    from trainer.spec import SpecError
+
+    try:
+        q = quality(out_dir, spec)
+    except SpecError as e:
+        _fail(str(e))
+    n = q["finished"]
+    share = lambda k: f"{q[k]} ({q[k] / n:.0%})" if n else "0"  # noqa: E731
+    lines = [f"{q['spec']}: {n} of {q['expected']} runs finished",
+             f"capped: {share('capped')}; failed: {share('failed')}",
+             f"best at step 0 or the first evaluation after it: {len(q['best_at_first_eval'])}"
+             + "".join(f"\n  {r}" for r in q["best_at_first_eval"])]
+
+    def spreads(title, rows, key="data_tokens"):
+        lines.append(title + ("" if rows else " none measured"))
+        for r in rows:
+            where = f" D_F {r[key]}" if key in r else ""
+            lines.append(f"  {r['size']} {r['source']}{where}: {r['spread']:.3f} nats ({r['runs']} runs)")
+
+    spreads(f"seed-to-seed spread (max - min loss) at the smallest D_F, {q['smallest_data_tokens']} bytes:",
+            q["seed_spread"])
+    spreads("spread from the choice of pre-training run (same cell and seed):", q["pretrain_run_spread"])
+    spreads("pre-training seeds' spread of final validation loss:", q["pretrain_seed_spread"])
+    lines.append(f"measured cost: runs {q['run_core_hours']:.2f} + pre-training {q['pretrain_core_hours']:.2f} "
+                 f"core-hours (wall time of each group on one core); runs processed "
+                 f"{q['run_tokens_per_core_s']:,.0f} tokens per core-second")
+    typer.echo("\n".join(lines))
+
+
 @grid_app.command("export")
 def grid_export(
     out_dir: Path = typer.Argument(..., help="grid output directory"),

@@ -163,8 +163,57 @@ def _pretrain_records(out: Path, recs: list[dict]) -> dict:
             r = rec["result"]
             outp[j] = dict(final_val_loss=r["curve_loss"][-1] if r["curve_loss"] else math.nan,
                            tokens=r["tokens_seen"], wall_s=r["group_wall_s"],
-                           device=r["device"], seed=rec["job"]["seed"])
+                           device=r["device"], seed=rec["job"]["seed"], size=rec["job"]["size"],
+                           source=rec["job"]["source"])
     return outp
 
 
-__all__ = ["status", "load_results", "export"]
+def _spread(groups: dict) -> list[dict]:
+    """max - min loss of each group of two or more runs, largest first."""
+    rows = [dict(zip(("size", "source", "data_tokens"), k[:3]), runs=len(v), spread=max(v) - min(v))
+            for k, v in groups.items() if len(v) > 1]
+    return sorted(rows, key=lambda r: -r["spread"])
+
+
+def quality(out: Path, spec_name: str | None = None) -> dict:
+    """The quality figures of one spec's finished runs: capped and failed runs,
+    runs best at step 0 or at the first evaluation after it (their optimum was
+    not resolved), the seed-to-seed spread at the smallest D_F, the spread that
+    the choice of pre-training run adds, and the measured cost."""
+    recs, info = load_results(out, spec_name)
+    res = [r["result"] for r in recs]
+    first = [r["run_id"] for r, x in zip(recs, res)
+             if len(x["curve_tokens"]) > 1 and x["best_tokens"] <= x["curve_tokens"][1]]
+    d_min = min((r["cell"]["data_tokens"] for r in recs), default=0)
+    by_seed: dict = {}
+    by_pretrain: dict = {}
+    for r, x in zip(recs, res):
+        c = r["cell"]
+        if x["status"] == "failed":
+            continue
+        if c["data_tokens"] == d_min:
+            by_seed.setdefault((c["size"], c["source"], c["data_tokens"], c["target"], c.get("pretrain_run")),
+                               []).append(x["loss"])
+        if c["source"] != SCRATCH:
+            by_pretrain.setdefault((c["size"], c["source"], c["data_tokens"], c["target"], c["seed"]),
+                                   []).append(x["loss"])
+    pre = _pretrain_records(out, recs)
+    by_job: dict = {}
+    for p in pre.values():
+        by_job.setdefault((p["size"], p["source"], p["tokens"]), []).append(p["final_val_loss"])
+    walls = {(x["group_wall_s"], x["device"], x["group_size"]) for x in res}
+    run_s = sum(w[0] for w in walls)
+    pre_s = sum(w for w, _ in {(p["wall_s"], p["device"]) for p in pre.values()})  # a packed group's wall, once
+    tokens = sum(x["tokens_seen"] for x in res)
+    return dict(
+        spec=info["name"], finished=len(recs), expected=len(info["run_ids"]),
+        capped=sum(x["status"] == "capped" for x in res), failed=sum(x["status"] == "failed" for x in res),
+        best_at_first_eval=first, smallest_data_tokens=d_min,
+        seed_spread=_spread(by_seed), pretrain_run_spread=_spread(by_pretrain),
+        pretrain_seed_spread=[dict(size=k[0], source=k[1], runs=len(v), spread=max(v) - min(v))
+                              for k, v in by_job.items() if len(v) > 1],
+        run_core_hours=run_s / 3600, pretrain_core_hours=pre_s / 3600,
+        run_tokens_per_core_s=tokens / run_s if run_s else math.nan)
+
+
+__all__ = ["status", "load_results", "export", "quality"]
