@@ -372,3 +372,57 @@ def test_quality_counts_unresolved_runs_and_measures_spreads(tmp_path):
     assert [round(r["spread"], 6) for r in q["pretrain_run_spread"]] == [0.05]
     assert q["run_core_hours"] == pytest.approx(150 / 3600)
     assert q["run_tokens_per_core_s"] == pytest.approx(5 * 3000 / 150)
+
+
+def test_two_specs_sharing_scratch_runs_export_as_one_grid(tmp_path):
+    """Two sources in one directory (their scratch runs trained once) export as
+    one grid whose spec is the union of both, with the same run ids."""
+    import tomllib
+
+    import bayes_transfer as bt
+
+    root, out = corpus_root(tmp_path), tmp_path / "out"
+
+    def spec(name, source, patience=1):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f"""name = "{name}"
+[grid]
+sizes = ["25k"]
+targets = ["python"]
+sources = ["none", "{source}"]
+data_tokens = [4096]
+pretrain_tokens = [16384]
+seeds = [0]
+[pretrain]
+tokens = 16384
+eval_interval = 4
+eval_seqs = 4
+[train]
+batch = 2
+eval_interval = 3
+eval_seqs = 4
+report_seqs = 4
+patience = {patience}
+budget = 1.5
+lr = {{ "25k" = 1e-2 }}
+""")
+        return load_spec(path)
+
+    specs = [spec("a", "text"), spec("b", "text+code")]
+    for s in specs:
+        assert run_grid(s, out, root, workers=1)["complete"]
+    assert len(list((out / "runs").glob("*.json"))) == 3  # one scratch run, shared
+    info = export(out, tmp_path / "two_sources.nc", ["a", "b"])
+    assert info["runs"] == info["expected"] == 3
+    grid = bt.load_grid(tmp_path / "two_sources.nc")
+    assert sorted(grid.pairs) == [("text", "python"), ("text+code", "python")]
+    ds = xr.open_dataset(tmp_path / "two_sources.nc", engine="h5netcdf")
+    union = parse_spec(tomllib.loads(ds.attrs["spec"]), ds.attrs["spec"])
+    assert ds.attrs["spec_name"] == union.name == "two_sources"
+    assert {c.run_id for c in union.cells} == set(ds["run"].values)
+    assert {j.job_id for j in union.pretrain_jobs} == {j.job_id for s in specs for j in s.pretrain_jobs}
+    ds.close()
+    # specs that train differently are not one grid
+    run_grid(spec("c", "text", patience=2), out, root, time_limit=0)  # records the spec only
+    with pytest.raises(SpecError, match="train differently"):
+        export(out, tmp_path / "x.nc", ["a", "c"])

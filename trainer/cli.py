@@ -337,7 +337,8 @@ def grid_quality(
 def grid_export(
     out_dir: Path = typer.Argument(..., help="grid output directory"),
     out: Path = typer.Option(..., "--out", help="netCDF file to write"),
-    spec: Optional[str] = typer.Option(None, help="grid name, when the directory holds several"),
+    spec: Optional[list[str]] = typer.Option(None, help="grid name, when the directory holds several; give it "
+                                                       "more than once to export their union as one grid"),
 ):
     """Gather a grid's finished runs into the loss-grid netCDF."""
     from trainer.export import export

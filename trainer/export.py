@@ -11,7 +11,7 @@ from trainer.data import source_mix
 from trainer.files import atomic_write
 from trainer.provenance import code_version
 from trainer.scheduler import RunDir, read_record
-from trainer.spec import SCRATCH, SpecError, parse_spec
+from trainer.spec import SCRATCH, SpecError, parse_spec, union_spec
 
 
 def _specs(out: Path) -> dict[str, dict]:
@@ -54,9 +54,23 @@ def _pretrain_done(out: Path, info: dict) -> str:
     return f"{sum(rd.job_done(j) for j in spec.pretrain_jobs)}/{len(spec.pretrain_jobs)}"
 
 
-def load_results(out: Path, spec_name: str | None = None) -> tuple[list[dict], dict]:
+def load_results(out: Path, spec_name: str | list[str] | None = None,
+                 union_name: str = "union") -> tuple[list[dict], dict]:
     """The readable run records of one spec in out (all runs if the directory
-    holds a single spec), and the spec record."""
+    holds a single spec), and the spec record. Several spec names: the union
+    of their runs, as one spec of [[run]] tables named `union_name`."""
+    if isinstance(spec_name, (list, tuple)) and len(spec_name) > 1:
+        parts = [load_results(out, n) for n in spec_name]
+        for _, info in parts:
+            if not info.get("text"):
+                raise SpecError(f"grid {info['name']!r} was recorded without its spec's text; it cannot be merged")
+        specs = [parse_spec(tomllib.loads(info["text"]), info["text"], default_name=info["name"])
+                 for _, info in parts]
+        recs = list({r["run_id"]: r for rs, _ in parts for r in rs}.values())
+        run_ids = list(dict.fromkeys(rid for _, info in parts for rid in info["run_ids"]))
+        return recs, dict(name=union_name, text=union_spec(specs, union_name), run_ids=run_ids)
+    if isinstance(spec_name, (list, tuple)):
+        spec_name = spec_name[0] if spec_name else None
     out = Path(out)
     if not out.is_dir():
         raise SpecError(f"{out} is not a directory")
@@ -78,14 +92,16 @@ def load_results(out: Path, spec_name: str | None = None) -> tuple[list[dict], d
     return recs, info
 
 
-def export(out: Path, dest: Path, spec_name: str | None = None) -> dict:
-    """Write the loss-grid netCDF from the finished runs of one spec."""
+def export(out: Path, dest: Path, spec_name: str | list[str] | None = None) -> dict:
+    """Write the loss-grid netCDF from the finished runs of one spec, or of
+    the union of several (one grid, named after `dest`, whose spec lists
+    every cell: fit two sources jointly from grids that share scratch runs)."""
     import numpy as np
     import xarray as xr
 
     import loss_grid as lg
 
-    recs, info = load_results(out, spec_name)
+    recs, info = load_results(out, spec_name, union_name=Path(dest).stem)
     if not recs:
         raise SpecError(f"{out}: no finished runs of grid {info['name']!r} to export")
     recs.sort(key=lambda r: r["run_id"])

@@ -399,3 +399,54 @@ def _expand(spec: Spec, g: dict | None, runs: list[dict]) -> None:
         cells[c.run_id] = c
     spec.pretrain_jobs = list(jobs.values())
     spec.cells = list(cells.values())
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise SpecError(f"cannot write {type(v).__name__} value {v!r} as TOML")
+
+
+def union_spec(specs: list[Spec], name: str) -> str:
+    """One spec (TOML text) of every cell of `specs`, as [[run]] tables: the
+    grids' union, trained alike, with the same run and pre-training ids.
+    Specs that train differently ([train], or [pretrain] other than its
+    seeds) cannot be merged."""
+    first = specs[0]
+    keys = ("tokens", "eval_interval", "eval_seqs", "checkpoints")
+    for s in specs[1:]:
+        if s.train != first.train:
+            raise SpecError(f"specs {first.name!r} and {s.name!r} train differently ([train]); they cannot be one grid")
+        if any(s.pretrain[k] != first.pretrain[k] for k in keys):
+            raise SpecError(f"specs {first.name!r} and {s.name!r} pre-train differently ([pretrain]); "
+                            f"they cannot be one grid")
+    seeds = sorted({x for s in specs for x in s.pretrain["seeds"]})
+    pre = {k: first.pretrain[k] for k in keys} | {"seeds": seeds}
+    lines = [f"name = {_toml_value(name)}",
+             f"description = {_toml_value('the union of ' + ', '.join(s.name for s in specs))}", "", "[pretrain]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in pre.items()]
+    lines += ["", "[train]"] + [f"{k} = {_toml_value(v)}" for k, v in first.train.items()]
+    seen = set()
+    for s in specs:
+        for c in s.cells:
+            if c.run_id in seen:
+                continue
+            seen.add(c.run_id)
+            run = dict(size=c.size, target=c.target, source=c.source, data_tokens=c.data_tokens,
+                       pretrain_tokens=c.pretrain_tokens, seed=c.seed)
+            if c.source != SCRATCH:
+                run["pretrain_seed"] = c.pretrain_seed
+            lines += ["", "[[run]]"] + [f"{k} = {_toml_value(v)}" for k, v in run.items()]
+    text = "\n".join(lines) + "\n"
+    merged = parse_spec(tomllib.loads(text), text, default_name=name)
+    if {c.run_id for c in merged.cells} != seen:  # the identities must survive the rewrite
+        raise SpecError(f"the union of {', '.join(s.name for s in specs)} would change run ids; not merged")
+    return text
