@@ -243,7 +243,7 @@ def _write_report(fit, out: Path, prob, costs, current, currency, beta_sharing=T
     page.para("Published scratch-law values are for BPE tokens of web text, a sanity scale only; "
               "Hernandez et al.'s transfer fits are for characters of Python, comparable to bytes.")
 
-    if prior_sensitivity and law.kind == "transfer" and not fit.point_estimate:
+    if prior_sensitivity and not fit.point_estimate:
         _prior_sensitivity(page, fit, prob)
 
     if law.finetuned and law.has_scratch:
@@ -392,6 +392,7 @@ def _beta_sharing(page: _Page, fit) -> None:
 
 
 def _prior_sensitivity(page: _Page, fit, prob: float) -> None:
+    law = laws.of(fit)
     page.heading("Prior sensitivity")
     table, wide = sensitivity.prior_sensitivity(fit, prob)
     lo, hi = f"{(1 - prob) / 2:.0%}", f"{(1 + prob) / 2:.0%}"
@@ -411,8 +412,9 @@ def _prior_sensitivity(page: _Page, fit, prob: float) -> None:
               f"log-normal doubled, a Beta's concentration halved; noise and spread priors kept), refitted with "
               f"the same sampler settings. A number the data decided barely moves (shift and width ratio near 0 "
               f"and 1); one that moves by a good part of its interval, or whose interval widens with its prior, "
-              f"rests on the prior. Widths on the log scale. The multiplier is at the fit's centre, where its "
-              f"prior is set.{note}")
+              f"rests on the prior. Widths on the log scale."
+              + (" The multiplier is at the fit's centre, where its prior is set." if law.kind == "transfer" else "")
+              + note)
 
 
 def _slug(text) -> str:

@@ -54,6 +54,8 @@ def wide_fit(fit: Fit, factor: float = WIDEN) -> Fit:
               target_accept=s.get("target_accept", 0.9), progress=False)
     if spec.kind == "transfer":
         kw.update(scratch_law=scratch_law, ossification=bool(fit.config["ossification"]))
+    if spec.pretrain_axis:
+        kw.update(n_params=fit.config["n_params"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="fit of law .* did not converge")  # said in the table's caption
         return fit_law(fit.grid, fit.law, priors=priors, **kw)
@@ -70,15 +72,28 @@ def _interval(values: np.ndarray, prob: float) -> tuple[float, float, float]:
     return float(med), float(lo), float(hi)
 
 
+# The transfer law's headline parameters (omega has its own prior-driven label
+# on every ossification probability); every other law reports all of its own.
+HEADLINE = {"transfer": ("alpha", "beta", "k")}
+
+
 def headline_draws(fit: Fit, allow_unconverged: bool = False) -> dict[str, np.ndarray]:
-    """Draws of the headline numbers of a transfer fit: per pair, its alpha, beta
-    and k and the effective-data multiplier at the grid centre."""
+    """Draws of the headline numbers of a fit: its law's parameters per group
+    and, for the transfer law, the effective-data multiplier at the centre."""
     q.checked(fit, allow_unconverged)
+    spec = laws.of(fit)
     out = {}
+    for name in HEADLINE.get(fit.law, spec.params):
+        da = fit.posterior[name]
+        groups = [d for d in da.dims if d not in ("chain", "draw")]
+        if not groups:
+            out[name] = da.values.ravel()
+            continue
+        for label in da[groups[0]].values:
+            out[f"{name}[{label}]"] = da.sel({groups[0]: label}).values.ravel()
+    if spec.kind != "transfer":
+        return out
     for pair in q.pairs(fit):
-        post = q.select_pair(fit, pair)
-        for name in ("alpha", "beta", "k"):
-            out[f"{name}[{pair}]"] = post[name].values.ravel()
         N, D_F = grid_centre(fit)
         out[f"multiplier[{pair}] at N={N:.3g}, D_F={D_F:.3g}"] = \
             q.effective_multiplier(fit, N, D_F, pair=pair, allow_unconverged=True).values.ravel()
@@ -86,13 +101,13 @@ def headline_draws(fit: Fit, allow_unconverged: bool = False) -> dict[str, np.nd
 
 
 def prior_sensitivity(fit: Fit, prob: float = 0.9, factor: float = WIDEN) -> tuple[pd.DataFrame, Fit]:
-    """Each headline number under the default priors and under priors ``factor``
+    """Each headline number (``headline_draws``) under the default priors and under priors ``factor``
     times as wide (``wide_fit``): medians, intervals, and the shift of the median
     in units of the default interval's width (on the log scale: all are
     positive). A shift near 0 and a similar interval: the data decided it.
     Returns the table and the wider-prior fit (check its ``converged``)."""
-    if laws.of(fit).kind != "transfer":
-        raise ValueError(f"prior sensitivity covers the transfer law's headline numbers; this fit is {fit.law!r}")
+    if fit.point_estimate:
+        raise ValueError("prior sensitivity compares posteriors; this fit is a MAP point estimate")
     a = headline_draws(fit)  # the fit's own gate holds
     wide = wide_fit(fit, factor)
     b = headline_draws(wide, allow_unconverged=True)  # whether it converged is part of the answer

@@ -46,9 +46,15 @@ def test_a_well_measured_multiplier_does_not_move_when_the_priors_widen():
     assert m["shift / width"] < 0.3 and 0.5 < m["width ratio"] < 1.5  # a prior-driven one would near double
 
 
-def test_prior_sensitivity_is_for_transfer_fits():
-    design = design_grid([1e5, 1e6], [1e5, 1e6], target="python")
+def test_a_scratch_law_reports_each_parameter_both_ways():
+    design = design_grid(np.geomspace(1e5, 3e6, 4), np.geomspace(3e4, 3e7, 4), target="python")
     grid = simulate_grid(design, "kaplan", dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3), sigma=0.01)
-    scratch = fit(grid, "kaplan", method="map", map_steps=200, progress=False)
-    with pytest.raises(ValueError, match="transfer law's headline numbers"):
-        prior_sensitivity(scratch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="fit of law .* did not converge")
+        base = fit(grid, "kaplan", chains=1, draws=300, warmup=300, progress=False).accept_unconverged()
+        table, wide = prior_sensitivity(base)
+    assert list(table["quantity"]) == ["N_c[python]", "D_c[python]", "alpha_N[python]", "alpha_D[python]"]
+    assert wide.config["priors"]["alpha_D"] == "LogNormal(loc=-1.386, scale=2)"
+    assert (table["lower"] < table["median"]).all() and (table["median"] < table["upper"]).all()
+    with pytest.raises(ValueError, match="MAP point estimate"):
+        prior_sensitivity(fit(grid, "kaplan", method="map", map_steps=200, progress=False))
