@@ -426,3 +426,20 @@ lr = {{ "25k" = 1e-2 }}
     run_grid(spec("c", "text", patience=2), out, root, time_limit=0)  # records the spec only
     with pytest.raises(SpecError, match="train differently"):
         export(out, tmp_path / "x.nc", ["a", "c"])
+
+
+def test_a_group_saved_by_another_commit_is_skipped_and_the_rest_goes_on(tmp_path, monkeypatch):
+    from trainer import provenance
+
+    root = corpus_root(tmp_path)
+    sp = parse_spec(spec_dict_small(data_tokens=[4096, 16384]))
+    rd = RunDir(sp, tmp_path / "out", root, CPU_PACK)
+    cells = rd.groups()[1][0]
+    monkeypatch.setattr(provenance, "_CODE_VERSION", "a" * 40)
+    assert not rd.run_cell_group(cells, device="cpu", deadline=time.monotonic() - 1)
+    monkeypatch.setattr(provenance, "_CODE_VERSION", "b" * 40)
+    logs = []
+    summary = run_grid(sp, tmp_path / "out", root, workers=1, log=logs.append)
+    assert any("skipped: resume file" in m and "written by code aaaaaaaaaaaa" in m for m in logs), logs
+    assert summary["finished_runs"] == len(sp.cells) - len(cells) and not summary["complete"]
+    assert len(list((tmp_path / "out" / "resume").glob("resume-*.pt"))) == 1  # kept for the commit that began it

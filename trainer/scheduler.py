@@ -34,7 +34,7 @@ from trainer.plan import (
 )
 from trainer.provenance import code_version, corpus_hashes
 from trainer.spec import Cell, PretrainJob, Spec, SpecError, spec_hash
-from trainer.train import Member, load_checkpoint, save_checkpoint, train_group
+from trainer.train import Member, ResumeError, load_checkpoint, save_checkpoint, train_group
 
 
 class GridLocked(RuntimeError):
@@ -401,11 +401,16 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
                     done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                     for f in done:
                         (kind, idx), n = in_flight.pop(f)
-                        ok, runs = f.result()
-                        finished += runs
-                        rd.refresh()  # records written by workers
                         g = pgs[idx] if kind == "pre" else cgs[idx]
                         what = "pre-training" if kind == "pre" else "runs"
+                        try:
+                            ok, runs = f.result()
+                        except ResumeError as e:
+                            # one group's saved state belongs to another commit: the rest of the grid goes on
+                            log(f"{what} {g[0].size} x{n} skipped: {e}")
+                            continue
+                        finished += runs
+                        rd.refresh()  # records written by workers
                         if not ok:
                             log(f"{what} {g[0].size} x{n} stopped at the time limit; they resume on the next call")
                             stopped = True
