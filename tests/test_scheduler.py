@@ -335,9 +335,15 @@ def test_a_group_stopped_at_the_time_limit_resumes_where_it_stopped(tmp_path):
     assert not rd.run_cell_group(cells, device="cpu", deadline=time.monotonic() - 1)
     assert not (tmp_path / "cut" / "runs").exists()
     assert len(list((tmp_path / "cut" / "resume").glob("resume-*.pt"))) == 1
+    from trainer.scheduler import saved_states
+
+    run_grid(sp, tmp_path / "cut", root, time_limit=0)  # records the spec only
+    assert status(tmp_path / "cut")[0]["saved"] == len(cells)
+    state, = saved_states(tmp_path / "cut")
+    assert state["runs"] == [c.run_id for c in cells] and state["step"] == 0 and state["steps"] > 0
     again = run_grid(sp, tmp_path / "cut", root, workers=1)
     assert again["complete"] and again["finished_runs"] == ref["finished_runs"]
-    assert not list((tmp_path / "cut" / "resume").glob("*"))
+    assert not list((tmp_path / "cut" / "resume").glob("*")) and status(tmp_path / "cut")[0]["saved"] == 0
     for f in (tmp_path / "ref" / "runs").glob("*.json"):
         a = json.loads(f.read_text())["result"]
         b = json.loads((tmp_path / "cut" / "runs" / f.name).read_text())["result"]
@@ -443,3 +449,12 @@ def test_a_group_saved_by_another_commit_is_skipped_and_the_rest_goes_on(tmp_pat
     assert any("skipped: resume file" in m and "written by code aaaaaaaaaaaa" in m for m in logs), logs
     assert summary["finished_runs"] == len(sp.cells) - len(cells) and not summary["complete"]
     assert len(list((tmp_path / "out" / "resume").glob("resume-*.pt"))) == 1  # kept for the commit that began it
+
+
+def test_a_damaged_saved_state_is_listed_as_unreadable(tmp_path):
+    from trainer.scheduler import saved_states
+
+    (tmp_path / "resume").mkdir()
+    (tmp_path / "resume" / "resume-0123.pt").write_bytes(b"not a torch file")
+    row, = saved_states(tmp_path)
+    assert row["path"] == "resume/resume-0123.pt" and row["runs"] == [] and "error" in row

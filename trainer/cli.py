@@ -287,14 +287,23 @@ def grid_status(out: Path = typer.Argument(..., help="grid output directory")):
     if not rows:
         _fail(f"{out} holds no grid")
     t = Table()
-    keys = ["spec", "total", "ok", "capped", "failed", "damaged", "pending", "pretrain"]
+    keys = ["spec", "total", "ok", "capped", "failed", "damaged", "pending", "saved", "pretrain"]
     for k in keys:
         t.add_column(k, no_wrap=True)
     for r in rows:
         t.add_row(*[str(r.get(k, 0)) for k in keys])
     console = Console()
     # in a log or a pipe the table keeps its full width: a spec's name is what `grid export --spec` takes
-    (console if console.is_terminal else Console(width=200)).print(t)
+    console = console if console.is_terminal else Console(width=200)
+    console.print(t)
+    from trainer.scheduler import saved_states
+
+    for s in saved_states(out):  # groups stopped part-way: where each resumes
+        if "error" in s:
+            console.print(f"saved state {s['path']}: unreadable ({s['error']})", highlight=False)
+        else:
+            console.print(f"saved state {s['path']}: step {s['step']} of at most {s['steps']}, {s['wall_s'] / 3600:.2f} h "
+                          f"trained, commit {s['code_version'][:12]}; {', '.join(s['runs'])}", highlight=False)
 
 
 @grid_app.command("quality")

@@ -10,7 +10,7 @@ from pathlib import Path
 from trainer.data import source_mix
 from trainer.files import atomic_write
 from trainer.provenance import code_version
-from trainer.scheduler import RunDir, read_record
+from trainer.scheduler import RunDir, read_record, saved_states
 from trainer.spec import SCRATCH, SpecError, parse_spec, union_spec
 
 
@@ -28,8 +28,10 @@ def _specs(out: Path) -> dict[str, dict]:
 
 def status(out: Path) -> list[dict]:
     """Per spec recorded in out: total runs and how many are ok/capped/failed/pending/damaged,
-    and its pre-training runs finished of all (``pretrain``: "done/total")."""
+    how many pending ones have saved state to resume from (``saved``), and its
+    pre-training runs finished of all (``pretrain``: "done/total")."""
     out = Path(out)
+    saved = {rid for s in saved_states(out) for rid in s["runs"]}
     rows = []
     for name, info in _specs(out).items():
         counts: dict[str, int] = {}
@@ -41,7 +43,8 @@ def status(out: Path) -> list[dict]:
                 rec = read_record(p)
                 st = rec["result"]["status"] if rec else "damaged"
             counts[st] = counts.get(st, 0) + 1
-        rows.append(dict(spec=name, total=len(info["run_ids"]), **counts, pretrain=_pretrain_done(out, info)))
+        rows.append(dict(spec=name, total=len(info["run_ids"]), **counts,
+                         saved=sum(rid in saved for rid in info["run_ids"]), pretrain=_pretrain_done(out, info)))
     return rows
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import time
 import warnings
@@ -212,6 +213,26 @@ class RunDir:
                                                      n_params=n_params(size)))
         resume.unlink(missing_ok=True)
         return True
+
+
+def saved_states(out: Path) -> list[dict]:
+    """The groups of `out` with saved state (stopped part-way, to resume):
+    their runs, step, steps in all, seconds trained so far and commit. A
+    file that cannot be read is listed with its error."""
+    import torch
+
+    out = Path(out)
+    rows = []
+    for path in sorted([*out.glob("resume/resume-*.pt"), *out.glob("pretrain/*/resume-*.pt")]):
+        try:
+            meta = json.loads(torch.load(path, map_location="cpu", weights_only=True)["meta"])
+            s = meta["settings"]
+            total = math.ceil(s["total_tokens"] / (s["batch"] * s["ctx"])) if s.get("total_tokens") else s["max_steps"]
+            rows.append(dict(path=str(path.relative_to(out)), runs=meta["runs"], step=meta["step"], steps=total,
+                             wall_s=meta.get("wall_s", float("nan")), code_version=meta.get("code_version", "")))
+        except Exception as e:  # noqa: BLE001 - any damage: say so, the run that needs it refuses it too
+            rows.append(dict(path=str(path.relative_to(out)), runs=[], error=f"{type(e).__name__}: {e}"))
+    return rows
 
 
 _N_CACHE: dict[str, int] = {}
