@@ -388,31 +388,7 @@ def test_two_specs_sharing_scratch_runs_export_as_one_grid(tmp_path):
     import bayes_transfer as bt
 
     root, out = corpus_root(tmp_path), tmp_path / "out"
-
-    def spec(name, source, patience=1):
-        path = tmp_path / f"{name}.toml"
-        path.write_text(f"""name = "{name}"
-[grid]
-sizes = ["25k"]
-targets = ["python"]
-sources = ["none", "{source}"]
-data_tokens = [4096]
-pretrain_tokens = [16384]
-seeds = [0]
-[pretrain]
-tokens = 16384
-eval_interval = 4
-eval_seqs = 4
-[train]
-batch = 2
-eval_interval = 3
-eval_seqs = 4
-report_seqs = 4
-patience = {patience}
-budget = 1.5
-lr = {{ "25k" = 1e-2 }}
-""")
-        return load_spec(path)
+    spec = lambda name, source, patience=1: _shared_scratch_spec(tmp_path, name, source, patience)  # noqa: E731
 
     specs = [spec("a", "text"), spec("b", "text+code")]
     for s in specs:
@@ -458,3 +434,51 @@ def test_a_damaged_saved_state_is_listed_as_unreadable(tmp_path):
     (tmp_path / "resume" / "resume-0123.pt").write_bytes(b"not a torch file")
     row, = saved_states(tmp_path)
     assert row["path"] == "resume/resume-0123.pt" and row["runs"] == [] and "error" in row
+
+
+def _shared_scratch_spec(tmp_path, name, source, patience=1):
+    """A one-cell spec from scratch and from `source`: specs of two sources share its scratch run."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"""name = "{name}"
+[grid]
+sizes = ["25k"]
+targets = ["python"]
+sources = ["none", "{source}"]
+data_tokens = [4096]
+pretrain_tokens = [16384]
+seeds = [0]
+[pretrain]
+tokens = 16384
+eval_interval = 4
+eval_seqs = 4
+[train]
+batch = 2
+eval_interval = 3
+eval_seqs = 4
+report_seqs = 4
+patience = {patience}
+budget = 1.5
+lr = {{ "25k" = 1e-2 }}
+""")
+    return load_spec(path)
+
+
+def test_a_shared_run_held_in_another_grid_s_saved_group_is_left_to_that_group(tmp_path):
+    root, out = corpus_root(tmp_path), tmp_path / "out"
+    a, b = _shared_scratch_spec(tmp_path, "a", "text"), _shared_scratch_spec(tmp_path, "b", "text+code")
+    run_grid(a, out, root, time_limit=0)  # records the spec
+    rd = RunDir(a, out, root, CPU_PACK)
+    for job in a.pretrain_jobs:
+        assert rd.run_pretrain_group([job], device="cpu")
+    group, = rd.groups()[1]
+    scratch = next(c for c in group if c.source == "none")
+    assert not rd.run_cell_group(group, device="cpu", deadline=time.monotonic() - 1)  # a stops part-way
+    logs = []
+    run_grid(b, out, root, workers=1, log=logs.append)
+    done = {p.stem for p in (out / "runs").glob("*.json")}
+    assert scratch.run_id not in done and len(done) == 1  # b trained its fine-tuned run only
+    assert any("wait in the saved state of another grid's group" in m for m in logs), logs
+    assert run_grid(a, out, root, workers=1)["complete"]
+    rec = json.loads((out / "runs" / f"{scratch.run_id}.json").read_text())["result"]
+    assert rec["resumed_at_steps"] == [0]  # finished by the group that began it
+    assert run_grid(b, out, root, workers=1)["complete"]

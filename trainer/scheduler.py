@@ -61,6 +61,7 @@ class RunDir:
         self.corpora_root = corpora
         self._corpora: Corpora | None = None
         self._done: dict[Path, bool] = {}
+        self._claimed: set[str] | None = None
 
     @property
     def corpora(self) -> Corpora:
@@ -82,6 +83,28 @@ class RunDir:
     def refresh(self) -> None:
         """Forget what was read: records may have been written by other processes."""
         self._done.clear()
+        self._claimed = None
+
+    def cell_resume_path(self, cells: list[Cell]) -> Path:
+        return self.out / "resume" / f"resume-{spec_hash([c.run_id for c in cells])}.pt"
+
+    def claimed(self) -> set[str]:
+        """Runs held in the saved state of a fine-tuning/scratch group (of any
+        spec in this directory): that group resumes them."""
+        if self._claimed is None:
+            self._claimed = {rid for s in saved_states(self.out) if s["path"].startswith("resume/")
+                             for rid in s["runs"]}
+        return self._claimed
+
+    def to_train(self, group: list[Cell]) -> list[Cell]:
+        """The runs of a group to train here: not done, and not held in another
+        group's saved state. Specs that share runs (scratch runs of two
+        sources) pack them differently; the group that began a shared run
+        finishes it, instead of a second group training it again."""
+        cells = [c for c in group if not self.done(c)]
+        if not cells or self.cell_resume_path(cells).exists():
+            return cells
+        return [c for c in cells if c.run_id not in self.claimed()]
 
     def _readable(self, path: Path) -> bool:
         if path not in self._done:
@@ -201,7 +224,7 @@ class RunDir:
             members.append(Member(c.run_id, stable_int("run", c.seed, size, c.target), Stream([sub], [1.0]),
                                   self.val_for(c.target), init=init, data_tokens=c.data_tokens,
                                   eval_interval=c.settings.eval_interval))
-        resume = self.out / "resume" / f"resume-{spec_hash([c.run_id for c in cells])}.pt"
+        resume = self.cell_resume_path(cells)
         res = train_group(cfg, members, cells[0].settings, device=device, compile=compile, resume_path=resume,
                           deadline=deadline)
         if res is None:
@@ -259,7 +282,7 @@ def run_task(spec: Spec, out: Path, corpora: Path | None, pack: int, kind: str, 
     if kind == "pre":
         jobs = [j for j in pgs[idx] if rd.job_needed(j)]
         return rd.run_pretrain_group(jobs, device=device, compile=compile, deadline=deadline), 0
-    cells = [c for c in cgs[idx] if not rd.done(c)]
+    cells = rd.to_train(cgs[idx])
     ok = rd.run_cell_group(cells, device=device, compile=compile, deadline=deadline)
     return ok, len(cells) if ok else 0
 
@@ -374,11 +397,11 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
         rd.save_spec()
         pgs, cgs = rd.groups()
         pend_pre = {i for i, g in enumerate(pgs) if any(rd.job_needed(j) for j in g)}
-        pend_cell = {i for i, g in enumerate(cgs) if any(not rd.done(c) for c in g)}
+        pend_cell = {i for i, g in enumerate(cgs) if rd.to_train(g)}
 
         def cost(kind: str, i: int, speed) -> float:
             """A group's pending work at speed(group) tokens/s (seconds, or FLOPs with 1/flops-per-token)."""
-            g = [j for j in pgs[i] if rd.job_needed(j)] if kind == "pre" else [c for c in cgs[i] if not rd.done(c)]
+            g = [j for j in pgs[i] if rd.job_needed(j)] if kind == "pre" else rd.to_train(cgs[i])
             return (pretrain_seconds if kind == "pre" else group_seconds)(g, speed(g))
 
         per_flop = lambda g: 1.0 / flops_per_token(g[0].size)  # noqa: E731
@@ -449,6 +472,11 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
         if blocked:
             log("some runs wait for pre-training checkpoints that were not made")
         rd.refresh()
+        held = [c for g in cgs for c in g if not rd.done(c) and c.run_id in rd.claimed()
+                and not any(c in rd.to_train(h) for h in cgs)]
+        if held:
+            log(f"{len(held)} run(s) wait in the saved state of another grid's group in {out}: "
+                f"run that grid's spec to resume them")
         pg, cg = rd.pending()
     return dict(spec=spec.name, finished_runs=finished, remaining_runs=sum(len(g) for g in cg),
                 remaining_pretrain=sum(len(g) for g in pg), wall_s=round(time.monotonic() - t0, 1),
