@@ -118,6 +118,12 @@ def _range(values) -> tuple[float, float] | None:
     return (float(values.min()), float(values.max())) if values.size else None
 
 
+def fit_centre(fit) -> tuple[float, float]:
+    """(N, D) at the fit's centre: where its priors on loss terms and on D_T / D_F are set."""
+    c = fit.config["centre"]
+    return float(np.exp(c["log_N0"])), float(np.exp(c["log_D0"]))
+
+
 def fit_runs(fit) -> pd.DataFrame:
     """The grid's runs the fit describes: a transfer-gap fit is at one model size."""
     runs: pd.DataFrame = fit.grid.runs

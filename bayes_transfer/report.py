@@ -157,8 +157,8 @@ def report(grid_or_fit, out_dir, *, law: str | None = None, prob: float = 0.9, b
 
     Recommendations use the given prices; without them, `illustrative_costs` (said so in the report).
     ``beta_sharing``: where a target has two or more sources, refit with beta shared and per
-    source and compare them (PSIS-LOO; two more fits). ``prior_sensitivity``: refit a transfer
-    fit with every law prior twice as wide and show its headline numbers both ways (one more fit).
+    source and compare them (PSIS-LOO; two more fits). ``prior_sensitivity``: refit with
+    every law prior twice as wide and show the headline numbers both ways (one more fit).
     The report is written into a temporary folder beside `out_dir` and swapped in whole: a report that
     fails part-way leaves an existing one untouched.
     """
@@ -311,7 +311,7 @@ def _headline(page: _Page, fit, prob: float) -> None:
         tuned = runs[(runs["source"] == source) & (runs["target"] == target)]
         corners = [(n, d) for n in sorted({tuned["n_params"].min(), tuned["n_params"].max()})
                    for d in sorted({tuned["data_tokens"].min(), tuned["data_tokens"].max()})]
-        for where, (n, d) in [("centre", sensitivity.grid_centre(fit))] + [("corner", c) for c in corners]:
+        for where, (n, d) in [("centre", q.fit_centre(fit))] + [("corner", c) for c in corners]:
             d_t = q.band(q.transferred_data(fit, n, d, pair=pair), prob)
             m = q.band(q.effective_multiplier(fit, n, d, pair=pair), prob)
             p_oss = float(q.ossification_probability(fit, n, d, pair=pair))

@@ -61,12 +61,6 @@ def wide_fit(fit: Fit, factor: float = WIDEN) -> Fit:
         return fit_law(fit.grid, fit.law, priors=priors, **kw)
 
 
-def grid_centre(fit: Fit) -> tuple[float, float]:
-    """(N, D) at the fit's centre: where its priors on loss terms and on D_T / D_F are set."""
-    c = fit.config["centre"]
-    return float(np.exp(c["log_N0"])), float(np.exp(c["log_D0"]))
-
-
 def _interval(values: np.ndarray, prob: float) -> tuple[float, float, float]:
     lo, med, hi = np.quantile(values, [(1 - prob) / 2, 0.5, (1 + prob) / 2])
     return float(med), float(lo), float(hi)
@@ -94,7 +88,7 @@ def headline_draws(fit: Fit, allow_unconverged: bool = False) -> dict[str, np.nd
     if spec.kind != "transfer":
         return out
     for pair in q.pairs(fit):
-        N, D_F = grid_centre(fit)
+        N, D_F = q.fit_centre(fit)
         out[f"multiplier[{pair}] at N={N:.3g}, D_F={D_F:.3g}"] = \
             q.effective_multiplier(fit, N, D_F, pair=pair, allow_unconverged=True).values.ravel()
     return out
@@ -122,4 +116,4 @@ def prior_sensitivity(fit: Fit, prob: float = 0.9, factor: float = WIDEN) -> tup
     return pd.DataFrame(rows), wide
 
 
-__all__ = ["prior_sensitivity", "wide_fit", "widened", "grid_centre"]
+__all__ = ["prior_sensitivity", "wide_fit", "widened"]

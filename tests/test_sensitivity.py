@@ -8,7 +8,8 @@ import pytest
 
 from bayes_transfer import fit
 from bayes_transfer.models import design_grid, simulate_grid
-from bayes_transfer.sensitivity import grid_centre, prior_sensitivity, widened
+from bayes_transfer.quantities import fit_centre
+from bayes_transfer.sensitivity import prior_sensitivity, widened
 
 # Far from the published values (alpha 0.18, beta 0.38): transfer that grows
 # fast with D_F and barely with N; D_T / D_F is about 2 at the grid's centre.
@@ -40,7 +41,7 @@ def test_a_well_measured_multiplier_does_not_move_when_the_priors_widen():
     assert wide.config["priors"]["tau_beta"] == base.config["priors"]["tau_beta"]
     assert list(table["quantity"][:3]) == ["alpha[text->python]", "beta[text->python]", "k[text->python]"]
     m = table.iloc[3]
-    N, D = grid_centre(base)
+    N, D = fit_centre(base)
     true_m = 1 + TRUTH["k"] * D ** TRUTH["alpha"] * N ** TRUTH["beta"] / D
     assert 2 < true_m < 4  # a multiplier worth measuring
     # recovered: the truth within one 90% interval's width of each median (log scale)

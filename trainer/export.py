@@ -146,10 +146,8 @@ def export(out: Path, dest: Path, spec_name: str | list[str] | None = None) -> d
         raise SpecError(f"{out}: runs of grid {info['name']!r} were trained on different corpus builds")
     manifest = json.loads(manifests.pop())
     devices = sorted({x["device"] for x in res})
-    # A group's wall time is shared by its members: count each group once.
-    walls = {(x["group_wall_s"], x["device"], x["group_size"]) for x in res}
     pre = _pretrain_records(out, recs)
-    pre_walls = {(p["wall_s"], p["device"]) for p in pre.values()}  # a packed group's wall, once
+    run_s, pre_s = _core_seconds(res, pre)
     attrs = {
         lg.ATTR_LOSS_UNITS: lg.NATS, lg.ATTR_TOKEN: lg.BYTE, lg.ATTR_VOCAB_SIZE: 256,
         lg.ATTR_CORPUS_NAMES: json.dumps(sorted({c["target"] for c in cells} | {
@@ -159,8 +157,8 @@ def export(out: Path, dest: Path, spec_name: str | list[str] | None = None) -> d
         lg.ATTR_CODE_VERSION: ", ".join(sorted({r["provenance"].get("code_version", "unrecorded") for r in recs})),
         lg.ATTR_EXPORT_CODE_VERSION: code_version(),
         lg.ATTR_HARDWARE: ", ".join(devices),
-        lg.ATTR_WALL_TIME_S: float(sum(w[0] for w in walls)),
-        lg.ATTR_CORE_HOURS: (sum(w[0] for w in walls) + sum(w for w, _ in pre_walls)) / 3600,
+        lg.ATTR_WALL_TIME_S: float(run_s),
+        lg.ATTR_CORE_HOURS: (run_s + pre_s) / 3600,
         lg.ATTR_SPEC: info["text"],
         lg.ATTR_SPEC_NAME: info["name"],
         lg.ATTR_PRETRAIN: json.dumps(pre, sort_keys=True),
@@ -185,6 +183,14 @@ def _pretrain_records(out: Path, recs: list[dict]) -> dict:
                            device=r["device"], seed=rec["job"]["seed"], size=rec["job"]["size"],
                            source=rec["job"]["source"])
     return outp
+
+
+def _core_seconds(res: list[dict], pre: dict) -> tuple[float, float]:
+    """Seconds of the runs and of their pre-training, one core each: a group's
+    wall time is shared by its members, so each group counts once."""
+    runs = {(x["group_wall_s"], x["device"], x["group_size"]) for x in res}
+    pretraining = {(p["wall_s"], p["device"]) for p in pre.values()}
+    return sum(w for w, _, _ in runs), sum(w for w, _ in pretraining)
 
 
 def _spread(groups: dict) -> list[dict]:
@@ -220,9 +226,7 @@ def quality(out: Path, spec_name: str | None = None) -> dict:
     by_job: dict = {}
     for p in pre.values():
         by_job.setdefault((p["size"], p["source"], p["tokens"]), []).append(p["final_val_loss"])
-    walls = {(x["group_wall_s"], x["device"], x["group_size"]) for x in res}
-    run_s = sum(w[0] for w in walls)
-    pre_s = sum(w for w, _ in {(p["wall_s"], p["device"]) for p in pre.values()})  # a packed group's wall, once
+    run_s, pre_s = _core_seconds(res, pre)
     tokens = sum(x["tokens_seen"] for x in res)
     return dict(
         spec=info["name"], finished=len(recs), expected=len(info["run_ids"]),

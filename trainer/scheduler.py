@@ -92,8 +92,7 @@ class RunDir:
         """Runs held in the saved state of a fine-tuning/scratch group (of any
         spec in this directory): that group resumes them."""
         if self._claimed is None:
-            self._claimed = {rid for s in saved_states(self.out) if s["path"].startswith("resume/")
-                             for rid in s["runs"]}
+            self._claimed = {rid for s in saved_states(self.out, pretraining=False) for rid in s["runs"]}
         return self._claimed
 
     def to_train(self, group: list[Cell]) -> list[Cell]:
@@ -238,17 +237,20 @@ class RunDir:
         return True
 
 
-def saved_states(out: Path) -> list[dict]:
+def saved_states(out: Path, pretraining: bool = True) -> list[dict]:
     """The groups of `out` with saved state (stopped part-way, to resume):
-    their runs, step, steps in all, seconds trained so far and commit. A
-    file that cannot be read is listed with its error."""
+    their runs, step, steps in all, seconds trained so far and commit; the
+    fine-tuning/scratch groups only without `pretraining`. A file that cannot
+    be read is listed with its error."""
     import torch
 
     out = Path(out)
+    paths = [*out.glob("resume/resume-*.pt"), *(out.glob("pretrain/*/resume-*.pt") if pretraining else [])]
     rows = []
-    for path in sorted([*out.glob("resume/resume-*.pt"), *out.glob("pretrain/*/resume-*.pt")]):
+    for path in sorted(paths):
         try:
-            meta = json.loads(torch.load(path, map_location="cpu", weights_only=True)["meta"])
+            # memory-mapped: only the small metadata entry is read, not the weights
+            meta = json.loads(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["meta"])
             s = meta["settings"]
             total = math.ceil(s["total_tokens"] / (s["batch"] * s["ctx"])) if s.get("total_tokens") else s["max_steps"]
             rows.append(dict(path=str(path.relative_to(out)), runs=meta["runs"], step=meta["step"], steps=total,
@@ -472,8 +474,7 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
         if blocked:
             log("some runs wait for pre-training checkpoints that were not made")
         rd.refresh()
-        held = [c for g in cgs for c in g if not rd.done(c) and c.run_id in rd.claimed()
-                and not any(c in rd.to_train(h) for h in cgs)]
+        held = [c for g in cgs for c in g if not rd.done(c) and c not in rd.to_train(g)]
         if held:
             log(f"{len(held)} run(s) wait in the saved state of another grid's group in {out}: "
                 f"run that grid's spec to resume them")
