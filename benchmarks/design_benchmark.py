@@ -180,15 +180,18 @@ def _rows_of(table: pd.DataFrame, pool: pd.DataFrame) -> list:
     return merged["index"].tolist()
 
 
-def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """Per truth: compute at which each method first reaches the factorial grid's width."""
+def summarise(df: pd.DataFrame, rounds: int) -> pd.DataFrame:
+    """Per truth whose rounds all finished: compute at which each method first reaches the
+    factorial grid's width (infinite where it never did, so a median counts those truths too)."""
     out = []
     for i, g in df.groupby("truth"):
+        if not all((g.method == m).sum() == rounds for m in ("design", "random")):
+            continue  # cut short by the time limit: its misses are not yet known
         fac = g[g.method == "factorial"].iloc[0]
         row = {"truth": i, "factorial_width": fac.width, "factorial_compute": fac.compute}
         for m in ("design", "random"):
             hit = g[(g.method == m) & (g.width <= fac.width)]
-            row[f"{m}_compute"] = float(hit.compute.min()) if len(hit) else np.nan
+            row[f"{m}_compute"] = float(hit.compute.min()) if len(hit) else np.inf
         out.append(row)
     s = pd.DataFrame(out)
     for m in ("design", "random"):
@@ -196,27 +199,36 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return s
 
 
-def figure(df: pd.DataFrame, path: Path) -> None:
+def figure(df: pd.DataFrame, truths, path: Path) -> None:
+    """Width against compute, both as fractions of the factorial grid's, per truth (thin) and
+    their median per round (thick): below 1 on the y axis left of 1 on the x axis is a win."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colours = {"design": "C0", "random": "C1", "factorial": "C3"}
-    for (i, m), g in df.groupby(["truth", "method"]):
-        seed = df[(df.truth == i) & (df.method == "seed")]
-        g = pd.concat([seed, g]).sort_values("compute") if m != "factorial" else g
-        if m == "seed":
-            continue
-        style = dict(marker="s", ls="none", ms=7) if m == "factorial" else dict(marker="o", ms=3, lw=1, alpha=0.7)
-        ax.plot(g.compute, g.width, color=colours[m], label=m if i == df.truth.min() else None, **style)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours = {"design": "C0", "random": "C1"}
+    df = df[df.truth.isin(list(truths))]
+    rel = []
+    for i, g in df.groupby("truth"):
+        fac = g[g.method == "factorial"].iloc[0]
+        for m in colours:
+            c = pd.concat([g[g.method == "seed"], g[g.method == m]]).sort_values("compute")
+            x, y = c.compute / fac.compute, c.width / fac.width
+            ax.plot(x, y, color=colours[m], lw=0.6, alpha=0.35)
+            rel.append(pd.DataFrame({"method": m, "step": range(len(c)), "x": x.values, "y": y.values}))
+    med = pd.concat(rel).groupby(["method", "step"])[["x", "y"]].median().reset_index()
+    for m, g in med.groupby("method"):
+        ax.plot(g.x, g.y, color=colours[m], lw=2.2, marker="o", ms=4, label=f"{m} (median of {df.truth.nunique()})")
+    ax.plot([1], [1], marker="s", color="C3", ls="none", ms=8, label="full factorial grid")
+    ax.axhline(1, color="C3", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("compute spent (stand-in core-hours)")
-    ax.set_ylabel("90% interval width of log multiplier")
-    ax.set_title(f"{df.truth.nunique()} simulated truth(s): width vs compute")
-    ax.legend()
+    ax.set_xlabel("compute spent / the factorial grid's")
+    ax.set_ylabel("90% interval width of log multiplier / the factorial's")
+    ax.set_title("Choosing runs by expected variance reduction vs random picks")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -290,13 +302,15 @@ def main(argv=None) -> None:
             return
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "curves.csv", index=False)
-    s = summarise(df)
+    s = summarise(df, args.rounds)
     s.to_csv(args.out / "summary.csv", index=False)
-    figure(df, args.out / "width_vs_compute.png")
+    figure(df, s.truth, args.out / "width_vs_compute.png")
     print(s.to_string(index=False))
-    print(f"median share of the factorial grid's compute to reach its width: design "
-          f"{s.design_share_of_factorial.median():.2f}, random {s.random_share_of_factorial.median():.2f} "
-          f"({args.truths} truths, {time.perf_counter() - t0:.0f} s)")
+    reached = {m: int(np.isfinite(s[f"{m}_share_of_factorial"]).sum()) for m in ("design", "random")}
+    print(f"median share of the factorial grid's compute to reach its width (inf: not reached in "
+          f"{args.rounds} rounds): design {s.design_share_of_factorial.median():.2f} (reached in {reached['design']}), "
+          f"random {s.random_share_of_factorial.median():.2f} (reached in {reached['random']}); "
+          f"{len(s)} of {args.truths} truths finished, {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
