@@ -231,9 +231,13 @@ OUTPUTS = [
     Case("report --out under a file", lambda ws: ["report", ws / "good.fit.nc", "--out", ws / "grid.csv" / "r"], "not a folder"),
     Case("report disk full mid-way", lambda ws: ["report", ws / "good.fit.nc", "--out", ws / "rep"], "No space left on device",
          patch=oserror(report_module, "atomic_write", errno.ENOSPC)),
-    Case("demo --out is a file", lambda ws: ["demo", "--grids", ws / "grids", "--out", ws / "grid.csv", "--fast"], "not a folder",
+    Case("demo --out is a file", lambda ws: ["demo", "--grids", ws / "grids", "--grid", "g", "--out", ws / "grid.csv",
+                                             "--fast"], "not a folder",
          lambda ws: (ws / "grids").mkdir() or shutil.copy(ws / "good.fit.nc", ws / "grids" / "g.nc")),
     Case("demo without grids", lambda ws: ["demo", "--grids", ws / "none", "--out", ws / "d"], "no loss grid shipped"),
+    Case("demo of a grid not shipped", lambda ws: ["demo", "--grids", ws / "grids", "--grid", "nope", "--out", ws / "d"],
+         "no grid 'nope' in",
+         lambda ws: (ws / "grids").mkdir() or shutil.copy(ws / "good.fit.nc", ws / "grids" / "g.nc")),
 ]
 
 FIT_FILES = [

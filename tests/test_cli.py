@@ -199,7 +199,8 @@ def test_demo_fits_a_shipped_grid_and_writes_the_report(tmp_path):
                             ("target", "source", "n_params", "pretrain_tokens", "data_tokens", "seed")},
                     attrs={"loss_units": "nats"})
     ds.to_netcdf(grids / "text_to_python.nc", engine="h5netcdf")
-    result = invoke("demo", "--grids", grids, "--out", tmp_path / "demo", "--fast", "--allow-unconverged")
+    result = invoke("demo", "--grids", grids, "--grid", "text_to_python", "--out", tmp_path / "demo", "--fast",
+                    "--allow-unconverged")
     assert result.exit_code == 0, result.output
     page = (tmp_path / "demo" / "index.html").read_text()
     assert "THE FIT DID NOT CONVERGE" in page  # --fast settings: honest about it
