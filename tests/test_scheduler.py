@@ -15,7 +15,7 @@ import xarray as xr
 from trainer.export import export, status
 from trainer.files import atomic_write_json
 from trainer.plan import CPU_PACK
-from trainer.scheduler import RunDir, run_grid
+from trainer.scheduler import RunDir, order_tasks, run_grid
 from trainer.spec import SpecError, load_spec, parse_spec
 from _trainer_corpus import corpus_root
 
@@ -98,6 +98,29 @@ def test_grid_runs_exports_and_is_not_redone(tmp_path):
     more = run_grid(load_spec(tmp_path / "next.toml"), out, root)
     assert more["finished_runs"] == 1 and more["complete"]  # the scratch run was the grid's
     assert pre == {p: p.stat().st_mtime_ns for p in (out / "pretrain").rglob("*") if p.is_file()}
+
+
+def test_groups_are_ordered_by_expected_cost_pretraining_first():
+    costs = {("pre", 0): 5.0, ("pre", 1): 9.0, ("cell", 0): 3.0, ("cell", 1): 7.0, ("cell", 2): 1.0}
+    cost = lambda kind, i: costs[kind, i]  # noqa: E731
+    assert order_tasks({0, 1}, {0, 1, 2}, cost) == [("pre", 1), ("pre", 0), ("cell", 1), ("cell", 0), ("cell", 2)]
+    assert order_tasks({0, 1}, {0, 1, 2}, cost, "shortest") == [("pre", 0), ("pre", 1), ("cell", 2), ("cell", 0),
+                                                                 ("cell", 1)]
+    with pytest.raises(ValueError, match="order must be one of longest, shortest"):
+        order_tasks(set(), set(), cost, "random")
+
+
+@pytest.mark.parametrize("order", ["shortest", "longest"])
+def test_groups_train_in_the_order_asked(tmp_path, order):
+    root = corpus_root(tmp_path)
+    out = tmp_path / "out"
+    run_grid(load_spec(MICRO), out, root, workers=1, order=order)
+    written = {}  # D_F -> when its run records were written (one group after another with one worker)
+    for path in (out / "runs").glob("*.json"):
+        written.setdefault(json.loads(path.read_text())["cell"]["data_tokens"], []).append(path.stat().st_mtime_ns)
+    small, large = written[4096], written[16384]  # a 16 KiB run costs ~2.3x a 4 KiB one
+    first, then = (small, large) if order == "shortest" else (large, small)
+    assert max(first) < min(then)
 
 
 def test_time_limit_starts_nothing_new(tmp_path):

@@ -152,6 +152,8 @@ def grid_run(
     workers: Optional[int] = typer.Option(None, min=1, help="groups trained at once, each in its own process "
                                           "(default: the free cores on a CPU, 1 on a GPU)"),
     nice: bool = typer.Option(True, "--nice/--no-nice", help="on a CPU, run at low priority (nice 10)"),
+    order: str = typer.Option("longest", help="longest groups first (the whole grid soonest) or shortest "
+                              "(the most runs finished by a time limit)"),
 ):
     """Run every pending run of one or more grids (resumable: finished runs are kept)."""
     import time
@@ -159,6 +161,10 @@ def grid_run(
     from trainer.scheduler import GridLocked, run_grid
     from trainer.spec import SpecError
 
+    from trainer.scheduler import ORDERS
+
+    if order not in ORDERS:
+        _fail(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
     sps = _specs(specs, corpora)
     dev = _device(device)
     if dry_run:
@@ -179,7 +185,7 @@ def grid_run(
             else:
                 left = None if time_limit is None else max(0.0, time_limit - (time.monotonic() - t0))
                 summary = run_grid(sp, out, corpora, time_limit=left, device=dev, compile=compile,
-                                   workers=workers, log=_log)
+                                   workers=workers, order=order, log=_log)
         except GridLocked as e:
             _fail(str(e), 3)
         except (SpecError, ValueError, FileNotFoundError) as e:

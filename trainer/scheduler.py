@@ -1,5 +1,5 @@
 """Running a grid: an output directory of per-run records, and a scheduler
-that trains its pending groups, longest first, resumably.
+that trains its pending groups, longest (or shortest) first, resumably.
 
 Layout of an output directory:
   specs/<name>.json                     each spec run into it
@@ -367,13 +367,33 @@ def free_cores() -> int:
     return max(1, min(n, round(n - os.getloadavg()[0])))
 
 
+ORDERS = ("longest", "shortest")
+
+
+def order_tasks(pre: set, cells: set, cost, order: str = "longest") -> list:
+    """Pre-training groups, then fine-tuning and scratch groups, each by expected FLOPs.
+
+    "longest" first: the last group to finish is a short one, so the workers
+    end close together (the shortest time to a whole grid). "shortest"
+    first: the most runs finished by any given time (a grid trained over
+    time-limited sessions, fitted as it grows). Every group resumes, so a
+    long one is worth starting even near a time limit.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    sign = -1 if order == "longest" else 1
+    return (sorted([("pre", i) for i in pre], key=lambda t: sign * cost(*t))
+            + sorted([("cell", i) for i in cells], key=lambda t: sign * cost(*t)))
+
+
 def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: float | None = None,
-             device=None, compile=None, workers: int | None = None, pack: int | None = None, log=print) -> dict:
+             device=None, compile=None, workers: int | None = None, pack: int | None = None,
+             order: str = "longest", log=print) -> dict:
     """Run every pending group, `workers` at a time (separate processes when
-    more than one; default: the free cores on a CPU, 1 on a GPU), longest
-    first. At a time limit the groups in flight save their state and stop;
-    the next call resumes them. Fine-tuning groups start once their
-    checkpoints exist."""
+    more than one; default: the free cores on a CPU, 1 on a GPU), in
+    ``order`` (``order_tasks``). At a time limit the groups in flight save
+    their state and stop; the next call resumes them. Fine-tuning groups
+    start once their checkpoints exist."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -386,6 +406,8 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
     workers = workers if workers is not None else (1 if cuda else free_cores())
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     pack = pack or default_pack(spec, cuda)
     t0 = time.monotonic()
     deadline = t0 + time_limit if time_limit is not None else None
@@ -407,11 +429,7 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
             return (pretrain_seconds if kind == "pre" else group_seconds)(g, speed(g))
 
         per_flop = lambda g: 1.0 / flops_per_token(g[0].size)  # noqa: E731
-        # Longest first (by expected FLOPs): the last group to finish is then a
-        # short one, and two workers end close together. Every group resumes,
-        # so a long one is worth starting even near a time limit.
-        tasks = sorted([("pre", i) for i in pend_pre], key=lambda t: -cost(*t, per_flop))
-        tasks += sorted([("cell", i) for i in pend_cell], key=lambda t: -cost(*t, per_flop))
+        tasks = order_tasks(pend_pre, pend_cell, lambda kind, i: cost(kind, i, per_flop), order)
 
         def ready(task) -> bool:
             return task[0] == "pre" or all(
