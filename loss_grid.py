@@ -46,8 +46,9 @@ LOSS_CURVES = (CURVE_LOSS, TRAIN_LOSS)  # the curves in loss units (converted wi
 REQUIRED = (N_PARAMS, DATA_TOKENS, LOSS)
 CELL = (TARGET, SOURCE, N_PARAMS, DATA_TOKENS, PRETRAIN_TOKENS, SEED)
 NUMERIC = (N_PARAMS, DATA_TOKENS, PRETRAIN_TOKENS, LOSS, SEED)
-COORDS = (TARGET, SOURCE, N_PARAMS, N_LAYER, D_MODEL, PRETRAIN_TOKENS, DATA_TOKENS, SEED)
-DATA_VARS = (LOSS, BEST_STEP, *CURVES, STATUS, STATUS_REASON, TOKENS_SEEN)
+# What the trainer's export writes (a table from elsewhere needs only REQUIRED)
+COORDS = (TARGET, SOURCE, N_PARAMS, N_LAYER, D_MODEL, PRETRAIN_TOKENS, DATA_TOKENS, SEED, PRETRAIN_RUN)
+DATA_VARS = (LOSS, LOSS_SELECT, BEST_STEP, *CURVES, STATUS, STATUS_REASON, TOKENS_SEEN)
 
 # ------------------------------------------------------------------ status values
 OK = "ok"  # early-stopped normally: LOSS is the data-limited optimum

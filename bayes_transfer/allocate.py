@@ -113,6 +113,7 @@ class Recommendation:
     shares: tuple[float, float] | None = None  # (Bayes, point-estimate) share
     prob: float = 0.9
     notes: list[str] = field(default_factory=list)
+    units: tuple[str, str] = ("bytes", "nats/byte")  # (data, loss), as the fitted grid counts them
 
     def answer(self) -> str:
         return f"Spend the budget on {self.best}."
@@ -127,7 +128,7 @@ class Recommendation:
                        f"median {med:.3f}, {self.prob:.0%} interval {lo:.3f} to {hi:.3f}.")
         out.append(f"Choosing by point estimates (posterior-median parameters) picks "
                    f"'{self.point_estimate_choice}', an expected regret of "
-                   f"{self.regret_of_point_estimate:.2e} nats/byte against the Bayes choice.")
+                   f"{self.regret_of_point_estimate:.2e} {self.units[1]} against the Bayes choice.")
         return out
 
     def caveats(self) -> list[str]:
@@ -137,23 +138,24 @@ class Recommendation:
     def to_markdown(self) -> str:
         """A Markdown summary: the answer, the plan table and the assumptions."""
         lines = [f"**{self.answer()}**", "", *self.findings(), "",
-                 markdown_table(display_table(self.table, self.prob)), ""]
+                 markdown_table(display_table(self.table, self.prob, self.units)), ""]
         lines += [f"- {note}" for note in self.notes]
         lines += ["", "Assumptions:", ""] + [f"- **{key}**: {value}" for key, value in self.assumptions.items()]
         return "\n".join(lines) + "\n"
 
 
-def display_table(table: pd.DataFrame, prob: float) -> pd.DataFrame:
-    """The plan table as strings, for Markdown and HTML."""
+def display_table(table: pd.DataFrame, prob: float, units: tuple[str, str] = ("bytes", "nats/byte")) -> pd.DataFrame:
+    """The plan table as strings, for Markdown and HTML; ``units``: (data, loss)."""
+    data_unit, loss_unit = units
     pct = f"{prob:.0%}"
     out = pd.DataFrame({"plan": table["plan"]})
     out["spend (fine-tune / pre-train / params)"] = [
         " / ".join(_money(v) for v in row)
         for row in table[["spend_finetune", "spend_pretrain", "spend_params"]].itertuples(index=False)]
     out["N after"] = table["n_params"].map(_num)
-    out["D_F after (bytes)"] = table["data_tokens"].map(_num)
-    out["p after (bytes)"] = table["pretrain_tokens"].map(_num)
-    out["E[loss] (nats/byte)"] = table["expected_loss"].map(lambda v: "-" if np.isnan(v) else f"{v:.4f}")
+    out[f"D_F after ({data_unit})"] = table["data_tokens"].map(_num)
+    out[f"p after ({data_unit})"] = table["pretrain_tokens"].map(_num)
+    out[f"E[loss] ({loss_unit})"] = table["expected_loss"].map(lambda v: "-" if np.isnan(v) else f"{v:.4f}")
     out[f"{pct} interval"] = [
         "-" if np.isnan(a) else f"{a:.4f} to {b:.4f}" for a, b in zip(table["loss_lower"], table["loss_upper"])]
     out["P(best)"] = table["p_best"].map(lambda v: "-" if np.isnan(v) else f"{v:.2f}")
@@ -192,7 +194,8 @@ def positive(name: str, value) -> float:
 
 
 def starting_point(fit, pair, current) -> dict:
-    """The starting point: given, or the largest fine-tuned cell the grid measured."""
+    """The starting point: given, or the grid's largest N, D_F and p (each the largest
+    measured, together perhaps not a measured cell)."""
     runs = q.fit_runs(fit)
     finetuned = laws.of(fit).finetuned
     rows = runs[runs["source"] != SCRATCH] if finetuned else runs
@@ -242,7 +245,7 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
     `price_per_flop` to derive it from the tokens a run sees (``epochs`` over the
     fine-tuning data: by default the grid's; see the module docstring).
     `current` = dict(n_params, data_tokens, pretrain_tokens) is where spending
-    starts (default: the largest fine-tuned cell of the grid). A fit that did not
+    starts (default: the grid's largest N, D_F and p of the fine-tuned runs). A fit that did not
     converge raises ``NotConvergedError`` unless ``allow_unconverged``.
     """
     q.checked(fit, allow_unconverged)
@@ -382,29 +385,30 @@ def recommend(fit, budget, cost_finetune, cost_pretrain=None, cost_params=None, 
                                              "" if i < n_candidates else "for comparison"]))
                      for i, n in enumerate(table["plan"])]
     formula = law.formula + (f"; scratch law {form}: {laws.scratch(form).formula}" if law.kind == "transfer" else "")
-    held = {"transfer": f"pre-training data (at the grid's amount, {start['pretrain_tokens']:.3g} bytes)",
+    data_unit, loss_unit = fit.grid.data_label, fit.grid.loss_unit
+    held = {"transfer": f"pre-training data (at the grid's amount, {start['pretrain_tokens']:.3g} {data_unit})",
             "gap": f"model size (N = {start['n_params']:.3g}, the grid's)",
             "finetune": f"the pre-trained model (N = {start['n_params']:.3g})"}.get(law.kind, "nothing else")
     chains, n_draws = (post.sizes[d] for d in q.SAMPLE_DIMS)
     assumptions = {
         "budget": f"{budget:g} {currency}, spent on top of what is already done (sunk costs excluded)",
-        "cost_finetune": f"{c_f:g} {currency} per fine-tuning token (byte of target data)",
+        "cost_finetune": f"{c_f:g} {currency} per fine-tuning token (data counted in {data_unit})",
         "cost_pretrain": ("not given" if c_p is None else
-                          f"{c_p:g} {currency} per pre-training token (byte of source data)"),
+                          f"{c_p:g} {currency} per pre-training token (data counted in {data_unit})"),
         "cost_params": ("not given" if c_n is None else
                         f"{c_n:g} {currency} per parameter added (the whole cost of training a model one "
                         "parameter larger at the current data: " + (flops_note or "as given") + ")"),
-        "current": (f"N = {start['n_params']:.3g} parameters, D_F = {start['data_tokens']:.3g} bytes, "
-                    f"p = {start['pretrain_tokens']:.3g} bytes"),
+        "current": (f"N = {start['n_params']:.3g} parameters, D_F = {start['data_tokens']:.3g} {data_unit}, "
+                    f"p = {start['pretrain_tokens']:.3g} {data_unit}"),
         "law": f"{fit.law}: {formula}" + (f"; pair {pair}" if pair else ""),
         "held fixed": held,
-        "loss": "early-stopped validation loss on the target, nats/byte; lower is better",
+        "loss": f"early-stopped validation loss on the target, {loss_unit}; lower is better",
         "posterior": f"{chains} chains x {n_draws} draws; point estimates are posterior medians",
     }
     return Recommendation(table=table, best=best, assumptions=assumptions,
                           point_estimate_choice=point_choice, regret_of_point_estimate=regret,
                           optimal_share=optimal_share, split_resources=split, surface=surface,
-                          shares=chosen, prob=prob, notes=notes)
+                          shares=chosen, prob=prob, notes=notes, units=(data_unit, loss_unit))
 
 
 def _gap_optimal_share(post, start, budget, c_p, c_f, surface) -> xr.DataArray:

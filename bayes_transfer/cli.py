@@ -1,11 +1,12 @@
-"""The `bayes-transfer` command: fit, report, recommend, demo.
+"""The `bayes-transfer` command: fit, report, recommend, next-runs, demo.
 
 Exit codes scripts can rely on:
   0  success
-  1  user error (bad input, missing file, wrong law for the grid): one line on stderr, no traceback
+  1  user error (bad input, missing file, wrong law for the grid): one line on stderr, no traceback;
+     also `next-runs` on a fit that did not converge (it writes nothing)
   2  usage error (unknown option, missing argument)
-  3  the fit did not converge (r_hat, ESS or divergences); `fit` and `report` still write
-     their outputs, which say so; pass --allow-unconverged to exit 0 anyway
+  3  the fit did not converge (r_hat, ESS or divergences); `fit`, `report` and `demo` still write
+     their outputs, and `recommend` its answer, which say so; pass --allow-unconverged to exit 0 anyway
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ CostPretrain = typer.Option(None, "--cost-pretrain", help="price of one pre-trai
 CostParams = typer.Option(None, "--cost-params", help="price of one more parameter: the whole cost of training a "
                                                       "model one parameter larger at the current data")
 PricePerFlop = typer.Option(None, "--price-per-flop", help="alternative to --cost-params: price of one training "
-                                                           "FLOP (a parameter then costs 6 x (p + D_F) FLOPs)")
+                                                           "FLOP (a parameter then costs 6 x (p + epochs x D_F) FLOPs, "
+                                                           "epochs the grid's median)")
 Currency = typer.Option("USD", "--currency", help="currency name shown with the costs")
 Units = typer.Option(None, "--units", help="what the table's losses are in: nats or bits (cross-entropy), fraction or "
                                            "percent (error rate). Default: the grid's loss_units attribute, else nats")

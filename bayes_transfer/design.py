@@ -467,7 +467,7 @@ APPROXIMATION = {
 }
 
 
-def next_runs(fit, candidates, target="multiplier", budget: float = 1.0, *, cost: str = lg.COST_CORE_HOURS,
+def next_runs(fit, candidates, target: str, budget: float = 1.0, *, cost: str = lg.COST_CORE_HOURS,
               decision: dict | None = None, n_worlds: int = 256, max_draws: int = 2000, seed: int = 0,
               lookahead: int | None = None, method: str | None = None,
               allow_unconverged: bool = False) -> NextRuns:

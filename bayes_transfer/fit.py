@@ -291,7 +291,7 @@ def fit(
     map_steps: int = 6000,
     dense_mass: bool = False,
 ) -> Fit:
-    """Fit ``law`` to ``grid`` (a Grid or anything ``load_grid`` reads; capped runs are kept, as bounds).
+    """Fit ``law`` to ``grid`` (a Grid, or anything ``load_grid`` reads: capped runs are kept, as bounds).
 
     ``law``: a scratch law ("kaplan", "chinchilla", "data_constrained":
     scratch runs), "transfer" (scratch and fine-tuned jointly; its scratch
@@ -310,7 +310,7 @@ def fit(
     target_accept 0.9, and on Li et al.'s it did not converge (r_hat 1.011,
     1,226 draws at the maximum tree depth) where the diagonal one did.
     """
-    grid = load_grid(grid, include_capped=True) if isinstance(grid, (str, Path)) else load_grid(grid)
+    grid = load_grid(grid, include_capped=True)  # a Grid as it is; anything else with its capped runs
     spec = laws.get(law)
     if method not in ("nuts", "map"):
         raise ValueError(f"unknown method {method!r}; expected 'nuts' or 'map'")

@@ -30,7 +30,6 @@ import xarray as xr
 import loss_grid as lg
 from loss_grid import CELL, NUMERIC, REQUIRED, SCRATCH
 
-UNITS = lg.LOSS_UNITS
 _MAX_LISTED = 8
 # Wide physical ranges: anything outside is a unit or typing mistake, not a model.
 _RANGES = {lg.N_PARAMS: (1e2, 1e14), lg.DATA_TOKENS: (1.0, 1e16), lg.PRETRAIN_TOKENS: (0.0, 1e16)}
@@ -101,12 +100,16 @@ class Grid:
         return self.data_unit
 
     @property
+    def loss_unit(self) -> str:
+        """The unit of ``loss`` as held: "nats/byte", "nats/token" or "fraction"."""
+        if self.metric == lg.ERROR_RATE:
+            return "fraction"
+        return "nats/byte" if self.data_label == "bytes" else "nats/token"
+
+    @property
     def loss_label(self) -> str:
         """The loss and its unit as held, e.g. "cross-entropy (nats/byte)" or "error rate (fraction)"."""
-        if self.metric == lg.ERROR_RATE:
-            return "error rate (fraction)"
-        per = {"bytes": "byte", lg.TOKENS: "token"}.get(self.data_label, "token")
-        return f"cross-entropy (nats/{per})"
+        return f"{'error rate' if self.metric == lg.ERROR_RATE else 'cross-entropy'} ({self.loss_unit})"
 
     def __len__(self) -> int:
         return len(self.runs)

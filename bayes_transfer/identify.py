@@ -53,7 +53,7 @@ def check_identifiable(data: ModelData, overrides: dict) -> None:
         elif spec.kind == "gap":
             need("alpha_p", f"pair {name!r}", g["pretrain_tokens"], "its runs have the single pre-training amount")
         elif spec.kind == "finetune" and g["data_tokens"].nunique() < 3:
-            # a curve with a floor and a knee (E, T, beta, r) needs at least three amounts
+            # a curve with a floor and a knee (L0, w, beta, r) needs at least three amounts
             problems.append(("beta", f"the fine-tuning curve of pair {name!r} cannot be identified from "
                                      f"{g['data_tokens'].nunique()} D_F value(s); it needs three or more"))
     if spec.kind == "gap":

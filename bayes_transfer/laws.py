@@ -105,11 +105,6 @@ def kaplan(N, D, N_c, D_c, alpha_N, alpha_D):
     return ((N_c / N) ** (alpha_N / alpha_D) + D_c / D) ** alpha_D
 
 
-def log_kaplan(log_N, log_D, log_N_c, log_D_c, alpha_N, alpha_D):
-    """log L of the Kaplan law from log inputs: alpha_D * LSE(r (log N_c - log N), log D_c - log D)."""
-    return alpha_D * _lse((alpha_N / alpha_D) * (log_N_c - log_N), log_D_c - log_D)
-
-
 def log_kaplan_centred(x_N, x_D, log_L0, w, alpha_N, alpha_D):
     """The Kaplan law about a centre (N0, D0), as the models sample it.
 
@@ -352,11 +347,6 @@ def transferred_data(D_F, N, k, alpha, beta):
     return k * D_F ** alpha * N ** beta
 
 
-def log_transferred_data(log_D_F, log_N, log_k, alpha, beta):
-    """log D_T of Eq. 1.1."""
-    return log_k + alpha * log_D_F + beta * log_N
-
-
 def log_effective_finetune_data(log_D_F, log_D_T, omega=0.0):
     """log D_E for a fine-tuned run: D_E = D_F (1 - omega) + D_T.
 
@@ -581,8 +571,8 @@ def scratch(name: str) -> ScratchLaw:
 def effective_data(law_name, N, L, **params):
     """D_E: the data a from-scratch model of size N needs to reach loss L.
 
-    Closed-form inversion of the scratch law ``law_name`` (parameters by
-    keyword). Where L is at or below the model's infinite-data floor no
+    Inversion of the scratch law ``law_name`` (parameters by keyword): in
+    closed form, by bisection for data_constrained. Where L is at or below the model's infinite-data floor no
     finite D reaches it and the result is +inf, never NaN.
     """
     law = scratch(law_name)

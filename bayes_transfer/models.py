@@ -39,7 +39,6 @@ from bayes_transfer import laws
 from bayes_transfer.grid import Grid, load_grid
 from loss_grid import CAPPED, PRETRAIN_RUN, SCRATCH, pair_label
 
-LAWS = tuple(laws.LAWS)  # the law names, for callers that list them (the laws live in laws.py)
 # Fewer groups than this barely inform a spread across them: the spread's posterior
 # is then mostly its prior. Fewer targets than this are sampled non-centred: Gadre et al.'s
 # three corpora diverged 47 times centred and never non-centred. Pair-level sites stay centred
@@ -93,8 +92,10 @@ def censored_runs(grid: Grid, runs: pd.DataFrame) -> np.ndarray:
     """Runs whose recorded loss only bounds their data-limited loss from above.
 
     Capped runs (stopped before early stopping) and runs whose best
-    evaluation was their first (they may have been better before it). A
-    table may also say so itself in a boolean ``censored`` column.
+    evaluation was their first after step 0 (they may have been better
+    before it; a curve's step-0 evaluation is the untrained or pre-trained
+    model, not a point of this run's training). A table may also say so
+    itself in a boolean ``censored`` column.
     """
     out = (runs["status"] == CAPPED).to_numpy(copy=True) if "status" in runs else np.zeros(len(runs), bool)
     if "censored" in runs:
@@ -103,6 +104,8 @@ def censored_runs(grid: Grid, runs: pd.DataFrame) -> np.ndarray:
     if curves is not None and "curve_loss" in curves and "run" in curves.coords:
         loss = curves["curve_loss"].sel(run=runs["run"].to_numpy()).values
         finite = np.isfinite(loss)
+        if "curve_tokens" in curves:
+            finite &= curves["curve_tokens"].sel(run=runs["run"].to_numpy()).values > 0
         first = np.argmax(finite, axis=1)
         best = np.nanargmin(np.where(finite, loss, np.inf), axis=1)
         out |= (finite.sum(axis=1) >= 2) & (best == first)

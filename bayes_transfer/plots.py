@@ -3,7 +3,7 @@
 Every function returns a `matplotlib.figure.Figure` (or None when the fit
 has nothing to show for it), built without pyplot: it renders with Agg
 whatever the session's backend, and a notebook shows it as a cell's value.
-Sizes and data in bytes, loss in nats/byte, log axes where the laws are
+Sizes and data in the grid's units (bytes and nats/byte for the trainer's grids), log axes where the laws are
 power laws; the palette, axes and extrapolation shading are
 `figure_style.py`'s.
 """
@@ -55,7 +55,7 @@ def plot_loss_grid(grid) -> Figure:
                             ms=4, lw=1.2, ls="-" if source == SCRATCH else "--")
                 ax.scatter(r["data_tokens"], r["loss"], color=colour(ni), marker=MARKERS[si % 8], s=10, alpha=0.5)
         ax.set(xscale="log", yscale="log", xlabel="data: D (scratch) or D_F (fine-tuned), bytes",
-               ylabel="best validation loss (nats/byte)", title=f"target: {target}")
+               ylabel=f"best validation loss ({grid.loss_unit})", title=f"target: {target}")
         style = [Line2D([], [], color="0.3", marker=MARKERS[i % 8], ls="-" if s == SCRATCH else "--",
                         label="from scratch" if s == SCRATCH else f"pre-trained on {s}")
                  for i, s in enumerate(sources)]
@@ -105,7 +105,8 @@ def plot_fitted_laws(fit, prob: float = 0.9) -> Figure:
             ax.scatter(scratch.loc[scratch.n_params == n, "data_tokens"], scratch.loc[scratch.n_params == n, "loss"],
                        color=c, marker="o", s=22, zorder=3, edgecolor="white", linewidth=0.5)
         shade_outside(ax, lo, hi, x[0], x[-1])
-        ax.set(xscale="log", yscale="log", xlabel="data: D or D_F (bytes)", ylabel="loss (nats/byte)",
+        ax.set(xscale="log", yscale="log", xlabel=f"data: D or D_F ({fit.grid.data_label})",
+               ylabel=f"loss ({fit.grid.loss_unit})",
                title=f"{fit.law}: {group}")
         extra = [Line2D([], [], color="0.3", marker="o", ls="", label="from scratch (data)")]
         if law.finetuned:
@@ -164,12 +165,13 @@ def _plot_gap_laws(fit, prob: float) -> Figure:
             c = colour(i)
             loss = q.predicted_loss(fit, None, x, p=p, pair=pair)
             band_line(ax, x, q.band(loss, prob), c, inside=~loss["extrapolated"].values,
-                       label="from scratch" if p == 0 else f"p = {fmt_n(p)} bytes")
+                       label="from scratch" if p == 0 else f"p = {fmt_n(p)} {fit.grid.data_label}")
             rows = scratch if p == 0 else tuned[tuned["pretrain_tokens"] == p]
             ax.scatter(rows["data_tokens"], rows["loss"], color=c, marker=MARKERS[i % 8], s=22, zorder=3,
                        edgecolor="white", linewidth=0.5)
         shade_outside(ax, lo, hi, x[0], x[-1])
-        ax.set(xscale="log", yscale="log", xlabel="fine-tuning data f (bytes)", ylabel="loss (nats/byte)",
+        ax.set(xscale="log", yscale="log", xlabel=f"fine-tuning data f ({fit.grid.data_label})",
+               ylabel=f"loss ({fit.grid.loss_unit})",
                title=f"transfer gap: {pair}")
         loss_axis(ax)
         handles, _ = ax.get_legend_handles_labels()
@@ -224,7 +226,7 @@ def plot_transferred_data(fit, prob: float = 0.9) -> Figure | None:
             ax.scatter(xs, np.full(len(xs), ax.get_ylim()[0] * 1.15), marker="v", facecolor="none",
                        edgecolor=c, s=40, zorder=4, clip_on=False)
         shade_outside(ax, lo, hi, x[0], x[-1])
-        ax.set(xlabel="fine-tuning data D_F (bytes)", ylabel="data transferred D_T (bytes)",
+        ax.set(xlabel=f"fine-tuning data D_F ({fit.grid.data_label})", ylabel=f"data transferred D_T ({fit.grid.data_label})",
                title=f"D_T vs D_F: {pair}")
         extra = [Line2D([], [], color="0.3", marker="o", ls="", label="two-stage points (interval)"),
                  Line2D([], [], color="0.3", marker="v", mfc="none", ls="", label="D_T <= 0 or unbounded"),
@@ -254,7 +256,7 @@ def plot_multiplier(fit, prob: float = 0.9) -> Figure | None:
         ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
         ax.text(x[0], 1.0, " no transfer", va="bottom", fontsize=8, color="0.3")
         shade_outside(ax, lo, hi, x[0], x[-1])
-        ax.set(xscale="log", yscale="log", xlabel="fine-tuning data D_F (bytes)",
+        ax.set(xscale="log", yscale="log", xlabel=f"fine-tuning data D_F ({fit.grid.data_label})",
                ylabel="effective data multiplier (D_F + D_T) / D_F", title=f"multiplier: {pair}")
         loss_axis(ax)
         legend_sizes(ax, sizes, [Patch(facecolor="0.5", alpha=0.3, label=f"{prob:.0%} band"), EXTRAP_PATCH])
@@ -320,7 +322,7 @@ def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
         else:
             other = span(tuned["pretrain_tokens"].min(), tuned["pretrain_tokens"].max(), 1.0, n_grid)
             prob = q.ossification_probability(fit, None, d, pair=pair, p=other).transpose("D_F", "p").values.T
-            y_name, y_col = "pre-training data p (bytes)", "pretrain_tokens"
+            y_name, y_col = f"pre-training data p ({fit.grid.data_label})", "pretrain_tokens"
         mesh = ax.pcolormesh(d, other, prob, cmap="cividis", vmin=0, vmax=1, shading="nearest")
         if prob.min() < 0.5 < prob.max():
             ax.contour(d, other, prob, levels=[0.5], colors="white", linewidths=1.5)
@@ -334,7 +336,7 @@ def plot_ossification_map(fit, n_grid: int = 40) -> Figure | None:
             boundary = q.low_data_boundary(fit, other, target=split_pair(pair)[1])
             ax.plot(boundary.median(q.SAMPLE_DIMS), other, color=PALETTE[5], lw=1.5, ls=":")
             handles.append(Line2D([], [], color=PALETTE[5], ls=":", label="low-data boundary 0.1 D(N)"))
-        ax.set(xscale="log", yscale="log", xlabel="fine-tuning data D_F (bytes)", ylabel=y_name,
+        ax.set(xscale="log", yscale="log", xlabel=f"fine-tuning data D_F ({fit.grid.data_label})", ylabel=y_name,
                title=f"ossification: {pair}", xlim=(d[0], d[-1]), ylim=(other[0], other[-1]))
         ax.legend(handles=handles, fontsize=7, loc="lower left", facecolor="0.4", labelcolor="white")
         fig.colorbar(mesh, ax=ax, label="P(pre-trained worse than scratch)")
@@ -393,8 +395,8 @@ def plot_ppc(fit, prob: float = 0.9, table: pd.DataFrame | None = None) -> Figur
     hi = max(table["loss"].max(), table["upper"].max()) * 1.05
     ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8, ls=":", label="predicted = observed")
     coverage = table["inside"].mean()
-    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="observed loss (nats/byte)",
-           ylabel=f"posterior predictive loss (nats/byte), {prob:.0%} interval",
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel=f"observed loss ({fit.grid.loss_unit})",
+           ylabel=f"posterior predictive loss ({fit.grid.loss_unit}), {prob:.0%} interval",
            title=f"Posterior predictive check: {coverage:.0%} of {len(table)} runs inside their {prob:.0%} interval")
     ax.legend(fontsize=8, loc="upper left")
     loss_axis(ax, "x")
@@ -430,7 +432,7 @@ def plot_allocation(rec) -> Figure | None:
     ax.axvline(rec.shares[1], color=PALETTE[2], lw=1.5, ls="--", label=f"point-estimate choice ({rec.shares[1]:.1%})")
     ax.axhline(0, color="0.3", lw=0.6)
     ax.set(xlabel=f"share of the budget spent on {b} (rest on {a})",
-           ylabel="loss minus loss at the Bayes choice (nats/byte)", title="Loss over budget splits")
+           ylabel=f"loss minus loss at the Bayes choice ({rec.units[1]})", title="Loss over budget splits")
     ax.legend(fontsize=8)
     ax2.hist(rec.optimal_share.values.ravel(), bins=np.linspace(0, 1, 41), color=PALETTE[0], alpha=0.8)
     ax2.set(xlabel=f"optimal share on {b}, per posterior draw", ylabel="posterior draws",

@@ -178,7 +178,7 @@ def _finish(result: xr.DataArray, name: str, units: str, long_name: str) -> xr.D
 
 
 def transferred_data(fit, N, D_F, pair: str | None = None, *, allow_unconverged: bool = False) -> xr.DataArray:
-    """D_T: the data pre-training is worth, in target tokens (bytes); negative = ossification.
+    """D_T: the data pre-training is worth, in target data (bytes on the trainer's grids); negative = ossification.
 
     From a 'transfer' fit: D_T = k D_F^alpha N^beta - omega D_F, per posterior draw.
     With `pair` None and several pairs the result has a `pair` dim.
@@ -187,7 +187,7 @@ def transferred_data(fit, N, D_F, pair: str | None = None, *, allow_unconverged:
         raise ValueError(f"transferred_data needs a 'transfer' fit (k, alpha, beta); this fit is {fit.law!r}")
     post = select_pair(checked(fit, allow_unconverged), pair)
     n, d = _axis(N, "N"), _axis(D_F, "D_F")
-    result = _finish(laws.transferred(n, d, post), "D_T", "bytes", "data transferred by pre-training")
+    result = _finish(laws.transferred(n, d, post), "D_T", fit.grid.data_label, "data transferred by pre-training")
     return _flag(result, fit, {"N": n, "D_F": d}, grid_ranges(fit, pair))
 
 
@@ -231,7 +231,7 @@ def data_to_converge(fit, N, target: str | None = None, *, allow_unconverged: bo
     post = select_target(checked(fit, allow_unconverged), target)
     n = _axis(N, "N")
     result = laws.scratch(scratch_form(fit)).data_to_converge(n, post, _NEAR_FLOOR)
-    result = _finish(result, "D_N", "bytes", "data to reach 1% of the infinite-data loss")
+    result = _finish(result, "D_N", fit.grid.data_label, "data to reach 1% of the infinite-data loss")
     return _flag(result, fit, {"N": n}, grid_ranges(fit, finetuned=False))
 
 
@@ -263,7 +263,7 @@ def law_loss(fit, post, N, f, p=None):
 
 def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: bool = False,
                    target: str | None = None, seed: int = 0, *, allow_unconverged: bool = False) -> xr.DataArray:
-    """Loss (nats/byte) at (N, D_F[, p]) per draw; `predictive` adds the fitted noise.
+    """Loss (in the grid's unit) at (N, D_F[, p]) per draw; `predictive` adds the fitted noise.
 
     - scratch fits: the scratch law of each target (`target` picks one).
     - 'transfer': p=None gives the fine-tuned loss L_scratch(N, D_F + D_T) of each pair;
@@ -318,7 +318,7 @@ def predicted_loss(fit, N, D_F, p=None, pair: str | None = None, predictive: boo
         scratch = kind == "scratch" or (p is not None and np.all(np.asarray(p) == 0))
         mu = _add_noise(mu, _sigma(post, 0 if scratch else -1), post, seed)
     what = "posterior predictive" if predictive else "expected"
-    result = _finish(mu, "loss", "nats/byte", f"{what} loss")
+    result = _finish(mu, "loss", fit.grid.loss_unit, f"{what} loss")
     return _flag(result, fit, inputs, ranges)
 
 

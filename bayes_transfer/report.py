@@ -132,7 +132,7 @@ def _load(grid_or_fit, law, fit_options):
         return grid_or_fit
     if isinstance(grid_or_fit, (str, Path)) and is_fit_file(Path(grid_or_fit)):
         return load_fit(grid_or_fit)
-    grid = load_grid(grid_or_fit)
+    grid = load_grid(grid_or_fit, include_capped=True)  # capped runs enter the fit as bounds
     return fit(grid, law=law or default_law(grid), **(fit_options or {}))
 
 
@@ -371,7 +371,7 @@ def _recommendations(page: _Page, fit, pairs, prob, costs, current, currency) ->
         if group is not None:
             page.heading(f"{group}", 3)
         page.para(rec.answer(), css="answer")
-        page.table(display_table(rec.table, prob))
+        page.table(display_table(rec.table, prob, rec.units))
         page.para(" ".join(rec.findings()))
         if rec.optimal_share is not None:
             page.figure(f"allocation_{_slug(group)}", plots.plot_allocation(rec),

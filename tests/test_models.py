@@ -218,6 +218,19 @@ def test_first_evaluation_best_and_capped_runs_are_censored():
     assert censored_runs(grid, runs).tolist() == [True, True, False]
 
 
+def test_a_run_best_at_its_first_evaluation_after_step_0_is_censored():
+    import xarray as xr
+
+    from bayes_transfer.models import censored_runs
+
+    # the trainer evaluates at step 0 (the untrained or pre-trained model): that point is not the run's own
+    runs = pd.DataFrame({"run": ["d", "e", "f"], "status": ["ok", "ok", "ok"]})
+    curves = xr.Dataset({"curve_loss": (("run", "eval"), [[1.9, 2.0, 2.1], [3.0, 2.5, 2.4], [3.0, 2.2, 2.4]]),
+                         "curve_tokens": (("run", "eval"), [[0, 16, 32]] * 3)}, coords={"run": ["d", "e", "f"]})
+    grid = type("G", (), {"curves": curves})()
+    assert censored_runs(grid, runs).tolist() == [True, False, True]
+
+
 def test_runs_of_one_pre_training_run_share_its_effect():
     from bayes_transfer.models import pretrain_groups
 

@@ -83,7 +83,7 @@ def fake_fit(law="transfer", scratch="kaplan", pairs=("text->python",), chains=2
         sources = sorted({p.split("->")[0] for p in pairs}) if law != "kaplan" else ()
         runs = runs_table(sources=sources,
                           pretrain=(1e6, 1e7, 1e8) if law == "transfer_gap" else (1e8,))
-    return FakeFit(posterior=post, grid=SimpleNamespace(runs=runs), law=law)
+    return FakeFit(posterior=post, grid=SimpleNamespace(runs=runs, data_label="bytes", loss_unit="nats/byte"), law=law)
 
 
 # ---------------------------------------------------------------- D_T and multiplier

@@ -106,9 +106,10 @@ def test_report_has_every_section_and_figure(transfer_report):
 
 def test_report_numbers_are_the_fit_s(transfer_report):
     page = transfer_report.read_text()
-    # published values beside the posterior, and the transfer law's units
+    # published values beside the posterior, and the grid's units (this one counts tokens, not bytes)
     assert "Hernandez et al. 2021: English text -&gt; Python" in page
-    assert "nats/byte" in page and "bytes" in page
+    assert "nats/token" in page and "E[loss] (nats/token)" in page and "D_F after (tokens)" in page
+    assert "nats/byte" not in page
     # the recommendation under illustrative prices says so, with costs and assumptions
     assert "illustrative" in page and "Spend the budget on " in page
     assert "USD per fine-tuning token" in page and "held fixed" in page

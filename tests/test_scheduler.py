@@ -12,6 +12,7 @@ import pytest
 import torch
 import xarray as xr
 
+import loss_grid as lg
 from trainer.export import export, status
 from trainer.files import atomic_write_json
 from trainer.plan import CPU_PACK
@@ -43,10 +44,9 @@ def test_grid_runs_exports_and_is_not_redone(tmp_path):
     assert info["runs"] == 12
     ds = xr.open_dataset(tmp_path / "g.nc", engine="h5netcdf")
     assert dict(ds.sizes)["run"] == 12
-    for c in ("target", "source", "n_params", "n_layer", "d_model", "pretrain_tokens", "data_tokens", "seed"):
-        assert ds[c].dims == ("run",), c
-    for v in ("curve_tokens", "curve_loss", "train_loss"):
-        assert ds[v].dims == ("run", "eval")
+    for c in lg.COORDS + lg.DATA_VARS:  # the contract, as loss_grid.py names it
+        assert ds[c].dims == (("run", "eval") if c in lg.CURVES else ("run",)), c
+    assert set(ds.coords) | set(ds.data_vars) == set(lg.COORDS + lg.DATA_VARS) | {"run"}
     assert set(ds.status.values) <= {"ok", "capped", "failed"}
     assert ds.attrs["loss_units"] == "nats" and ds.attrs["token"] == "byte" and ds.attrs["vocab_size"] == 256
     assert ds.attrs["spec"] == MICRO.read_text()

@@ -95,7 +95,7 @@ def run(
     init: Optional[Path] = typer.Option(None, help="pre-trained checkpoint (.pt) to fine-tune from"),
     corpora: Optional[Path] = typer.Option(None, help="corpus root dir or packed .tar"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda if present)"),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on CUDA)"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on CUDA for N >= 2e6)"),
 ):
     """Train one cell (from scratch, or fine-tuned from --init) and write its result JSON."""
     from trainer.corpora import default_root

@@ -4,7 +4,7 @@ A fine-tuning/scratch group trains each member on its own D_F bytes
 (repeated for as many epochs as needed) and measures it so that the loss it
 reports is an honest estimate of the data-limited optimum:
 
-- the weights evaluated are an exponential moving average of the iterates
+- the weights evaluated are a power-function average of the iterates
   (see `ema_decay`), not the raw weights of a constant-rate run;
 - the member is evaluated at step 0, on a log-spaced schedule up to its
   first regular evaluation, then every `eval_interval` steps, so an optimum
