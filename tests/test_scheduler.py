@@ -450,6 +450,34 @@ def test_a_group_saved_by_another_commit_is_skipped_and_the_rest_goes_on(tmp_pat
     assert len(list((tmp_path / "out" / "resume").glob("resume-*.pt"))) == 1  # kept for the commit that began it
 
 
+def test_a_group_saved_by_another_commit_that_trains_alike_is_resumed(tmp_path, monkeypatch):
+    from trainer import provenance
+
+    root = corpus_root(tmp_path)
+    sp = parse_spec(spec_dict_small(data_tokens=[4096, 16384]))
+    rd = RunDir(sp, tmp_path / "out", root, CPU_PACK)
+    cells = rd.groups()[1][0]
+    monkeypatch.setattr(provenance, "_CODE_VERSION", "a" * 40)
+    assert not rd.run_cell_group(cells, device="cpu", deadline=time.monotonic() - 1)
+    monkeypatch.setattr(provenance, "_CODE_VERSION", "b" * 40)
+    # commit "a" differs from this one only in comments and docstrings
+    monkeypatch.setattr(provenance, "source_at", lambda commit, name: "# an older comment\n" + provenance._RUNNING[name])
+    summary = run_grid(sp, tmp_path / "out", root, workers=1)
+    assert summary["complete"]
+    rec = json.loads((tmp_path / "out" / "runs" / f"{cells[0].run_id}.json").read_text())
+    assert rec["result"]["code_versions"] == ["a" * 40, "b" * 40]
+
+
+def test_training_code_is_compared_as_a_program():
+    from trainer.provenance import program, trains_like
+
+    code = 'def f(x):\n    """Twice x."""\n    return 2 * x  # doubled\n'
+    assert program(code) == program('def f(x):\n    """Two times x."""\n\n    return 2 * x\n')
+    assert program(code) == program("def f(x):\n    return 2 * x\n")
+    assert program(code) != program('def f(x):\n    """Twice x."""\n    return 2.0 * x\n')
+    assert not trains_like("0" * 40)  # a commit git cannot show: not known to train alike
+
+
 def test_a_damaged_saved_state_is_listed_as_unreadable(tmp_path):
     from trainer.scheduler import saved_states
 

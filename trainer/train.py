@@ -42,7 +42,7 @@ from trainer.data import Sampler, Stream, eval_starts
 from trainer.files import atomic_torch_save
 from trainer.model import EnsembleGPT, GPTConfig
 from trainer.optim import AdamW, clip_per_member
-from trainer.provenance import code_version
+from trainer.provenance import TRAINING_MODULES, code_version, trains_like
 
 # Per-size peak learning rate, for AdamW at batch 16-32 sequences of 256
 # bytes: lr = 2e-3 * (N / 1e5)^-0.3 through the three sizes measured first
@@ -280,11 +280,13 @@ def train_group(
     early = [set(early_evals(e)) for e in every]
     wall_before = 0.0  # seconds spent in earlier, interrupted calls
     resumed_at: list[int] = []
+    code_versions = [code_version()]  # the commits that trained the group, in order (one unless resumed by another)
     if resume_path is not None and resume_path.exists():
         r = _load_resume(resume_path, model, avg, best, opt, sampler, device, s, members)
         step, rec, pending_ckpt, active, wall_before = r["step"], r["rec"], r["pending"], r["active"], r["wall_s"]
         best, lr_live, train_sum, train_n = r["best"], r["lr_live"], r["train_sum"], r["train_n"]
         resumed_at = r["resumed_at"] + [step]
+        code_versions = list(dict.fromkeys(r["code_versions"] + code_versions))
     train_step = _Step(model, compile, amp)
 
     def save_resume() -> None:
@@ -292,7 +294,7 @@ def train_group(
             return
         meta = dict(settings=s.to_dict(), runs=[m.run_id for m in members], rng=sampler.state(), rec=rec,
                     step=step, pending=pending_ckpt, active=active, opt_t=opt.t, code_version=code_version(),
-                    wall_s=wall_before + time.time() - t0, resumed_at=resumed_at)
+                    code_versions=code_versions, wall_s=wall_before + time.time() - t0, resumed_at=resumed_at)
         st = {f"p.{n}": p.detach() for n, p in model.named_parameters()}
         st.update({f"a.{n}": p.detach() for n, p in avg.named_parameters()})
         st.update({f"b.{n}": v for n, v in best.items()})
@@ -452,7 +454,7 @@ def train_group(
             train_loss=r["train_loss"],
             batch=B, lr=s.lr, eval_interval=every[k], eval_seqs=int(sel_windows.shape[1]),
             report_seqs=0 if rep_windows is None else int(rep_windows.shape[1]),
-            group_size=M, group_wall_s=wall, resumed_at_steps=resumed_at,
+            group_size=M, group_wall_s=wall, resumed_at_steps=resumed_at, code_versions=code_versions,
             device=device_name(device),
         ))
     return results
@@ -472,10 +474,11 @@ def _load_resume(path: Path, model, avg, best, opt, sampler, device, s: Settings
     if meta.get("settings") != s.to_dict() or meta.get("runs") != [m.run_id for m in members]:
         raise ResumeError(f"resume file {path} was written for other settings or runs; delete it to restart")
     theirs, mine = meta.get("code_version"), code_version()
-    if theirs is not None and theirs != mine:
-        # a run is one code's measurement: finished runs keep their commit, an unfinished one is not spliced
-        raise ResumeError(f"resume file {path} was written by code {theirs[:12]} and this is {mine[:12]}: finish the "
-                          f"group with that commit checked out, or delete the file to restart it")
+    if theirs is not None and not trains_like(theirs):
+        # a run is one program's measurement: a group is resumed only by code that trains as the code that began it
+        raise ResumeError(f"resume file {path} was written by code {theirs[:12]} and this is {mine[:12]}, which trains "
+                          f"differently ({', '.join(TRAINING_MODULES)}): finish the group with that commit checked "
+                          f"out, or delete the file to restart it")
     active = meta["active"]
     if len(active) < len(members):
         model.select(active)
@@ -491,7 +494,8 @@ def _load_resume(path: Path, model, avg, best, opt, sampler, device, s: Settings
     opt.t = meta["opt_t"]
     sampler.set_state(meta["rng"])
     return dict(step=meta["step"], rec=meta["rec"], pending=meta["pending"], active=active, wall_s=meta["wall_s"],
-                resumed_at=meta["resumed_at"], best={n: st[f"b.{n}"] for n in best}, lr_live=st["lr_live"],
+                resumed_at=meta["resumed_at"], code_versions=meta.get("code_versions", [meta.get("code_version")]),
+                best={n: st[f"b.{n}"] for n in best}, lr_live=st["lr_live"],
                 train_sum=st["train_sum"], train_n=st["train_n"])
 
 
