@@ -40,6 +40,7 @@ from bayes_transfer.allocate import Recommendation, recommend  # noqa: E402
 from bayes_transfer.quantities import (  # noqa: E402
     band,
     effective_multiplier,
+    gap_multiplier,
     low_data_boundary,
     ossification_probability,
     predicted_loss,
@@ -47,7 +48,7 @@ from bayes_transfer.quantities import (  # noqa: E402
 )
 from bayes_transfer.report import report  # noqa: E402
 
-__all__ += ["Recommendation", "recommend", "band", "effective_multiplier", "low_data_boundary",
+__all__ += ["Recommendation", "recommend", "band", "effective_multiplier", "gap_multiplier", "low_data_boundary",
             "ossification_probability", "predicted_loss", "transferred_data", "report"]
 
 # Which runs next: experimental design on a fit's draws.

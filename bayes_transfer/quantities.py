@@ -199,6 +199,27 @@ def effective_multiplier(fit, N, D_F, pair: str | None = None, *, allow_unconver
     return _finish(result, "multiplier", "1", "effective data multiplier (D_F + D_T) / D_F")
 
 
+def gap_multiplier(fit, p, pair: str | None = None, *, allow_unconverged: bool = False) -> xr.DataArray:
+    """Under a 'transfer_gap' fit: how many times its fine-tuning data pre-training on
+    ``p`` tokens is worth, D_E / D_F = (C_0 / (A_p p^-alpha_p + G))^(1 / alpha_f).
+
+    The law makes it the same at every D_F. ``p = inf`` gives the most any
+    amount of this pre-training can be worth, (C_0 / G)^(1 / alpha_f): the
+    transfer gap G as a multiplier, comparable across targets (G itself
+    carries each target's units and exponent). Below 1: pre-training hurts.
+    """
+    if laws.of(fit).kind != "gap":
+        raise ValueError(f"gap_multiplier needs a 'transfer_gap' fit; this fit is {fit.law!r}")
+    arr = np.asarray(p, dtype=float)
+    if arr.ndim > 1 or arr.size == 0 or np.any(np.isnan(arr)) or np.any(arr <= 0):
+        raise ValueError(f"p must be a number or a 1-d sequence of numbers > 0 (inf allowed), got {arr.tolist()}")
+    pp = xr.DataArray(float(arr)) if arr.ndim == 0 else xr.DataArray(arr, dims=["p"], coords={"p": arr})
+    post = select_pair(checked(fit, allow_unconverged), pair)
+    result = (post["C_0"] / (post["A_p"] * pp ** -post["alpha_p"] + post["G"])) ** (1.0 / post["alpha_f"])
+    result = _finish(result, "gap_multiplier", "1", "effective data multiplier D_E / D_F at pre-training amount p")
+    return _flag(result, fit, {"p": pp}, grid_ranges(fit, pair))
+
+
 def ossification_probability(fit, N, D_F, pair: str | None = None, p=None, *,
                              allow_unconverged: bool = False) -> xr.DataArray:
     """Posterior probability that pre-training hurts at (N, D_F): a reduction over draws.

@@ -299,8 +299,36 @@ def _sampler_text(fit) -> str:
     return f"NUTS, {s.get('chains')} chains x {s.get('draws')} draws after {s.get('warmup')} warm-up ({s.get('seconds', '?')} s)"
 
 
+def _gap_headline(page: _Page, fit, prob: float) -> None:
+    """Per pair: what pre-training is worth at each measured amount p and in the limit."""
+    page.heading("Headline numbers")
+    rows = []
+    for pair in q.pairs(fit):
+        source, target = split_pair(pair)
+        runs = q.fit_runs(fit)
+        amounts = sorted(set(runs.loc[(runs["source"] == source) & (runs["target"] == target), "pretrain_tokens"]))
+        m = q.gap_multiplier(fit, [*amounts, np.inf], pair=pair)
+        driven = q.prior_driven(fit, q.gap_multiplier, [*amounts, np.inf], pair=pair)
+        b = q.band(m, prob)
+        for p_val in m["p"].values:
+            label = "p -> infinity (the gap G)" if np.isinf(p_val) else f"{p_val:.3g}"
+            rows.append({"pair": pair, f"p ({fit.grid.data_label})": label,
+                         "multiplier D_E / D_F": f"{float(b['median'].sel(p=p_val)):.3g}",
+                         f"{prob:.0%} interval": f"{float(b['lower'].sel(p=p_val)):.3g} to "
+                                                 f"{float(b['upper'].sel(p=p_val)):.3g}",
+                         "posterior / prior width": f"{float(driven['width_ratio'].sel(p=p_val)):.2f}"
+                         + (" (prior-driven)" if bool(driven.sel(p=p_val)) else "")})
+    page.para("How many times its fine-tuning data pre-training on p is worth: the data a from-scratch run "
+              "needs to reach the fine-tuned run's loss, over D_F; the transfer-gap law makes it the same at "
+              "every D_F. Its limit as p grows is set by the transfer gap G.")
+    page.table(pd.DataFrame(rows))
+
+
 def _headline(page: _Page, fit, prob: float) -> None:
     """A few numbers up front: D_T and the multiplier at the fit's centre and the grid's corners."""
+    if laws.of(fit).kind == "gap":
+        _gap_headline(page, fit, prob)
+        return
     if laws.of(fit).kind != "transfer":
         return
     page.heading("Headline numbers")

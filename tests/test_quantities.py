@@ -147,6 +147,24 @@ def test_ossification_probability_closed_form():
     assert prob.values.max() > 0.5 and prob.values.min() < 0.5  # the map spans both regimes
 
 
+def test_gap_multiplier_is_the_data_scratch_needs_to_match_and_its_limit_is_the_gap():
+    fit = fake_fit(law="transfer_gap")
+    g = GAP_TRUE
+    m = q.gap_multiplier(fit, [1e7, np.inf], pair="text->python")
+    # scratch on m x D_F reaches the loss fine-tuning on D_F after p reaches, at every D_F
+    for d_f in (1e4, 1e6):
+        tuned = laws.transfer_gap(1e7, d_f, g["A_p"], g["alpha_p"], g["G"], g["alpha_f"], g["E"])
+        scratch = laws.gap_scratch(float(m.sel(p=1e7).median()) * d_f, g["C_0"], g["alpha_f"], g["E"])
+        assert float(scratch) == pytest.approx(float(tuned), rel=1e-9)
+    limit = (g["C_0"] / g["G"]) ** (1 / g["alpha_f"])
+    assert float(m.sel(p=np.inf).median()) == pytest.approx(limit, rel=1e-9)
+    assert bool(m["extrapolated"].sel(p=np.inf)) and not bool(m["extrapolated"].sel(p=1e7))
+    with pytest.raises(ValueError, match="p must be"):
+        q.gap_multiplier(fit, 0.0, pair="text->python")
+    with pytest.raises(ValueError, match="needs a 'transfer_gap' fit"):
+        q.gap_multiplier(fake_fit(), 1e7)
+
+
 def test_ossification_under_the_gap_law():
     # Pre-training hurts iff A_p p^-alpha_p + G > C_0.
     c0 = np.where(np.arange(800).reshape(2, 400, 1) < 200, 1.0, 1e3)  # a quarter of draws: C_0 tiny

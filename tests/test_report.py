@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from bayes_transfer import quantities as q
 from bayes_transfer.fit import Fit
 from bayes_transfer.grid import load_grid
 from bayes_transfer.models import design_grid, simulate_losses
@@ -141,6 +142,10 @@ def test_transfer_gap_report(tmp_path):
     assert "fig_transferred_data.png" not in names and "fig_ossification.png" in names
     assert "0.0001 EUR per fine-tuning token" in page and "illustrative" not in page
     assert "split (Bayes)" in page and "pre-training data" in page
+    # the headline: what pre-training is worth at each measured p and in the limit the gap sets
+    fit = known_fit(law="transfer_gap")
+    limit = q.band(q.gap_multiplier(fit, np.inf, pair=q.pairs(fit)[0]), 0.9)
+    assert "p -&gt; infinity (the gap G)" in page and f"{float(limit['median']):.3g}" in page
 
 
 def test_beta_sharing_is_compared_where_a_target_has_two_sources(tmp_path, monkeypatch):
