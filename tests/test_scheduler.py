@@ -375,10 +375,12 @@ def test_a_group_stopped_at_the_time_limit_resumes_where_it_stopped(tmp_path):
         assert b["resumed_at_steps"] == ([0] if f.stem in {c.run_id for c in cells} else [])
 
 
-def _record(out, run_id, size, source, d, seed, loss, best_tokens, wall, pretrain_run=""):
+def _record(out, run_id, size, source, d, seed, loss, best_tokens, wall, pretrain_run="", p=None):
+    p = (0 if source == "none" else 2**24) if p is None else p
     atomic_write_json(out / "runs" / f"{run_id}.json", dict(
         run_id=run_id, pretrain_job=None,
-        cell=dict(size=size, source=source, target="python", data_tokens=d, seed=seed, pretrain_run=pretrain_run),
+        cell=dict(size=size, source=source, target="python", data_tokens=d, seed=seed, pretrain_run=pretrain_run,
+                  pretrain_tokens=p),
         result=dict(status="ok", loss=loss, curve_tokens=[0, 1000, 2000, 3000], best_tokens=best_tokens,
                     group_wall_s=wall, device="cpu", group_size=1, tokens_seen=3000)))
 
@@ -389,18 +391,19 @@ def test_quality_counts_unresolved_runs_and_measures_spreads(tmp_path):
     out = tmp_path / "out"
     rows = [("a", "25k", "none", 8192, 0, 3.0, 2000, 10.0, ""), ("b", "25k", "none", 8192, 1, 3.1, 2000, 20.0, ""),
             ("c", "25k", "text", 8192, 0, 2.5, 1000, 30.0, "p0"), ("d", "25k", "text", 8192, 0, 2.45, 2000, 40.0, "p1"),
-            ("e", "25k", "none", 32768, 0, 2.0, 3000, 50.0, "")]
+            ("e", "25k", "none", 32768, 0, 2.0, 3000, 50.0, ""),
+            ("g", "25k", "text", 8192, 0, 2.9, 2000, 15.0, "p0", 2**20)]  # an earlier checkpoint: not a repeat
     for r in rows:
         _record(out, *r)
     atomic_write_json(out / "specs" / "g.json", {"name": "g", "text": "", "run_ids": [r[0] for r in rows] + ["f"]})
     q = quality(out)
-    assert (q["finished"], q["expected"], q["capped"], q["smallest_data_tokens"]) == (5, 6, 0, 8192)
+    assert (q["finished"], q["expected"], q["capped"], q["smallest_data_tokens"]) == (6, 7, 0, 8192)
     assert q["best_at_first_eval"] == ["c"]  # best at the first evaluation after step 0
     # seeds at the smallest D_F: scratch 0.1 apart; the fine-tuned pair differs by pre-training run, not seed
     assert [(r["source"], round(r["spread"], 6)) for r in q["seed_spread"]] == [("none", 0.1)]
     assert [round(r["spread"], 6) for r in q["pretrain_run_spread"]] == [0.05]
-    assert q["run_core_hours"] == pytest.approx(150 / 3600)
-    assert q["run_tokens_per_core_s"] == pytest.approx(5 * 3000 / 150)
+    assert q["run_core_hours"] == pytest.approx(165 / 3600)
+    assert q["run_tokens_per_core_s"] == pytest.approx(6 * 3000 / 165)
 
 
 def test_two_specs_sharing_scratch_runs_export_as_one_grid(tmp_path):

@@ -336,6 +336,8 @@ def grid_quality(
         lines.append(title + ("" if rows else " none measured"))
         for r in rows:
             where = f" D_F {r[key]}" if key in r else ""
+            where += f" -> {r['target']}" if "target" in r else ""
+            where += f" p {r['pretrain_tokens']}" if r.get("pretrain_tokens") else ""
             lines.append(f"  {r['size']} {r['source']}{where}: {r['spread']:.3f} nats ({r['runs']} runs)")
 
     spreads(f"seed-to-seed spread (max - min loss) at the smallest D_F, {q['smallest_data_tokens']} bytes:",

@@ -195,8 +195,8 @@ def _core_seconds(res: list[dict], pre: dict) -> tuple[float, float]:
 
 def _spread(groups: dict) -> list[dict]:
     """max - min loss of each group of two or more runs, largest first."""
-    rows = [dict(zip(("size", "source", "data_tokens"), k[:3]), runs=len(v), spread=max(v) - min(v))
-            for k, v in groups.items() if len(v) > 1]
+    rows = [dict(zip(("size", "source", "data_tokens", "target", "pretrain_tokens"), k[:5]), runs=len(v),
+                 spread=max(v) - min(v)) for k, v in groups.items() if len(v) > 1]
     return sorted(rows, key=lambda r: -r["spread"])
 
 
@@ -216,12 +216,12 @@ def quality(out: Path, spec_name: str | None = None) -> dict:
         c = r["cell"]
         if x["status"] == "failed":
             continue
+        # a pre-training run's checkpoints (amounts p) are different starts, not repeats
+        cell = (c["size"], c["source"], c["data_tokens"], c["target"], c["pretrain_tokens"])
         if c["data_tokens"] == d_min:
-            by_seed.setdefault((c["size"], c["source"], c["data_tokens"], c["target"], c.get("pretrain_run")),
-                               []).append(x["loss"])
+            by_seed.setdefault(cell + (c.get("pretrain_run"),), []).append(x["loss"])
         if c["source"] != SCRATCH:
-            by_pretrain.setdefault((c["size"], c["source"], c["data_tokens"], c["target"], c["seed"]),
-                                   []).append(x["loss"])
+            by_pretrain.setdefault(cell + (c["seed"],), []).append(x["loss"])
     pre = _pretrain_records(out, recs)
     by_job: dict = {}
     for p in pre.values():
