@@ -436,7 +436,8 @@ def test_two_specs_sharing_scratch_runs_export_as_one_grid(tmp_path):
         export(out, tmp_path / "x.nc", ["a", "c"])
 
 
-def test_a_group_saved_by_another_commit_is_skipped_and_the_rest_goes_on(tmp_path, monkeypatch):
+def _group_saved_by_commit_a_then_commit_b(tmp_path, monkeypatch):
+    """A grid whose first group commit "a" stopped at once (its state saved), now run as commit "b"."""
     from trainer import provenance
 
     root = corpus_root(tmp_path)
@@ -446,6 +447,11 @@ def test_a_group_saved_by_another_commit_is_skipped_and_the_rest_goes_on(tmp_pat
     monkeypatch.setattr(provenance, "_CODE_VERSION", "a" * 40)
     assert not rd.run_cell_group(cells, device="cpu", deadline=time.monotonic() - 1)
     monkeypatch.setattr(provenance, "_CODE_VERSION", "b" * 40)
+    return sp, root, cells
+
+
+def test_a_group_saved_by_another_commit_is_skipped_and_the_rest_goes_on(tmp_path, monkeypatch):
+    sp, root, cells = _group_saved_by_commit_a_then_commit_b(tmp_path, monkeypatch)
     logs = []
     summary = run_grid(sp, tmp_path / "out", root, workers=1, log=logs.append)
     assert any("skipped: resume file" in m and "written by code aaaaaaaaaaaa" in m for m in logs), logs
@@ -456,13 +462,7 @@ def test_a_group_saved_by_another_commit_is_skipped_and_the_rest_goes_on(tmp_pat
 def test_a_group_saved_by_another_commit_that_trains_alike_is_resumed(tmp_path, monkeypatch):
     from trainer import provenance
 
-    root = corpus_root(tmp_path)
-    sp = parse_spec(spec_dict_small(data_tokens=[4096, 16384]))
-    rd = RunDir(sp, tmp_path / "out", root, CPU_PACK)
-    cells = rd.groups()[1][0]
-    monkeypatch.setattr(provenance, "_CODE_VERSION", "a" * 40)
-    assert not rd.run_cell_group(cells, device="cpu", deadline=time.monotonic() - 1)
-    monkeypatch.setattr(provenance, "_CODE_VERSION", "b" * 40)
+    sp, root, cells = _group_saved_by_commit_a_then_commit_b(tmp_path, monkeypatch)
     # commit "a" differs from this one only in comments and docstrings
     monkeypatch.setattr(provenance, "source_at", lambda commit, name: "# an older comment\n" + provenance._RUNNING[name])
     summary = run_grid(sp, tmp_path / "out", root, workers=1)

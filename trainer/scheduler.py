@@ -406,8 +406,6 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
     workers = workers if workers is not None else (1 if cuda else free_cores())
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     pack = pack or default_pack(spec, cuda)
     t0 = time.monotonic()
     deadline = t0 + time_limit if time_limit is not None else None
