@@ -44,17 +44,33 @@ class Diagnostics:
 
 
 def width_ratio(post: np.ndarray, prior: np.ndarray, share: bool = False) -> float:
-    """Width of the posterior's 90% interval over the prior's (log scale for positive values)."""
-    post, prior = np.asarray(post, float).ravel(), np.asarray(prior, float).ravel()
-    # a wide prior can overflow far out (a multiplier of 1e400); dropping those draws narrows the
-    # prior's width, so the ratio errs towards "prior-driven"
-    post, prior = post[np.isfinite(post)], prior[np.isfinite(prior)]
+    """Width of the posterior's 90% interval over the prior's (log scale for positive values).
+
+    A wide prior can overflow far out (a multiplier beyond 1e308, or under
+    1e-308 where it underflows to 0): such draws count as the largest (or
+    smallest) float, keeping their rank, so the prior's width is then a lower
+    bound and the ratio an upper bound (``overflowed`` says so).
+    """
+    post, prior = (_clamped(np.asarray(x, float).ravel()) for x in (post, prior))
     if post.size < 2 or prior.size < 2:
         return np.nan
-    if not share and (post > 0).all() and (prior > 0).all():
-        post, prior = np.log(post), np.log(prior)
+    if not share and (post >= 0).all() and (prior >= 0).all() and (post > 0).any():
+        tiny = np.finfo(float).tiny
+        post, prior = np.log(np.maximum(post, tiny)), np.log(np.maximum(prior, tiny))
     wp = np.diff(np.quantile(prior, [0.05, 0.95]))[0]
     return float(np.diff(np.quantile(post, [0.05, 0.95]))[0] / wp) if wp > 0 else np.nan
+
+
+def overflowed(draws: np.ndarray) -> bool:
+    """Whether any draw overflowed (is infinite, or an underflowed 0 among positive draws):
+    a ``width_ratio`` against them is an upper bound."""
+    x = np.asarray(draws, float)
+    return bool(np.isinf(x).any() or ((x == 0).any() and (x >= 0).all() and (x > 0).any()))
+
+
+def _clamped(x: np.ndarray) -> np.ndarray:
+    big = np.finfo(float).max
+    return np.clip(x[~np.isnan(x)], -big, big)
 
 
 def diagnose(idata: az.InferenceData, max_tree_depth: int = 10) -> Diagnostics:

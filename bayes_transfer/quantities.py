@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from bayes_transfer import laws
-from bayes_transfer.diagnostics import PRIOR_DRIVEN, NotConvergedError, width_ratio
+from bayes_transfer.diagnostics import PRIOR_DRIVEN, NotConvergedError, overflowed, width_ratio
 from loss_grid import SCRATCH, pair_label, split_pair
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -429,7 +429,9 @@ def prior_driven(fit, quantity, *args, **kwargs) -> xr.DataArray:
 
     True where the posterior's 90% interval is at least ``PRIOR_DRIVEN``
     (a half) as wide as the same quantity's under the prior (log scale for
-    positive quantities). The ratio itself is the ``width_ratio`` coordinate.
+    positive quantities). The ratio itself is the ``width_ratio`` coordinate;
+    ``width_ratio_bound`` is True where the prior's draws overflowed, so the
+    ratio is an upper bound (``diagnostics.width_ratio``).
     """
     post = quantity(fit, *args, **kwargs)
     prior = quantity(prior_view(fit), *args, **kwargs)
@@ -437,11 +439,13 @@ def prior_driven(fit, quantity, *args, **kwargs) -> xr.DataArray:
     stack = (lambda da: da.stack(point=dims).transpose(..., "point")) if dims else (lambda da: da.expand_dims(point=[0]))
     a, b = stack(post), stack(prior)
     ratios = np.array([width_ratio(a.isel(point=i).values, b.isel(point=i).values) for i in range(a.sizes["point"])])
-    out = xr.DataArray(ratios >= PRIOR_DRIVEN, dims=["point"], coords=a["point"].coords) if dims else \
-        xr.DataArray(bool(ratios[0] >= PRIOR_DRIVEN))
-    out = out.unstack("point") if dims else out
-    return out.assign_coords(width_ratio=xr.DataArray(ratios, dims=["point"], coords=a["point"].coords).unstack("point")
-                             if dims else ratios[0])
+    bounds = np.array([overflowed(b.isel(point=i).values) for i in range(b.sizes["point"])])
+    if not dims:
+        return xr.DataArray(bool(ratios[0] >= PRIOR_DRIVEN)).assign_coords(width_ratio=ratios[0],
+                                                                          width_ratio_bound=bounds[0])
+    per_point = lambda v: xr.DataArray(v, dims=["point"], coords=a["point"].coords).unstack("point")  # noqa: E731
+    return per_point(ratios >= PRIOR_DRIVEN).assign_coords(width_ratio=per_point(ratios),
+                                                           width_ratio_bound=per_point(bounds))
 
 
 def posterior_predictive_table(fit, prob: float = 0.9) -> pd.DataFrame:

@@ -316,7 +316,8 @@ def _gap_headline(page: _Page, fit, prob: float) -> None:
                          "multiplier D_E / D_F": f"{float(b['median'].sel(p=p_val)):.3g}",
                          f"{prob:.0%} interval": f"{float(b['lower'].sel(p=p_val)):.3g} to "
                                                  f"{float(b['upper'].sel(p=p_val)):.3g}",
-                         "posterior / prior width": f"{float(driven['width_ratio'].sel(p=p_val)):.2f}"
+                         "posterior / prior width": ("<= " if bool(driven["width_ratio_bound"].sel(p=p_val)) else "")
+                         + f"{float(driven['width_ratio'].sel(p=p_val)):.2f}"
                          + (" (prior-driven)" if bool(driven.sel(p=p_val)) else "")})
     page.para("How many times its fine-tuning data pre-training on p is worth: the data a from-scratch run "
               "needs to reach the fine-tuned run's loss, over D_F; the transfer-gap law makes it the same at "

@@ -158,6 +158,22 @@ def test_width_ratio_closed_form():
     assert width_ratio(post, np.r_[prior, np.inf]) == pytest.approx(0.25, rel=0.02)
 
 
+def test_width_ratio_against_an_overflowing_prior_is_an_upper_bound():
+    """A prior whose top and bottom 8% lie beyond the floats (inf, 0): those draws keep their rank."""
+    from bayes_transfer.diagnostics import overflowed, width_ratio
+
+    rng = np.random.default_rng(1)
+    log_prior, log_post = rng.normal(0.0, 500.0, 200_000), rng.normal(0.0, 5.0, 200_000)
+    with np.errstate(over="ignore"):
+        prior, post = np.exp(log_prior), np.exp(log_post)
+    assert overflowed(prior) and not overflowed(post)
+    truth = 5.0 / 500.0
+    dropped = width_ratio(post, prior[np.isfinite(prior)])  # the old way: the prior's top cut off
+    bound = width_ratio(post, prior)
+    assert truth <= bound < dropped
+    assert bound == pytest.approx(2 * 1.645 * 5.0 / (np.log(np.finfo(float).max) - np.log(np.finfo(float).tiny)), rel=0.03)
+
+
 def test_observed_data_are_the_grid_losses(transfer_fit):
     obs = transfer_fit.idata.observed_data
     runs = transfer_fit.grid.runs.set_index("run")
