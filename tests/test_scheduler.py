@@ -536,3 +536,41 @@ def test_a_shared_run_held_in_another_grid_s_saved_group_is_left_to_that_group(t
     rec = json.loads((out / "runs" / f"{scratch.run_id}.json").read_text())["result"]
     assert rec["resumed_at_steps"] == [0]  # finished by the group that began it
     assert run_grid(b, out, root, workers=1)["complete"]
+
+
+def test_run_lengths_calibrate_on_finished_runs(tmp_path):
+    """Least squares on the recorded tokens recovers a law far from the budget rule's
+    (D_F^1.0 N^-0.5, scratch 3x); capped and damaged records do not count."""
+    from trainer.plan import RunLength
+    from trainer.scheduler import n_params
+    from trainer.spec import Cell, expected_tokens
+
+    rng = np.random.default_rng(0)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    truth = (np.log(2e5), 1.0, np.log(3.0), -0.5)
+
+    def record(i, size, d, source, status="ok", noise=0.0):
+        t = np.exp(truth[0] + truth[1] * np.log(d / 8192) + truth[2] * (source == "none")
+                   + truth[3] * np.log(n_params(size) / 1e5) + noise)
+        atomic_write_json(runs / f"r{i}.json", {
+            "cell": {"data_tokens": d, "source": source, "size": size}, "n_params": n_params(size),
+            "result": {"status": status, "loss": 1.0, "curve_tokens": [0, int(t)]}})
+
+    cells = [(s, d, src) for s in ("25k", "50k", "150k") for d in (8192, 32768, 131072) for src in ("none", "text")]
+    for i, (s, d, src) in enumerate(cells[:10]):
+        record(i, s, d, src, noise=rng.normal(0, 0.1))
+    assert RunLength.calibrated(tmp_path).coef is None  # too few: the budget rule
+    for i, (s, d, src) in enumerate(cells * 2):
+        record(100 + i, s, d, src, noise=rng.normal(0, 0.1))
+    record(999, "25k", 8192, "none", status="capped", noise=5.0)  # far off, but not counted
+    (runs / "damaged.json").write_text("{")
+    with pytest.warns(UserWarning, match="damaged"):
+        length = RunLength.calibrated(tmp_path)
+    assert length.runs == 10 + 2 * len(cells)
+    assert np.allclose(length.coef, truth, atol=0.1) and 0.07 < length.spread < 0.13
+    cell = Cell(size="150k", target="python", source="none", pretrain_tokens=0, data_tokens=131072, seed=0,
+                settings=None, pretrain_job=None)
+    assert length.tokens(cell) == pytest.approx(3 * 2e5 * 16 * (n_params("150k") / 1e5) ** -0.5, rel=0.2)
+    assert RunLength().tokens(cell) == expected_tokens(131072, True)
+    assert f"calibrated on {length.runs} finished runs" in length.describe() and "D_F^1.0" in length.describe()

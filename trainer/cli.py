@@ -219,7 +219,7 @@ def _print_dry_run(sp, out: Path, cuda: bool) -> None:
     unit = "GPU-hours" if cuda else "core-hours"
     typer.echo(f"estimated cost of what remains: pre-training {e['pretrain_s'] / 3600:.2f} + runs "
                f"{e['runs_s'] / 3600:.2f} = {e['total_s'] / 3600:.2f} {unit} (speeds probed on this machine; "
-               f"run lengths from the expected tokens to early stopping)")
+               f"{e['run_length']})")
 
 
 @grid_app.command("price")
@@ -228,7 +228,8 @@ def grid_price(
     out: Path = typer.Option(..., help="candidates table (CSV) to write"),
     device: Optional[str] = typer.Option("cpu", help="the device whose speed prices the runs"),
     runs: Optional[Path] = typer.Option(None, "--runs", help="a grid directory: runs finished there are not "
-                                                             "candidates, and pre-training finished there is free"),
+                                                             "candidates, pre-training finished there is free, and "
+                                                             "its finished runs calibrate the run lengths"),
 ):
     """Write the candidate runs of specs with their cost (the candidates table of docs/loss_grid.md)."""
     import csv
@@ -238,15 +239,15 @@ def grid_price(
 
     import loss_grid as lg
     from trainer.files import atomic_write_text
-    from trainer.plan import flops_per_token, group_seconds, pretrain_seconds, probe_tokens_per_s
+    from trainer.plan import RunLength, flops_per_token, group_seconds, pretrain_seconds, probe_tokens_per_s
     from trainer.scheduler import RunDir, n_params
-    from trainer.spec import SCRATCH, expected_tokens
 
     sps = _specs(specs)
     dev = _device(device)
     if runs is not None and not (runs / "runs").is_dir():
         _fail(f"{runs} is not a grid directory (it has no runs/)")
     torch.set_num_threads(1)
+    length = RunLength.calibrated(runs)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(lg.CANDIDATE_COLUMNS)
@@ -264,8 +265,8 @@ def grid_price(
                 continue
             seen.add(c.run_id)
             speed = probe_tokens_per_s(c.size, 1, c.settings.batch, dev.type)
-            secs = group_seconds([c], speed)
-            flops = expected_tokens(c.data_tokens, c.source == SCRATCH) * flops_per_token(c.size)
+            secs = group_seconds([c], speed, length)
+            flops = length.tokens(c) * flops_per_token(c.size)
             if c.pretrain_job:
                 secs += pre[c.pretrain_job][0] / users[c.pretrain_job]
                 flops += pre[c.pretrain_job][1] / users[c.pretrain_job]
@@ -275,7 +276,7 @@ def grid_price(
         atomic_write_text(out, buf.getvalue())
     except OSError as e:
         _fail(_os_error(e))
-    typer.echo(f"wrote {len(seen)} candidate runs to {out}")
+    typer.echo(f"wrote {len(seen)} candidate runs to {out} ({length.describe()})")
 
 
 @grid_app.command("status")

@@ -6,14 +6,20 @@ times). On a CPU the default pack is 4: wider packs measured 27% slower
 per token (trainer/BENCH.md); on a GPU 32 small models share the device.
 
 The cost model prices a group at the tokens its runs are expected to train
-(trainer.spec.expected_tokens) plus their evaluations, at a speed measured
-by a few-second probe of the real training step on the machine at hand, in
-core-seconds (one thread per process on a CPU).
+(`RunLength`: trainer.spec.expected_tokens, or calibrated on a grid's
+finished runs) plus their evaluations, at a speed measured by a few-second
+probe of the real training step on the machine at hand, in core-seconds
+(one thread per process on a CPU).
 """
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
 
 from trainer.model import SIZES
 from trainer.spec import CTX, SCRATCH, Cell, PretrainJob, Spec, SpecError, expected_tokens
@@ -86,13 +92,70 @@ def probe_tokens_per_s(size: str, members: int, batch: int, device: str = "cpu",
     return n * members * batch * cfg.ctx / (time.perf_counter() - t0)
 
 
-def group_seconds(cells: list[Cell], speed: float) -> float:
+@dataclass(frozen=True)
+class RunLength:
+    """Tokens a run trains before early stopping stops it (or its budget caps it).
+
+    Without coefficients: the rule that sets the token budgets
+    (trainer.spec.expected_tokens). ``calibrated`` fits
+    log t = a + b log(D_F / 8 KiB) + c [scratch] + d log(N / 1e5) to a grid's
+    finished runs instead: on the CPU grids the rule ran 1.4x short on
+    average and missed the dependence on D_F (0.78, not 0.6) and on N.
+    """
+    coef: tuple[float, float, float, float] | None = None
+    runs: int = 0  # finished runs the coefficients were fitted to
+    spread: float = math.nan  # residual sd of log tokens: one run's length is uncertain by exp(spread)
+
+    MIN_RUNS = 20
+
+    def tokens(self, c: Cell) -> float:
+        scratch = c.source == SCRATCH
+        if self.coef is None:
+            return expected_tokens(c.data_tokens, scratch)
+        a, b, s, d = self.coef
+        from trainer.scheduler import n_params
+
+        return math.exp(a + b * math.log(c.data_tokens / 8192) + s * scratch + d * math.log(n_params(c.size) / 1e5))
+
+    @classmethod
+    def calibrated(cls, out: Path | None) -> "RunLength":
+        """Fitted to the finished (not capped) runs recorded under ``out``/runs, by least
+        squares on log tokens; the default rule where they are too few or too alike."""
+        from trainer.scheduler import read_record
+
+        rows = []
+        for path in sorted(Path(out, "runs").glob("*.json")) if out is not None else []:
+            rec = read_record(path)
+            if rec is None or rec["result"]["status"] != "ok" or not rec["result"].get("curve_tokens"):
+                continue
+            c = rec["cell"]
+            rows.append(([1.0, math.log(c["data_tokens"] / 8192), float(c["source"] == SCRATCH),
+                          math.log(rec["n_params"] / 1e5)], math.log(rec["result"]["curve_tokens"][-1])))
+        if len(rows) < cls.MIN_RUNS:
+            return cls()
+        X, y = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+        if np.linalg.matrix_rank(X) < X.shape[1]:  # one size, one D_F, or one kind: nothing to fit
+            return cls()
+        coef = np.linalg.lstsq(X, y, rcond=None)[0]
+        resid = y - X @ coef
+        return cls(tuple(float(v) for v in coef), len(rows), float(np.sqrt(resid @ resid / (len(y) - X.shape[1]))))
+
+    def describe(self) -> str:
+        if self.coef is None:
+            return "run lengths from the rule that sets the token budgets (too few finished runs here to calibrate it)"
+        a, b, s, d = self.coef
+        return (f"run lengths calibrated on {self.runs} finished runs here: tokens ~ D_F^{b:.2f} N^{d:.2f}, "
+                f"from scratch {math.exp(s):.2f}x fine-tuned; one run's length within a factor "
+                f"{math.exp(self.spread):.2f} (1 sd)")
+
+
+def group_seconds(cells: list[Cell], speed: float, length: RunLength = RunLength()) -> float:
     """Seconds for one group: its longest expected run at the group's width
     (stopped members leave as it thins, so charge at least the mean), plus
     evaluations: a forward pass costs about a third of a training step."""
     st = cells[0].settings
     per_step = st.batch * CTX
-    runs = [min(expected_tokens(c.data_tokens, c.source == SCRATCH), st.max_steps * per_step) for c in cells]
+    runs = [min(length.tokens(c), st.max_steps * per_step) for c in cells]
     train = max(max(runs), sum(runs) / len(runs)) * len(cells)
     n_evals = max(runs) / per_step / st.eval_interval + 8
     evals = len(cells) * (n_evals * st.eval_seqs + st.report_seqs) * CTX / 3
@@ -131,11 +194,11 @@ def check_sizes(spec: Spec, manifest: dict) -> None:
             raise SpecError(f"D_F={big} exceeds the {n} bytes of {t}/train")
 
 
-def estimate(pending_pre, pending_cells, device: str = "cpu") -> dict:
+def estimate(pending_pre, pending_cells, device: str = "cpu", length: RunLength = RunLength()) -> dict:
     """Core-seconds (device-seconds on a GPU) for the given pending groups,
     with speeds probed on this machine."""
     pre = sum(pretrain_seconds(g, probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, device))
               for g in pending_pre)
-    runs = sum(group_seconds(g, probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, device))
+    runs = sum(group_seconds(g, probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, device), length)
                for g in pending_cells)
     return dict(pretrain_s=pre, runs_s=runs, total_s=pre + runs)

@@ -30,7 +30,7 @@ from trainer.data import Corpora, Stream, source_mix, stable_int
 from trainer.files import atomic_write_json, sweep_temps
 from trainer.model import config_for
 from trainer.plan import (
-    cell_groups, check_sizes, default_pack, estimate, flops_per_token, group_seconds, pretrain_groups,
+    RunLength, cell_groups, check_sizes, default_pack, estimate, flops_per_token, group_seconds, pretrain_groups,
     pretrain_seconds,
 )
 from trainer.provenance import code_version, corpus_hashes
@@ -421,10 +421,12 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
         pend_pre = {i for i, g in enumerate(pgs) if any(rd.job_needed(j) for j in g)}
         pend_cell = {i for i, g in enumerate(cgs) if rd.to_train(g)}
 
+        length = RunLength.calibrated(out)
+
         def cost(kind: str, i: int, speed) -> float:
             """A group's pending work at speed(group) tokens/s (seconds, or FLOPs with 1/flops-per-token)."""
             g = [j for j in pgs[i] if rd.job_needed(j)] if kind == "pre" else rd.to_train(cgs[i])
-            return (pretrain_seconds if kind == "pre" else group_seconds)(g, speed(g))
+            return pretrain_seconds(g, speed(g)) if kind == "pre" else group_seconds(g, speed(g), length)
 
         per_flop = lambda g: 1.0 / flops_per_token(g[0].size)  # noqa: E731
         tasks = order_tasks(pend_pre, pend_cell, lambda kind, i: cost(kind, i, per_flop), order)
@@ -504,4 +506,5 @@ def dry_run_estimate(spec: Spec, out: Path, cuda: bool = False, pack: int | None
     """The cost of what remains in out, probed on this machine."""
     rd = RunDir(spec, out, None, pack or default_pack(spec, cuda))
     pg, cg = rd.pending()
-    return estimate(pg, cg, "cuda" if cuda else "cpu")
+    length = RunLength.calibrated(out)
+    return {**estimate(pg, cg, "cuda" if cuda else "cpu", length), "run_length": length.describe()}
