@@ -299,6 +299,12 @@ def _sampler_text(fit) -> str:
     return f"NUTS, {s.get('chains')} chains x {s.get('draws')} draws after {s.get('warmup')} warm-up ({s.get('seconds', '?')} s)"
 
 
+def _width_text(driven) -> str:
+    """A ``prior_driven`` result as its width ratio: '<=' where the prior overflowed, labelled if prior-driven."""
+    return (("<= " if bool(driven["width_ratio_bound"]) else "") + f"{float(driven['width_ratio']):.2f}"
+            + (" (prior-driven)" if bool(driven) else ""))
+
+
 def _gap_headline(page: _Page, fit, prob: float) -> None:
     """Per pair: what pre-training is worth at each measured amount p and in the limit."""
     page.heading("Headline numbers")
@@ -316,9 +322,7 @@ def _gap_headline(page: _Page, fit, prob: float) -> None:
                          "multiplier D_E / D_F": f"{float(b['median'].sel(p=p_val)):.3g}",
                          f"{prob:.0%} interval": f"{float(b['lower'].sel(p=p_val)):.3g} to "
                                                  f"{float(b['upper'].sel(p=p_val)):.3g}",
-                         "posterior / prior width": ("<= " if bool(driven["width_ratio_bound"].sel(p=p_val)) else "")
-                         + f"{float(driven['width_ratio'].sel(p=p_val)):.2f}"
-                         + (" (prior-driven)" if bool(driven.sel(p=p_val)) else "")})
+                         "posterior / prior width": _width_text(driven.sel(p=p_val))})
     page.para("How many times its fine-tuning data pre-training on p is worth: the data a from-scratch run "
               "needs to reach the fine-tuned run's loss, over D_F; the transfer-gap law makes it the same at "
               "every D_F. Its limit as p grows is set by the transfer gap G.")
@@ -343,6 +347,7 @@ def _headline(page: _Page, fit, prob: float) -> None:
         for where, (n, d) in [("centre", q.fit_centre(fit))] + [("corner", c) for c in corners]:
             d_t = q.band(q.transferred_data(fit, n, d, pair=pair), prob)
             m = q.band(q.effective_multiplier(fit, n, d, pair=pair), prob)
+            driven = q.prior_driven(fit, q.effective_multiplier, n, d, pair=pair)
             p_oss = float(q.ossification_probability(fit, n, d, pair=pair))
             by_prior = bool(q.ossification_prior_driven(fit, n, d, pair=pair))
             unit = fit.grid.data_label
@@ -351,6 +356,7 @@ def _headline(page: _Page, fit, prob: float) -> None:
                          f"D_T {prob:.0%} interval": f"{float(d_t['lower']):.3g} to {float(d_t['upper']):.3g}",
                          "multiplier": f"{float(m['median']):.3g}",
                          f"multiplier {prob:.0%}": f"{float(m['lower']):.3g} to {float(m['upper']):.3g}",
+                         "posterior / prior width": _width_text(driven),
                          "P(ossified)": f"{p_oss:.2f}" + (" (prior-driven)" if by_prior else "")})
     page.table(pd.DataFrame(rows))
 

@@ -117,6 +117,12 @@ def test_report_numbers_are_the_fit_s(transfer_report):
     # the predictive check: simulated from the posterior's centre, most runs sit inside 90% intervals
     share = float(re.search(r"(\d+)% of 40 runs lie inside", page).group(1))
     assert share >= 75
+    # the headline multiplier at the centre with how far it narrowed against its prior (spread 0.5 in log)
+    fit = known_fit()
+    driven = q.prior_driven(fit, q.effective_multiplier, *q.fit_centre(fit), pair=q.pairs(fit)[0])
+    assert 0 < float(driven["width_ratio"]) < 0.5 and not bool(driven)
+    row = re.search(r"<td>centre</td>(.*?)</tr>", page, re.S).group(1)
+    assert f"<td>{float(driven['width_ratio']):.2f}</td>" in row
 
 
 def test_unconverged_fit_is_announced_at_the_top(tmp_path):
