@@ -50,10 +50,8 @@ def sources_per_target(grid) -> int:
 def beta_sharing_of(fit: Fit, **overrides) -> tuple[pd.DataFrame, dict[str, Fit]]:
     """``compare_beta_sharing`` on a transfer fit's own grid, with its sampler settings and
     model options (priors the fit overrode are not carried: both models use the defaults)."""
-    s, c = fit.sampler, fit.config
-    kw = dict(chains=s["chains"], draws=s["draws"], warmup=s["warmup"], seed=s["seed"],
-              target_accept=s.get("target_accept", 0.9), scratch_law=c["scratch_law"],
-              ossification=bool(c["ossification"]), progress=False)
+    c = fit.config
+    kw = dict(fit.refit_settings(), scratch_law=c["scratch_law"], ossification=bool(c["ossification"]))
     return compare_beta_sharing(fit.grid, **{**kw, **overrides})
 
 

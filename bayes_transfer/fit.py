@@ -115,6 +115,14 @@ class Fit:
             names = list(laws.scratch(self.config["scratch_law"]).params) + names
         return names + [n for n in ("sigma", "sigma_pretrain", "nu") if n in self.posterior]
 
+    def refit_settings(self) -> dict:
+        """The sampler settings of this fit as ``fit`` arguments, so a refit (wider priors,
+        another model) samples the same way; the chain method is chosen afresh."""
+        s = self.sampler
+        return dict(chains=s["chains"], draws=s["draws"], warmup=s["warmup"], seed=s["seed"],
+                    target_accept=s.get("target_accept", 0.9), dense_mass=bool(s.get("dense_mass", False)),
+                    progress=False)
+
     def accept_unconverged(self) -> "Fit":
         """This fit, with answers allowed although it did not converge (the caller says so)."""
         return replace(self, allow_unconverged=True)

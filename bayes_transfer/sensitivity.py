@@ -49,9 +49,7 @@ def wide_fit(fit: Fit, factor: float = WIDEN) -> Fit:
     scratch_law = fit.config.get("scratch_law", "kaplan")
     defaults = default_priors(fit.law, scratch_law)
     priors = {name: widened(defaults[name], factor) for name in law_sites(fit)}
-    s = fit.sampler
-    kw = dict(chains=s["chains"], draws=s["draws"], warmup=s["warmup"], seed=s["seed"],
-              target_accept=s.get("target_accept", 0.9), progress=False)
+    kw = fit.refit_settings()
     if spec.kind == "transfer":
         kw.update(scratch_law=scratch_law, ossification=bool(fit.config["ossification"]))
     if spec.pretrain_axis:
