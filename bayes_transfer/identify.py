@@ -61,10 +61,12 @@ def check_identifiable(data: ModelData, overrides: dict) -> None:
             g = runs[runs["target"] == t]
             need("alpha_f", f"target {t!r}", g["data_tokens"], "its runs have the single fine-tuning amount")
             if scratch[scratch["target"] == t].empty:
-                problems.append(("C_0", f"C_0 cannot be identified for target {t!r}: no from-scratch runs"))
+                problems.append(("C_0_term", f"C_0 cannot be identified for target {t!r}: no from-scratch runs"))
     errors = [msg for param, msg in problems if param not in overrides]
     for param, msg in problems:
         if param in overrides:
             warnings.warn(f"{msg}; its posterior is the prior you gave", stacklevel=3)
     if errors:
-        raise NotIdentifiedError("; ".join(errors) + " (give the parameter a prior to fit it from that prior)")
+        sites = sorted({param for param, _ in problems if param not in overrides})
+        raise NotIdentifiedError("; ".join(errors) + " (to fit it from a prior you give, pass priors={"
+                                 + ", ".join(f"'{x}': ..." for x in sites) + "})")

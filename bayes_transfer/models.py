@@ -14,7 +14,9 @@ Structure (all on the log scale; (0, 1) parameters on the logit scale):
   targets (Normal(population value, ``tau``)); with one target the
   population value is the target's;
 - each (source, target) pair has its own transfer (or gap) sites, pooled
-  across pairs the same way; ``omega`` is per pair, unpooled;
+  across pairs the same way; ``omega`` is per pair, unpooled; the gap law's
+  fine-tuning sites (alpha_f, E, C_0) are per target;
+- the rectified law's sites are per pair and unpooled;
 - one shared effect on log-loss per pre-training run (its fine-tuned runs
   move together), scale ``sigma_pretrain``;
 - noise: Student-t on log-loss, one scale per run kind (scratch,
@@ -352,10 +354,11 @@ def transfer_gap_model(data: ModelData, priors: dict, y=None):
 def finetune_model(data: ModelData, priors: dict, y=None):
     """Fine-tuning curves (Lin et al. 2024's rectified law), one per pre-trained model and dataset.
 
-    log L = log(E + T (r + 1) / (r + (D_F / D0)^beta))     (per pair: E, T, beta, r)
+    L = L0 (1 - w + w (r + 1) / (r + (D_F / D0)^beta))     (per pair: L0, w, beta, r)
 
-    Pairs are partially pooled like every site; there are no scratch runs and
-    no pre-training effect (each pair's own E and T absorb it).
+    Each pair is fitted on its own (the sites are unpooled, ``laws.RECTIFIED``
+    says why); there are no scratch runs and no pre-training effect (each
+    pair's own L0 and w absorb it).
     """
     law = laws.RECTIFIED
     s = _sample(law.sites, priors, {"pair": len(data.pairs)}, law.level | {x.name: "pair" for x in law.sites})

@@ -10,8 +10,8 @@ loss and its data count are declared in the table's attributes; see
 docs/loss_grid.md), loaded with ``load_grid`` and fitted with ``fit``: the
 public API, as a user would. Redistributable datasets are in
 data/external/ (licences and sources in data/external/README.md); the two
-without a licence (Mikami et al., Li et al.) are read from EXTERNAL_DATA and
-skipped, saying so, when it is absent.
+without a licence (Mikami et al., Li et al.) are read from the folder named
+by BT_EXTERNAL_DATA and skipped, saying so, when it is not given.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "data" / "external"
-# Datasets that may not be redistributed are kept beside the repository, not in it.
-EXTERNAL_DATA = Path(os.environ.get("BT_EXTERNAL_DATA", REPO.parent / "shared" / "external"))
+# Datasets that may not be redistributed are not in the repository: the folder holding
+# them is named by BT_EXTERNAL_DATA (unset: they are skipped, saying so).
+EXTERNAL_DATA = Path(os.environ["BT_EXTERNAL_DATA"]) if os.environ.get("BT_EXTERNAL_DATA") else None
 PAGE = REPO / "docs" / "external.md"
 PROB = 0.9
 DEFAULT_SAMPLER = dict(chains=4, draws=1000, warmup=1000)
@@ -81,7 +82,7 @@ class Dataset:
 
     @property
     def available(self) -> bool:
-        return self.shipped or (EXTERNAL_DATA / self.folder).is_dir()
+        return self.shipped or (EXTERNAL_DATA is not None and (EXTERNAL_DATA / self.folder).is_dir())
 
     @property
     def folder(self) -> str:
@@ -439,8 +440,10 @@ def main(argv=None) -> int:
     for d in [BY_KEY[k] for k in (args.only or BY_KEY)]:
         if not d.available:
             lines.append(f"| {d.title} | {d.law} | - | - | - | - | - |")
-            body += [f"## {d.title}", "", f"Not fitted: its data (not redistributable) is not in {EXTERNAL_DATA}.", ""]
-            print(f"{d.key}: skipped, {EXTERNAL_DATA / d.folder} absent", file=sys.stderr)
+            body += [f"## {d.title}", "", "Not fitted: its data (not redistributable) was not given "
+                     "(BT_EXTERNAL_DATA).", ""]
+            print(f"{d.key}: skipped, {d.folder} not found (set BT_EXTERNAL_DATA to the folder holding it)",
+                  file=sys.stderr)
             continue
         print(f"{d.key}: fitting {d.law} ...", file=sys.stderr, flush=True)
         grid, result, seconds = fit_dataset(d, sampler)

@@ -26,7 +26,7 @@ def unshipped(key: str):
     d = ext.BY_KEY[key]
     if not d.available:
         pytest.skip(f"{d.folder} is not redistributed; set BT_EXTERNAL_DATA to the folder holding it "
-                    f"(looked in {ext.EXTERNAL_DATA})")
+                    f"(now: {ext.EXTERNAL_DATA or 'unset'})")
     return d
 
 

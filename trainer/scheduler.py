@@ -12,7 +12,7 @@ Layout of an output directory:
 Every file is written to a temporary name and renamed, and a group's records
 are written only when the group ends. Groups in flight save their state every
 few minutes and at a time limit, so a kill at any moment loses at most those
-minutes, and a group longer than a session finishes over several. A run id carries a hash of every setting that shapes
+minutes, and a group too long for one sitting finishes over several. A run id carries a hash of every setting that shapes
 the run, so a finished run is reused only by a spec that would train it the
 same way. A record that cannot be read back is redone, with a warning.
 """
@@ -376,7 +376,7 @@ def order_tasks(pre: set, cells: set, cost, order: str = "longest") -> list:
     "longest" first: the last group to finish is a short one, so the workers
     end close together (the shortest time to a whole grid). "shortest"
     first: the most runs finished by any given time (a grid trained over
-    time-limited sessions, fitted as it grows). Every group resumes, so a
+    time-limited runs, fitted as it grows). Every group resumes, so a
     long one is worth starting even near a time limit.
     """
     if order not in ORDERS:

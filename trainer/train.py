@@ -380,7 +380,7 @@ def train_group(
                 save_resume()
                 return None
             if time.monotonic() - last_save > RESUME_EVERY_S:
-                save_resume()  # a kill (the end of a session) then loses at most this much training
+                save_resume()  # a kill (or a time limit) then loses at most this much training
                 last_save = time.monotonic()
         warm = min(1.0, (step + 1) / s.warmup)
         x, y = sampler.next()
