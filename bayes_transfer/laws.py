@@ -411,9 +411,9 @@ TRANSFER = Law(
     formula="L = L_scratch(N, D_F + D_T), D_T = k D_F^alpha N^beta - omega D_F",
     reference="Hernandez et al. 2021, Eq. 1.1 and 6.1 (omega: this package)",
     sites=(
-        # D_T / D_F at the grid centre (multiplier - 1): 0.04 to 27 within 90%
+        # k D_F^alpha N^beta / D_F at the grid centre (multiplier - 1 + omega): 0.04 to 27 within 90%
         Site("transfer_ratio", lambda: dist.LogNormal(0.0, 2.0), lambda: dist.Gamma(2.0, 2.0),
-             meaning="D_T / D_F at the grid centre (effective-data multiplier minus 1)"),
+             meaning="k D_F^alpha N^beta / D_F at the grid centre (the multiplier minus 1, plus omega)"),
         Site("alpha", EXPONENT, lambda: dist.Gamma(2.0, 4.0), noncentred=True, meaning="fine-tuning-data exponent"),
         # with fewer than ~5 pairs a learnt spread is barely informed: fixed small by default
         Site("beta", EXPONENT, lambda: 0.05, noncentred=True, meaning="model-size exponent of D_T"),

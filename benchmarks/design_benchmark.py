@@ -21,7 +21,7 @@ each refitted with NUTS.
 Usage. The full setting is 20 truths x (seed + factorial + 2 x 6 rounds) = 280
 NUTS fits: about 3.5 hours on an idle 2-core CPU at ~45 s a fit, several
 times that on a shared one; truths are independent, so a many-core machine
-can run them side by side. A reduced check:
+can run them side by side. The full setting, then a reduced check:
     python benchmarks/design_benchmark.py --truths 20 --rounds 6 --out bench-design/
     python benchmarks/design_benchmark.py --truths 1 --rounds 2 --chains 1 --draws 500 --warmup 300 --worlds 64
 Add --time-limit SECONDS to stop starting fits after that long; fits are

@@ -6,9 +6,9 @@
 # CORPORA: a corpus root or a packed tar (`transfer-train corpora pack --max-mb 60
 # corpora.tar`; a GPU machine without network gets that file copied to it).
 # OUT_DIR (default runs/grids) keeps every finished run: calling the script
-# again resumes where the last call stopped. With TIME_LIMIT_S no new work
-# starts past that many seconds, so a call under a wall-clock limit ends
-# cleanly; repeat the call until it prints "complete": true.
+# again resumes where the last call stopped. At TIME_LIMIT_S seconds the
+# groups in flight save their state and stop, so a call under a wall-clock
+# limit ends cleanly; repeat the call until it prints "complete": true.
 # Export needs h5netcdf; where it is missing (a bare GPU image) the per-run
 # JSON results in OUT_DIR are exported later on any machine with the same
 # command's last step.
