@@ -152,8 +152,8 @@ def grid_run(
     workers: Optional[int] = typer.Option(None, min=1, help="groups trained at once, each in its own process "
                                           "(default: the free cores on a CPU, 1 on a GPU)"),
     nice: bool = typer.Option(True, "--nice/--no-nice", help="on a CPU, run at low priority (nice 10)"),
-    order: str = typer.Option("longest", help="longest groups first (the whole grid soonest) or shortest "
-                              "(the most runs finished by a time limit)"),
+    order: str = typer.Option("longest", help="within each spec (specs run in the order given): longest groups "
+                              "first (the whole grid soonest) or shortest (the most runs finished by a time limit)"),
 ):
     """Run every pending run of one or more grids (resumable: finished runs are kept)."""
     import time
