@@ -185,6 +185,12 @@ def _rich_progress():
         numpyro.util.tqdm, numpyro.util.tqdm_auto = saved
 
 
+def _sampler(chains, draws, warmup, seed, dense_mass, target_accept) -> dict:
+    """The sampler options of `fit` and `report`, as ``fit`` arguments."""
+    return dict(chains=chains, draws=draws, warmup=warmup, seed=seed, dense_mass=dense_mass,
+                target_accept=target_accept)
+
+
 def _fit_grid(path: Path, law, scratch_law, method, sampler: dict, declared=None):
     """Fit a grid file; ``sampler``: chains, draws, warmup, seed and optionally dense_mass, target_accept."""
     from bayes_transfer import laws
@@ -273,8 +279,7 @@ def fit_cmd(
 ):
     """Fit a law to a loss grid and save the posterior as a netCDF fit file."""
     _check_output_file(out_path or Path.cwd() / f"{grid.stem}.fit.nc", "fit file")
-    sampler = dict(chains=chains, draws=draws, warmup=warmup, seed=seed, dense_mass=dense_mass,
-                   target_accept=target_accept)
+    sampler = _sampler(chains, draws, warmup, seed, dense_mass, target_accept)
     fit = _fit_grid(grid, law, scratch_law, method, sampler, dict(units=units, metric=metric, data_unit=data_unit))
     path = out_path or Path(f"{grid.stem}.{fit.law}.fit.nc")
     fit.save(path)
@@ -333,9 +338,8 @@ def report_cmd(
             raise UserError(f"{source} is a fit file (law and units fixed when fitted); drop --law/--units/--metric/--data-unit")
         fit = load_fit(source)
     else:
-        sampler = dict(chains=chains, draws=draws, warmup=warmup, seed=seed, dense_mass=dense_mass,
-                       target_accept=target_accept)
-        fit = _fit_grid(source, law, scratch_law, method, sampler, declared)
+        fit = _fit_grid(source, law, scratch_law, method,
+                        _sampler(chains, draws, warmup, seed, dense_mass, target_accept), declared)
     with err.status("writing the report"):
         index = report(fit, out_dir, budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
                        cost_params=cost_params, currency=currency, prior_sensitivity=prior_sensitivity)

@@ -438,8 +438,9 @@ def prior_driven(fit, quantity, *args, **kwargs) -> xr.DataArray:
     dims = [d for d in post.dims if d not in SAMPLE_DIMS]
     stack = (lambda da: da.stack(point=dims).transpose(..., "point")) if dims else (lambda da: da.expand_dims(point=[0]))
     a, b = stack(post), stack(prior)
-    ratios = np.array([width_ratio(a.isel(point=i).values, b.isel(point=i).values) for i in range(a.sizes["point"])])
-    bounds = np.array([overflowed(b.isel(point=i).values) for i in range(b.sizes["point"])])
+    pairs = [(a.isel(point=i).values, b.isel(point=i).values) for i in range(a.sizes["point"])]
+    ratios = np.array([width_ratio(p, pr) for p, pr in pairs])
+    bounds = np.array([overflowed(pr) for _, pr in pairs])
     if not dims:
         return xr.DataArray(bool(ratios[0] >= PRIOR_DRIVEN)).assign_coords(width_ratio=ratios[0],
                                                                           width_ratio_bound=bounds[0])
