@@ -31,7 +31,7 @@ from bayes_transfer.atomic import atomic_write
 from bayes_transfer.diagnostics import PRIOR_DRIVEN, Diagnostics, NotConvergedError, diagnose, width_ratio
 from bayes_transfer.grid import Grid, grid_from_dataset, load_grid, runs_to_dataset
 from bayes_transfer.identify import NotIdentifiedError, check_identifiable
-from bayes_transfer.models import FEW_GROUPS, ModelData, model_for, prepare
+from bayes_transfer.models import ModelData, model_for, prepare
 from bayes_transfer.priors import describe, resolve_priors
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -170,18 +170,21 @@ class Fit:
         """How each spread across groups was set: fixed, or learnt (and from how few groups)."""
         sizes = {"target": self.posterior.sizes.get("target", 1), "pair": self.posterior.sizes.get("pair", 1)}
         notes = []
+        few = {s.name: s.few for s in laws.sites_of(self.law, self.config.get("scratch_law"))}
         for name, text in self.config.get("priors", {}).items():
             site = name.removeprefix("tau_")
             if not name.startswith("tau_") or f"{site}_mu" not in self.posterior:
                 continue
-            n = sizes[_dim_of_site(self.law, self.config.get("scratch_law"), site)]
+            n = sizes[laws.site_level(self.law, self.config.get("scratch_law"), site)]
             if n < 2:
                 continue
             if "(" not in text:
                 what = "shared by all groups" if float(text) == 0 else f"fixed at {text} (log scale)"
+                if name not in self.config.get("priors_overridden", ()) and few.get(site) == float(text):
+                    what += f": {n} groups are too few to learn it"
             else:
                 what = f"learnt under {text}" + (f"; with only {n} groups its prior decides much of it"
-                                                 if n < FEW_GROUPS else "")
+                                                 if n < laws.FEW_GROUPS else "")
             notes.append(f"spread of {site} across {n} groups: {what}")
         return notes
 
@@ -329,7 +332,7 @@ def fit(
         n_params = gap_size(grid)
     data = prepare(grid, law, scratch_law, ossification, n_params)
     overrides = dict(priors or {})
-    prior_set = resolve_priors(law, scratch_law, overrides)
+    prior_set = resolve_priors(law, scratch_law, overrides, data.groups)
     if not ossification:
         prior_set.pop("omega", None)
     check_identifiable(data, overrides)
@@ -425,25 +428,8 @@ def _map(model, data, priors, key, steps):
     return samples, success
 
 
-def _dim_of_site(law: str, scratch_law: str | None, name: str) -> str:
-    """The named dim of a per-group site or parameter, from the law registry."""
-    base = name.removesuffix("_decentered").removesuffix("_u")
-    if base == "pretrain_z":
-        return "pretrain_run"
-    spec = laws.get(law)
-    level = dict(spec.level)
-    if spec.kind == "transfer":
-        level.update(laws.scratch(scratch_law).level)
-        level.update({s.name: "target" for s in laws.scratch(scratch_law).sites})
-    if spec.kind == "scratch":
-        level.update({s.name: "target" for s in spec.sites})
-    for site in spec.sites:
-        level.setdefault(site.name, getattr(spec, "site_level", {}).get(site.name, "pair"))
-    return level.get(base, "target")
-
-
 def _dim_of(data: ModelData, name: str) -> str:
-    return _dim_of_site(data.law, data.scratch_law, name)
+    return laws.site_level(data.law, data.scratch_law, name)
 
 
 def _labelled(idata: az.InferenceData, data: ModelData) -> az.InferenceData:

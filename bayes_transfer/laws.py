@@ -67,6 +67,14 @@ def logit(x):
 
 # ------------------------------------------------------------------ default priors
 
+# Fewer groups than this barely inform a spread across them: the spread's posterior
+# is then mostly its prior. Fewer targets than this are sampled non-centred: Gadre et al.'s
+# three corpora diverged 47 times centred and never non-centred. Pair-level sites stay centred
+# (unless their Site says otherwise): each pair's fine-tuned runs pin its transfer ratio, and with
+# two pairs it took 307 leapfrog steps per draw non-centred against 69 centred (the 108-run
+# benchmark grid, benchmarks/fit_cost_breakdown.py).
+FEW_GROUPS = 5
+
 # One weakly informative prior for every power-law exponent: median 0.25,
 # 90% between 0.05 and 1.3. Wide enough that a grid decides, narrow enough to
 # rule out exponents no learning curve shows.
@@ -87,6 +95,8 @@ class Site:
     group from its prior, not pooled). ``tau``: default prior
     (or fixed number) of the spread across groups on that scale.
     ``noncentred``: sample the group values non-centred (loose parameters).
+    ``few``: the spread, fixed, when there are 2 to ``FEW_GROUPS - 1`` groups,
+    too few to learn it (None: learnt under ``tau`` however few).
     """
 
     name: str
@@ -95,6 +105,7 @@ class Site:
     scale: str = "log"
     noncentred: bool = False
     meaning: str = ""
+    few: float | None = None
 
 
 # ------------------------------------------------------------------ Kaplan
@@ -412,10 +423,15 @@ TRANSFER = Law(
     reference="Hernandez et al. 2021, Eq. 1.1 and 6.1 (omega: this package)",
     sites=(
         # k D_F^alpha N^beta / D_F at the grid centre (multiplier - 1 + omega): 0.04 to 27 within 90%
+        # With two sources a learnt spread diverged in every fit of the CPU grids (5-21
+        # divergences, dense mass or not); fixed, they converge. Fixed wide: a factor e (1 sd)
+        # between two sources' ratios, and each source's alpha its own within a factor 1.6.
         Site("transfer_ratio", lambda: dist.LogNormal(0.0, 2.0), lambda: dist.Gamma(2.0, 2.0),
-             meaning="k D_F^alpha N^beta / D_F at the grid centre (the multiplier minus 1, plus omega)"),
-        Site("alpha", EXPONENT, lambda: dist.Gamma(2.0, 4.0), noncentred=True, meaning="fine-tuning-data exponent"),
-        # with fewer than ~5 pairs a learnt spread is barely informed: fixed small by default
+             meaning="k D_F^alpha N^beta / D_F at the grid centre (the multiplier minus 1, plus omega)", few=1.0),
+        Site("alpha", EXPONENT, lambda: dist.Gamma(2.0, 4.0), noncentred=True, meaning="fine-tuning-data exponent",
+             few=0.5),
+        # nearly shared by default, however many pairs: whether it is shared is a model
+        # comparison (compare.py), not a spread learnt from a few sources
         Site("beta", EXPONENT, lambda: 0.05, noncentred=True, meaning="model-size exponent of D_T"),
         # ossification: most mass near 0 (the paper's law), 10% above 0.12
         Site("omega", lambda: dist.Beta(1.0, 18.0), lambda: None, scale="free",
@@ -566,6 +582,31 @@ def scratch(name: str) -> ScratchLaw:
     if name not in SCRATCH_LAWS:
         raise ValueError(f"unknown scratch law {name!r}; expected one of {tuple(SCRATCH_LAWS)}")
     return SCRATCH_LAWS[name]
+
+
+def sites_of(law: str, scratch_law: str | None = "kaplan") -> list[Site]:
+    """The sites a law's model draws: a transfer law's scratch form first, then its own."""
+    spec = get(law)
+    if spec.kind == "transfer":
+        return [*scratch(scratch_law).sites, *spec.sites]
+    return list(spec.sites)
+
+
+def site_level(law: str, scratch_law: str | None, name: str) -> str:
+    """The level ("target", "pair" or "pretrain_run") a per-group site or parameter varies over."""
+    base = name.removesuffix("_decentered").removesuffix("_u")
+    if base == "pretrain_z":
+        return "pretrain_run"
+    spec = get(law)
+    level = dict(spec.level)
+    if spec.kind == "transfer":
+        level.update(scratch(scratch_law).level)
+        level.update({s.name: "target" for s in scratch(scratch_law).sites})
+    if spec.kind == "scratch":
+        level.update({s.name: "target" for s in spec.sites})
+    for site in spec.sites:
+        level.setdefault(site.name, getattr(spec, "site_level", {}).get(site.name, "pair"))
+    return level.get(base, "target")
 
 
 def effective_data(law_name, N, L, **params):

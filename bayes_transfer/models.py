@@ -41,14 +41,6 @@ from bayes_transfer import laws
 from bayes_transfer.grid import Grid, load_grid
 from loss_grid import CAPPED, PRETRAIN_RUN, SCRATCH, pair_label
 
-# Fewer groups than this barely inform a spread across them: the spread's posterior
-# is then mostly its prior. Fewer targets than this are sampled non-centred: Gadre et al.'s
-# three corpora diverged 47 times centred and never non-centred. Pair-level sites stay centred
-# (unless their Site says otherwise): each pair's fine-tuned runs pin its transfer ratio, and with
-# two pairs it took 307 leapfrog steps per draw non-centred against 69 centred (the 108-run
-# benchmark grid, benchmarks/fit_cost_breakdown.py).
-FEW_GROUPS = 5
-
 
 @dataclass(frozen=True, eq=False)
 class ModelData:
@@ -79,6 +71,11 @@ class ModelData:
     @property
     def pair_names(self) -> list[str]:
         return [pair_label(s, t) for s, t in self.pairs]
+
+    @property
+    def groups(self) -> dict[str, int]:
+        """How many groups each level has (a pooled site's spread is across them)."""
+        return {"target": len(self.targets), "pair": len(self.pairs)}
 
     @property
     def finetuned(self) -> np.ndarray:
@@ -208,7 +205,7 @@ def _group(site: laws.Site, prior, tau_prior, n: int, plate: str):
     The population value is drawn from ``prior`` and moved to the log/logit
     scale; groups are Normal(population, tau) there, sampled non-centred when
     the site asks for it (``site.noncentred``) or the groups are few targets
-    (``FEW_GROUPS``), centred otherwise. tau = 0 makes the groups share the
+    (``laws.FEW_GROUPS``), centred otherwise. tau = 0 makes the groups share the
     population value.
     """
     if site.scale == "free":
@@ -222,7 +219,7 @@ def _group(site: laws.Site, prior, tau_prior, n: int, plate: str):
     tau = numpyro.sample(f"{site.name}_tau", tau_prior) if isinstance(tau_prior, dist.Distribution) else tau_prior
     name = f"{site.name}_u"
     with numpyro.plate(plate, n):
-        if not (site.noncentred or (plate == "target" and n < FEW_GROUPS)):
+        if not (site.noncentred or (plate == "target" and n < laws.FEW_GROUPS)):
             return from_u(numpyro.sample(name, dist.Normal(u_mu, tau)))
         with numpyro.handlers.reparam(config={name: LocScaleReparam(centered=0.0)}):
             return from_u(numpyro.sample(name, dist.Normal(u_mu, tau)))
@@ -312,7 +309,7 @@ def transfer_model(data: ModelData, priors: dict, y=None):
     0 so the data must ask for it.
     """
     form, law = laws.scratch(data.scratch_law), laws.TRANSFER
-    sizes = {"target": len(data.targets), "pair": len(data.pairs)}
+    sizes = data.groups
     s_scr = _sample(form.sites, priors, sizes, {x.name: "target" for x in form.sites})
     s_tr = _sample(law.sites, priors, sizes, {}, skip=() if data.ossification else ("omega",))
     if not data.ossification:
@@ -340,7 +337,7 @@ def transfer_gap_model(data: ModelData, priors: dict, y=None):
     coefficients are sampled as their terms at the grid centre (laws.py).
     """
     law = laws.TRANSFER_GAP
-    s = _sample(law.sites, priors, {"target": len(data.targets), "pair": len(data.pairs)}, law.site_level)
+    s = _sample(law.sites, priors, data.groups, law.site_level)
     _record(law.natural(s, data))
     t, ft = data.target_idx, data.finetuned
     j = np.where(ft, data.pair_idx, 0)

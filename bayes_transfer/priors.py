@@ -9,7 +9,9 @@ prior text a fit stores is ``describe`` of exactly these distributions.
 With several groups (targets or pairs) a site varies by group around a
 population value with spread ``tau_<site>`` on its log (or logit) scale.
 The spreads have zero-avoiding Gamma(2, rate) priors: with only a few
-groups this keeps NUTS out of the funnel where tau -> 0. Any ``tau_<site>``
+groups this keeps NUTS out of the funnel where tau -> 0. A site whose Site
+names a ``few`` spread has that spread, fixed, when it varies over 2 to 4
+groups (``laws.FEW_GROUPS``): too few to learn it. Any ``tau_<site>``
 may be given as a number (fixed; 0 makes the groups share one value) or a
 distribution. ``nu`` (Student-t degrees of freedom) likewise.
 """
@@ -61,9 +63,16 @@ def default_priors(law: str, scratch_law: str = "kaplan") -> dict:
     return {**_sites(spec), **noise_priors(), **pretrain_priors()}
 
 
-def resolve_priors(law: str, scratch_law: str = "kaplan", overrides: dict | None = None) -> dict:
-    """Defaults with ``overrides`` applied; an unknown name is an error listing the known ones."""
+def resolve_priors(law: str, scratch_law: str = "kaplan", overrides: dict | None = None,
+                   groups: dict | None = None) -> dict:
+    """Defaults, with the few-group spreads for ``groups`` (the number of groups per
+    level, e.g. {"target": 1, "pair": 2}), and ``overrides`` applied over both; an
+    unknown name is an error listing the known ones."""
     priors = default_priors(law, scratch_law)
+    for site in laws.sites_of(law, scratch_law):
+        n = (groups or {}).get(laws.site_level(law, scratch_law, site.name), 1)
+        if site.few is not None and f"tau_{site.name}" in priors and 2 <= n < laws.FEW_GROUPS:
+            priors[f"tau_{site.name}"] = site.few
     for name, value in (overrides or {}).items():
         if name not in priors:
             raise ValueError(f"unknown prior {name!r} for law {law!r}; known: {', '.join(sorted(priors))}")

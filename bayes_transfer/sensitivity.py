@@ -36,11 +36,7 @@ def widened(prior, factor: float = WIDEN):
 
 def law_sites(fit: Fit) -> list[str]:
     """The sites of the fit's law (its scratch form included), not its noise or spreads."""
-    spec = laws.of(fit)
-    names = [s.name for s in spec.sites]
-    if spec.kind == "transfer":
-        names += [s.name for s in laws.scratch(q.scratch_form(fit)).sites]
-    return names
+    return [s.name for s in laws.sites_of(fit.law, q.scratch_form(fit) if laws.of(fit).kind == "transfer" else None)]
 
 
 def wide_fit(fit: Fit, factor: float = WIDEN) -> Fit:

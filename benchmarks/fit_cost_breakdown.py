@@ -82,7 +82,8 @@ def gradient_cost(model, data, priors, n: int = 2000) -> float:
 
 def main() -> None:
     grid, law = problem(ARGS.problem)
-    data, priors = prepare(grid, law), resolve_priors(law)
+    data = prepare(grid, law)
+    priors = resolve_priors(law, groups=data.groups)
     model = model_for(law)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -130,8 +130,10 @@ def test_fit_result_structure(transfer_fit):
 def test_the_fit_says_how_each_spread_was_set(transfer_fit):
     notes = transfer_fit.pooling_notes()
     assert "spread of beta across 2 groups: fixed at 0.05 (log scale)" in notes
-    assert any(n.startswith("spread of alpha across 2 groups: learnt under Gamma") and "only 2 groups" in n
-               for n in notes)
+    # two sources are too few to learn a spread: the sites' few-group spreads, fixed, and said so
+    assert "spread of alpha across 2 groups: fixed at 0.5 (log scale): 2 groups are too few to learn it" in notes
+    assert "spread of transfer_ratio across 2 groups: fixed at 1.0 (log scale): 2 groups are too few to learn it" in notes
+    assert "alpha_tau" not in transfer_fit.posterior and "alpha_mu" in transfer_fit.posterior
     assert not any("alpha_N" in n for n in notes)  # one target: nothing to spread over
 
 

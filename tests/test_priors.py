@@ -33,6 +33,22 @@ def test_unknown_prior_name_lists_known_names():
     assert isinstance(p["beta"], dist.LogNormal) and "E" in p and "L0" not in p and p["tau_beta"] == 0.0
 
 
+def test_few_groups_fix_the_spreads_the_sites_name():
+    """With 2-4 pairs the transfer law's pair spreads are fixed (too few to learn); from 5 they are learnt;
+    a site without a few-group spread, a target-level site and an override keep theirs."""
+    learnt = resolve_priors("transfer", groups={"target": 3, "pair": 5})
+    assert isinstance(learnt["tau_alpha"], dist.Gamma) and isinstance(learnt["tau_transfer_ratio"], dist.Gamma)
+    for pairs in (2, 4):
+        few = resolve_priors("transfer", groups={"target": 3, "pair": pairs})
+        assert few["tau_alpha"] == 0.5 and few["tau_transfer_ratio"] == 1.0 and few["tau_beta"] == 0.05
+        assert isinstance(few["tau_L0"], dist.Gamma)  # scratch sites vary by target: learnt
+    assert isinstance(resolve_priors("transfer")["tau_alpha"], dist.Gamma)  # no groups given: the defaults
+    mine = dist.Gamma(5.0, 5.0)
+    assert resolve_priors("transfer", overrides={"tau_alpha": mine}, groups={"pair": 2})["tau_alpha"] is mine
+    gap = resolve_priors("transfer_gap", groups={"target": 3, "pair": 3})
+    assert isinstance(gap["tau_G_term"], dist.Gamma)
+
+
 @pytest.mark.parametrize("law, scratch", [("transfer", "kaplan"), ("transfer", "chinchilla"), ("transfer_gap", "kaplan"),
                                           ("data_constrained", "kaplan")])
 def test_priors_do_not_depend_on_published_values(law, scratch, monkeypatch):
