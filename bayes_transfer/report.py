@@ -264,10 +264,12 @@ def _write_report(fit, out: Path, prob, costs, current, currency, beta_sharing=T
     ppc = q.posterior_predictive_table(fit, prob)
     page.figure("ppc", plots.plot_ppc(fit, prob, ppc),
                 f"Each run's observed loss against its {prob:.0%} posterior-predictive interval (noise included).")
-    worst = ppc.assign(z=np.abs(np.log(ppc["loss"] / ppc["median"]))).nlargest(min(5, len(ppc)), "z")
+    worst = worst_misfits(ppc)
+    bounds = f" ({int(ppc['censored'].sum())} censored runs: inside when their interval reaches below the recorded bound)" \
+        if ppc["censored"].any() else ""
     page.para(f"{ppc['inside'].mean():.0%} of {len(ppc)} runs lie inside their {prob:.0%} predictive interval "
-              f"(about {prob:.0%} expected). Largest misfits:")
-    page.table(worst[["source", "target", "n_params", "data_tokens", "loss", "median", "lower", "upper"]]
+              f"(about {prob:.0%} expected){bounds}. Largest misfits:")
+    page.table(worst[["source", "target", "n_params", "data_tokens", "loss", "censored", "median", "lower", "upper"]]
                .round(4).rename(columns={"median": "predicted median"}))
 
     page.heading("Recommendation: where the next budget should go")
@@ -279,6 +281,14 @@ def _write_report(fit, out: Path, prob, costs, current, currency, beta_sharing=T
            f"<title>bayes-transfer report</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
     atomic_write(out / "summary.md", "\n".join(page.md).encode())
     atomic_write(out / "index.html", doc.encode())
+
+
+def worst_misfits(ppc: pd.DataFrame, n: int = 5) -> pd.DataFrame:
+    """The ``n`` runs of a posterior predictive table farthest from their predicted median (log
+    scale). A censored run's loss bounds its data-limited loss from above, so only a prediction
+    above the bound counts against it."""
+    z = np.log(ppc["loss"] / ppc["median"])
+    return ppc.assign(z=np.where(ppc["censored"], np.maximum(-z, 0.0), np.abs(z))).nlargest(min(n, len(ppc)), "z")
 
 
 def units_text(grid) -> str:

@@ -21,7 +21,7 @@ from bayes_transfer.fit import Fit
 from bayes_transfer.grid import load_grid
 from bayes_transfer.models import design_grid, simulate_losses
 from bayes_transfer.fit import default_law
-from bayes_transfer.report import report
+from bayes_transfer.report import report, worst_misfits
 from test_quantities import GAP_TRUE, fake_fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -226,3 +226,10 @@ def test_prior_sensitivity_section_when_asked(tmp_path, monkeypatch):
     # the headline table starts at the fit's centre
     summary = (tmp_path / "on" / "summary.md").read_text()
     assert "| text->python | centre |" in summary
+
+
+def test_a_censored_run_above_its_prediction_is_no_misfit():
+    ppc = pd.DataFrame({"loss": [2.0, 1.0, 1.0, 1.05], "median": [1.0, 2.0, 1.2, 1.0],
+                        "censored": [True, True, False, False]})
+    # the bound 2.0 over a prediction of 1.0 is consistent; a prediction of 2.0 over a bound of 1.0 is not
+    assert list(worst_misfits(ppc, 3).index) == [1, 2, 3]
