@@ -265,10 +265,10 @@ def _write_report(fit, out: Path, prob, costs, current, currency, beta_sharing=T
     page.figure("ppc", plots.plot_ppc(fit, prob, ppc),
                 f"Each run's observed loss against its {prob:.0%} posterior-predictive interval (noise included).")
     worst = worst_misfits(ppc)
-    bounds = f" ({int(ppc['censored'].sum())} censored runs: inside when their interval reaches below the recorded bound)" \
-        if ppc["censored"].any() else ""
+    bounds = f"; {int(ppc['censored'].sum())} censored runs count as inside when their interval reaches below " \
+        "the recorded bound" if ppc["censored"].any() else ""
     page.para(f"{ppc['inside'].mean():.0%} of {len(ppc)} runs lie inside their {prob:.0%} predictive interval "
-              f"(about {prob:.0%} expected){bounds}. Largest misfits:")
+              f"(about {prob:.0%} expected{bounds}). Largest misfits:")
     page.table(worst[["source", "target", "n_params", "data_tokens", "loss", "censored", "median", "lower", "upper"]]
                .round(4).rename(columns={"median": "predicted median"}))
 
