@@ -14,7 +14,8 @@ Structure (all on the log scale; (0, 1) parameters on the logit scale):
   targets (Normal(population value, ``tau``)); with one target the
   population value is the target's;
 - each (source, target) pair has its own transfer (or gap) sites, pooled
-  across pairs the same way; ``omega`` is per pair, unpooled; the gap law's
+  across pairs the same way (with 2-4 pairs a transfer site's spread is
+  fixed, not learnt: ``priors.resolve_priors``); ``omega`` is per pair, unpooled; the gap law's
   fine-tuning sites (alpha_f, E, C_0) are per target;
 - the rectified law's sites are per pair and unpooled;
 - one shared effect on log-loss per pre-training run (its fine-tuned runs
