@@ -36,6 +36,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pandas as pd
+from jax.scipy.special import betainc
 from numpyro.infer.reparam import LocScaleReparam
 
 from bayes_transfer import laws
@@ -260,8 +261,31 @@ class UpperBounded(dist.Distribution):
         return self.base.sample(key, sample_shape)
 
     def log_prob(self, value):
-        bound = jnp.log(jnp.clip(self.base.cdf(value), 1e-300, 1.0))
-        return jnp.where(self.censored, bound, self.base.log_prob(value))
+        base = self.base
+        # exact runs take the CDF at a harmless point: jnp.where passes on the gradient of the
+        # branch it discards as 0 x that gradient, so a NaN there would poison the sum
+        t = jnp.where(self.censored, (value - base.loc) / base.scale, -1.0)
+        return jnp.where(self.censored, student_t_log_cdf(t, base.df), base.log_prob(value))
+
+
+def student_t_log_cdf(t, df):
+    """log P(T <= t) for Student-t with ``df`` degrees of freedom, with a finite gradient everywhere.
+
+    NumPyro's CDF goes through I_x(df/2, 1/2) at x = df / (df + t^2), whose derivative holds
+    (1 - x)^(-1/2): near t = 0, 1 - x cancels to 0 and the gradient is NaN (within about 1e-8
+    scales of the centre), a divergent transition for NUTS. For |t| <= 1 this uses the
+    complementary form I_y(1/2, df/2), y = t^2 / (df + t^2), which has no cancellation there;
+    beyond, the first form, which then has none either (and keeps the tails' precision).
+    """
+    far = jnp.abs(t) > 1.0
+    t_far = jnp.where(far, t, 2.0)
+    tail = 0.5 * betainc(0.5 * df, 0.5, df / (df + t_far * t_far))  # P(T > |t|)
+    log_far = jnp.where(t_far < 0, jnp.log(jnp.maximum(tail, 1e-300)), jnp.log1p(-tail))
+    zero = t == 0.0
+    t_near = jnp.where(far | zero, 0.5, t)
+    y = t_near * t_near / (df + t_near * t_near)
+    log_near = jnp.log(0.5 * (1.0 + jnp.sign(t_near) * betainc(0.5, 0.5 * df, y)))
+    return jnp.where(far, log_far, jnp.where(zero, jnp.log(0.5), log_near))
 
 
 def _likelihood(data: ModelData, priors: dict, mu, y):

@@ -206,6 +206,36 @@ def test_censored_runs_contribute_the_probability_of_their_bound():
     np.testing.assert_allclose(got, expected, rtol=1e-7)
 
 
+@pytest.mark.parametrize("df", [1.5, 4.0, 30.0])
+def test_student_t_log_cdf_and_its_gradient_match_the_closed_form_everywhere(df):
+    """Both tails and the centre, where NumPyro's CDF has a NaN gradient (a divergence for NUTS)."""
+    import jax.numpy as jnp
+
+    from bayes_transfer.models import student_t_log_cdf
+    t = np.array([-1e4, -300.0, -3.0, -1.0 - 1e-9, -1.0, -0.5, -1e-9, 1e-12, 0.3, 1.0, 1.0 + 1e-9, 5.0, 50.0, 1e3])
+    value = np.asarray(student_t_log_cdf(jnp.asarray(t), df))
+    grad = np.asarray(jax.vmap(jax.grad(lambda x: student_t_log_cdf(x, df)))(jnp.asarray(t)))
+    at_zero = float(jax.grad(lambda x: student_t_log_cdf(x, df))(0.0))
+    np.testing.assert_allclose(value, stats.t.logcdf(t, df), rtol=1e-12)
+    np.testing.assert_allclose(grad, np.exp(stats.t.logpdf(t, df) - stats.t.logcdf(t, df)), rtol=1e-12)
+    assert np.isfinite(at_zero)
+
+
+def test_censored_likelihood_has_a_finite_gradient_where_a_run_sits_on_its_prediction():
+    """An exact run exactly at its prediction once gave a NaN gradient through the discarded CDF branch."""
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+
+    from bayes_transfer.models import UpperBounded
+    value, censored = jnp.array([1.0, 1.2, 0.7]), jnp.array([False, True, True])
+
+    def log_lik(loc):
+        return UpperBounded(dist.StudentT(4.0, loc, 0.05), censored).log_prob(value).sum()
+
+    for loc in ([1.0, 1.2, 0.7], [1.0 + 1e-12, 1.0, 0.9]):
+        assert np.isfinite(np.asarray(jax.grad(log_lik)(jnp.array(loc)))).all(), loc
+
+
 def test_first_evaluation_best_and_capped_runs_are_censored():
     import xarray as xr
 
