@@ -34,8 +34,8 @@ def test_unknown_prior_name_lists_known_names():
 
 
 def test_few_groups_fix_the_spreads_the_sites_name():
-    """With 2-4 pairs the transfer law's pair spreads are fixed (too few to learn); from 5 they are learnt;
-    a site without a few-group spread, a target-level site and an override keep theirs."""
+    """With 2-4 pairs the pair spreads are fixed (too few to learn); from 5 they are learnt;
+    a target-level site and an override keep theirs."""
     learnt = resolve_priors("transfer", groups={"target": 3, "pair": 5})
     assert isinstance(learnt["tau_alpha"], dist.Gamma) and isinstance(learnt["tau_transfer_ratio"], dist.Gamma)
     for pairs in (2, 4):
@@ -46,7 +46,7 @@ def test_few_groups_fix_the_spreads_the_sites_name():
     mine = dist.Gamma(5.0, 5.0)
     assert resolve_priors("transfer", overrides={"tau_alpha": mine}, groups={"pair": 2})["tau_alpha"] is mine
     gap = resolve_priors("transfer_gap", groups={"target": 3, "pair": 3})
-    assert isinstance(gap["tau_G_term"], dist.Gamma)
+    assert gap["tau_G_term"] == 1.0 and gap["tau_alpha_p"] == 0.5 and isinstance(gap["tau_E"], dist.Gamma)
 
 
 @pytest.mark.parametrize("law, scratch", [("transfer", "kaplan"), ("transfer", "chinchilla"), ("transfer_gap", "kaplan"),
