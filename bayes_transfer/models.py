@@ -262,10 +262,10 @@ class UpperBounded(dist.Distribution):
 
     def log_prob(self, value):
         base = self.base
-        # exact runs take the CDF at a harmless point: jnp.where passes on the gradient of the
-        # branch it discards as 0 x that gradient, so a NaN there would poison the sum
-        t = jnp.where(self.censored, (value - base.loc) / base.scale, -1.0)
-        return jnp.where(self.censored, student_t_log_cdf(t, base.df), base.log_prob(value))
+        # every run's CDF is computed and the exact runs' discarded: jnp.where passes on the
+        # discarded branch's gradient as 0 x gradient, which is why that gradient must be finite
+        bound = student_t_log_cdf((value - base.loc) / base.scale, base.df)
+        return jnp.where(self.censored, bound, base.log_prob(value))
 
 
 def student_t_log_cdf(t, df):
