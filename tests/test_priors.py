@@ -46,7 +46,8 @@ def test_few_groups_fix_the_spreads_the_sites_name():
     mine = dist.Gamma(5.0, 5.0)
     assert resolve_priors("transfer", overrides={"tau_alpha": mine}, groups={"pair": 2})["tau_alpha"] is mine
     gap = resolve_priors("transfer_gap", groups={"target": 3, "pair": 3})
-    assert isinstance(gap["tau_G_term"], dist.Gamma)  # a site without a few-group spread keeps its learnt one
+    assert gap["tau_alpha_p"] == 0.5 and gap["tau_A_p_term"] == 1.0 and gap["tau_G_term"] == 1.0
+    assert isinstance(gap["tau_alpha_f"], dist.Gamma)  # a site without a few-group spread keeps its learnt one
 
 
 @pytest.mark.parametrize("law, scratch", [("transfer", "kaplan"), ("transfer", "chinchilla"), ("transfer_gap", "kaplan"),
