@@ -13,6 +13,38 @@ numpyro.enable_x64()
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     numpyro.set_host_device_count(max(4, os.cpu_count() or 1))
 
+
+
+def _compilation_cache() -> None:
+    """Keep compiled samplers on disk, per user: a model compiled once (a refit, the next
+    notebook session) loads in about a second instead of recompiling, which is about a
+    third of a 15-second fit. What JAX loads from there is machine code, so the folder must
+    be this user's own and closed to others, else it is not used.
+    ``BAYES_TRANSFER_JAX_CACHE=off`` turns it off; a caller's ``JAX_COMPILATION_CACHE_DIR`` wins."""
+    setting = os.environ.get("BAYES_TRANSFER_JAX_CACHE", "")
+    if setting.lower() in ("off", "0", "no") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    import stat
+    from pathlib import Path
+
+    import jax
+
+    folder = Path(setting or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bayes-transfer" / "jax")
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.stat()
+    except OSError:
+        return  # no writable cache (a read-only home): compile every time
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # A size limit turns on JAX's eviction, and with it a file lock: two processes never
+    # read an entry while the other is writing it.
+    jax.config.update("jax_compilation_cache_max_size", 512 * 2**20)
+
+
+_compilation_cache()
+
 from bayes_transfer.version import __version__  # noqa: E402
 
 from bayes_transfer.grid import Grid, GridError, load_grid  # noqa: E402

@@ -10,6 +10,7 @@ per step), so the levers can be read as ratios on any machine:
 
     python benchmarks/fit_cost_breakdown.py                  # joint transfer model, simulated 108-run grid
     python benchmarks/fit_cost_breakdown.py --problem epoch  # Chinchilla law on Epoch AI's runs
+    python benchmarks/fit_cost_breakdown.py --side 8         # the transfer model on 192 runs
     python benchmarks/fit_cost_breakdown.py --chains 2 --draws 400 --warmup 400
 """
 
@@ -26,6 +27,8 @@ from pathlib import Path
 def _args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--problem", choices=("transfer", "epoch"), default="transfer")
+    p.add_argument("--side", type=int, default=6,
+                   help="transfer: model sizes = fine-tuning sizes = SIDE, so 3 x SIDE^2 runs (8: 192)")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=1000)
@@ -55,7 +58,9 @@ def problem(name: str):
         return load_grid(ROOT / "data" / "external" / "epoch2024_chinchilla" / "grid.csv"), "chinchilla"
     truth = dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3, k={("text", "python"): 90.0, ("code", "python"): 500.0},
                  alpha={("text", "python"): 0.18, ("code", "python"): 0.1}, beta=0.38, omega=0.0)
-    design = design_grid(np.geomspace(1e5, 3e6, 6), np.geomspace(6e4, 3e7, 6), sources=("text", "code"), target="python")
+    side = ARGS.side
+    design = design_grid(np.geomspace(1e5, 3e6, side), np.geomspace(6e4, 3e7, side), sources=("text", "code"),
+                         target="python")
     return simulate_grid(design, "transfer", truth, sigma=0.01, seed=0), "transfer"
 
 
@@ -85,6 +90,8 @@ def main() -> None:
     data = prepare(grid, law)
     priors = resolve_priors(law, groups=data.groups)
     model = model_for(law)
+    cache = jax.config.jax_compilation_cache_dir
+    entries = len(list(Path(cache).glob("*-cache"))) if cache else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dense = {} if ARGS.dense == "default" else {"dense_mass": ARGS.dense == "on"}
@@ -110,6 +117,7 @@ def main() -> None:
     print(f"problem: {ARGS.problem} ({law}, {len(grid)} runs); {ARGS.chains} chains x {ARGS.draws} draws "
           f"after {ARGS.warmup} warm-up, chain method {f.sampler['chain_method']}, dense mass "
           f"{f.sampler.get('dense_mass')}; {f.diagnostics()}")
+    print(f"compilation cache: {cache or 'off'}" + (f", {entries} entries before the fit" if cache else ""))
     print("| part | seconds | share of the fit |\n|---|---|---|")
     print(f"| whole fit | {total:.1f} | 1.00 |")
     print(f"| sampler (compile + warm-up + draws) | {sampler:.1f} | {sampler / total:.2f} |")

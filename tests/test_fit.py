@@ -393,3 +393,34 @@ def test_censored_runs_are_bounds_not_values(far_grid):
     truth = float(bayes_transfer.laws.kaplan(at["N"], at["D_F"] + FAR["k"] * at["D_F"] ** 0.6 * at["N"] ** 0.1,
                                              **KAPLAN))
     assert abs(mid["censored"] / truth - 1) < abs(mid["exact"] / truth - 1)
+
+
+def test_compiled_samplers_are_cached_per_user_and_closed_to_others(tmp_path, monkeypatch):
+    """The on-disk compilation cache: a private folder under XDG_CACHE_HOME; a folder others
+    can write to is not used (JAX would run what it loads); off and a caller's own setting win."""
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+        monkeypatch.delenv("BAYES_TRANSFER_JAX_CACHE", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        jax.config.update("jax_compilation_cache_dir", None)
+        bayes_transfer._compilation_cache()
+        folder = tmp_path / "xdg" / "bayes-transfer" / "jax"
+        assert jax.config.jax_compilation_cache_dir == str(folder)
+        assert folder.stat().st_mode & 0o777 == 0o700
+
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        for env in ({"BAYES_TRANSFER_JAX_CACHE": str(shared)}, {"BAYES_TRANSFER_JAX_CACHE": "off"},
+                    {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "theirs")}):
+            with monkeypatch.context() as m:
+                for name, value in env.items():
+                    m.setenv(name, value)
+                jax.config.update("jax_compilation_cache_dir", None)
+                bayes_transfer._compilation_cache()
+                assert jax.config.jax_compilation_cache_dir is None, env
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
