@@ -85,6 +85,34 @@ def gradient_cost(model, data, priors, n: int = 2000) -> float:
     return seconds / n
 
 
+def sampler_step_cost(dim: int, dense: bool, draws: int = 4000) -> float:
+    """Seconds per leapfrog step of NumPyro's NUTS on a standard normal of ``dim`` dimensions,
+    one chain, compiled: the sampler's own work per step, with a gradient that costs nothing."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    def normal():
+        numpyro.sample("x", dist.Normal(jnp.zeros(dim), 1.0))
+
+    mcmc = MCMC(NUTS(normal, dense_mass=dense), num_warmup=500, num_samples=draws, progress_bar=False)
+    mcmc.warmup(jax.random.PRNGKey(0))
+    mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("num_steps",))  # compiles the sampling loop
+    _, seconds = timed(lambda: mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("num_steps",)))
+    return seconds / int(mcmc.get_extra_fields()["num_steps"].sum())
+
+
+def warmup_steps(model, data, priors, dense: bool, warmup: int) -> int:
+    """Leapfrog steps of one chain's warm-up with fit()'s NUTS settings (fit() does not record them)."""
+    from numpyro.infer import MCMC, NUTS, init_to_median
+
+    mcmc = MCMC(NUTS(model, init_strategy=init_to_median(num_samples=15), dense_mass=dense),
+                num_warmup=warmup, num_samples=1, progress_bar=False)
+    mcmc.warmup(jax.random.PRNGKey(0), data, priors, y=data.y, extra_fields=("num_steps",), collect_warmup=True)
+    return int(mcmc.get_extra_fields()["num_steps"].sum())
+
+
 def main() -> None:
     grid, law = problem(ARGS.problem)
     data = prepare(grid, law)
@@ -109,6 +137,10 @@ def main() -> None:
     }
     later = {"1000 prior draws"}  # drawn when a prior is first asked for (Fit.prior), not inside fit()
     grad = gradient_cost(model, data, priors)
+    dim = ravel_pytree(initialize_model(jax.random.PRNGKey(0), model, model_args=(data, priors),
+                                        model_kwargs={"y": data.y}).param_info.z)[0].size
+    step = sampler_step_cost(dim, bool(f.sampler.get("dense_mass")))
+    warm = warmup_steps(model, data, priors, bool(f.sampler.get("dense_mass")), ARGS.warmup)
     n_grads = int(steps.sum())  # sampling phase only; warm-up adds about as many again
     sampler = f.sampler["seconds"]
     after = total - sampler
@@ -129,6 +161,13 @@ def main() -> None:
           f"{n_grads:,} gradients in the sampling phase")
     print(f"one gradient in a compiled loop: {grad * 1e6:.0f} us; the sampling phase's gradients alone would take "
           f"{n_grads * grad:.1f} s on one core ({n_grads * grad / sampler:.2f} of the sampler's time)")
+    print(f"the sampler's own work per leapfrog step ({dim}-dimensional standard normal, same mass matrix, "
+          f"one chain): {step * 1e6:.0f} us, {step / grad:.1f}x this model's gradient; with it the sampling "
+          f"phase's steps would take {n_grads * (grad + step):.1f} s on one core")
+    per_chain = n_grads / ARGS.chains
+    print(f"warm-up (one chain, same settings, seed 0): {warm:,} leapfrog steps, {warm / per_chain:.1f}x a chain's "
+          f"sampling phase; all {ARGS.chains} chains' warm-up and sampling steps would take "
+          f"{(ARGS.chains * warm + n_grads) * (grad + step):.1f} s on one core")
 
 
 if __name__ == "__main__":
