@@ -42,7 +42,10 @@ ARGS = _args() if __name__ == "__main__" else None
 import jax  # noqa: E402  (after argparse so --help is instant)
 import numpy as np  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
-from numpyro.infer import Predictive, log_likelihood  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpyro  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
+from numpyro.infer import MCMC, NUTS, Predictive, init_to_median, log_likelihood  # noqa: E402
 from numpyro.infer.util import initialize_model  # noqa: E402
 
 from bayes_transfer import fit  # noqa: E402
@@ -88,10 +91,6 @@ def gradient_cost(model, data, priors, n: int = 2000) -> float:
 def sampler_step_cost(dim: int, dense: bool, draws: int = 4000) -> float:
     """Seconds per leapfrog step of NumPyro's NUTS on a standard normal of ``dim`` dimensions,
     one chain, compiled: the sampler's own work per step, with a gradient that costs nothing."""
-    import jax.numpy as jnp
-    import numpyro
-    import numpyro.distributions as dist
-    from numpyro.infer import MCMC, NUTS
 
     def normal():
         numpyro.sample("x", dist.Normal(jnp.zeros(dim), 1.0))
@@ -103,12 +102,11 @@ def sampler_step_cost(dim: int, dense: bool, draws: int = 4000) -> float:
     return seconds / int(mcmc.get_extra_fields()["num_steps"].sum())
 
 
-def warmup_steps(model, data, priors, dense: bool, warmup: int) -> int:
-    """Leapfrog steps of one chain's warm-up with fit()'s NUTS settings (fit() does not record them)."""
-    from numpyro.infer import MCMC, NUTS, init_to_median
-
-    mcmc = MCMC(NUTS(model, init_strategy=init_to_median(num_samples=15), dense_mass=dense),
-                num_warmup=warmup, num_samples=1, progress_bar=False)
+def warmup_steps(model, data, priors, sampler: dict, warmup: int) -> int:
+    """Leapfrog steps of one chain's warm-up with the fit's NUTS settings (fit() does not record them)."""
+    nuts = NUTS(model, target_accept_prob=sampler["target_accept"], init_strategy=init_to_median(num_samples=15),
+                dense_mass=bool(sampler.get("dense_mass")))
+    mcmc = MCMC(nuts, num_warmup=warmup, num_samples=1, progress_bar=False)
     mcmc.warmup(jax.random.PRNGKey(0), data, priors, y=data.y, extra_fields=("num_steps",), collect_warmup=True)
     return int(mcmc.get_extra_fields()["num_steps"].sum())
 
@@ -140,8 +138,8 @@ def main() -> None:
     dim = ravel_pytree(initialize_model(jax.random.PRNGKey(0), model, model_args=(data, priors),
                                         model_kwargs={"y": data.y}).param_info.z)[0].size
     step = sampler_step_cost(dim, bool(f.sampler.get("dense_mass")))
-    warm = warmup_steps(model, data, priors, bool(f.sampler.get("dense_mass")), ARGS.warmup)
-    n_grads = int(steps.sum())  # sampling phase only; warm-up adds about as many again
+    warm = warmup_steps(model, data, priors, f.sampler, ARGS.warmup)
+    n_grads = int(steps.sum())  # sampling phase only; `warm` counts one chain's warm-up
     sampler = f.sampler["seconds"]
     after = total - sampler
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
