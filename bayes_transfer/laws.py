@@ -491,8 +491,8 @@ TRANSFER_GAP = Law(
         Site("E", lambda: dist.LogNormal(float(np.log(0.5)), 1.0), lambda: dist.Gamma(2.0, 4.0),
              meaning="irreducible loss (nats/token)"),
         Site("C_0_term", TERM, lambda: dist.Gamma(2.0, 2.0), meaning="C_0 f^-alpha_f at the grid centre (nats/token)"),
-        # Pair sites: with one source, a pair is a target, and a grid has a few of them; their
-        # spreads, learnt from 3, put the sampler in a funnel (divergences at small G_term spread).
+        # per pair, spreads fixed with 2-4 pairs as the transfer law's are: learnt from three
+        # targets, G_term's spread fell into its funnel (1-3 divergences on the 70-run CPU gap grid)
         Site("alpha_p", EXPONENT, lambda: dist.Gamma(2.0, 4.0), meaning="pre-training-data exponent", few=0.5),
         Site("A_p_term", TERM, lambda: dist.Gamma(2.0, 2.0),
              meaning="A_p p^-alpha_p f^-alpha_f at the grid centre (nats/token)", few=1.0),

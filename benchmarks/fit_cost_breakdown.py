@@ -74,8 +74,9 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def gradient_cost(model, data, priors, n: int = 2000) -> float:
-    """Seconds per value-and-gradient of the potential, in a compiled loop (no dispatch)."""
+def gradient_cost(model, data, priors, n: int = 2000) -> tuple[float, int]:
+    """Seconds per value-and-gradient of the potential, in a compiled loop (no dispatch), and
+    the number of latent dimensions."""
     info = initialize_model(jax.random.PRNGKey(0), model, model_args=(data, priors), model_kwargs={"y": data.y})
     flat, unravel = ravel_pytree(info.param_info.z)
 
@@ -85,7 +86,7 @@ def gradient_cost(model, data, priors, n: int = 2000) -> float:
     loop = jax.jit(lambda x: jax.lax.fori_loop(0, n, body, x))
     loop(flat).block_until_ready()
     _, seconds = timed(lambda: loop(flat))
-    return seconds / n
+    return seconds / n, flat.size
 
 
 def sampler_step_cost(dim: int, dense: bool, draws: int = 4000) -> float:
@@ -134,9 +135,7 @@ def main() -> None:
         "1000 prior draws": timed(lambda: Predictive(model, num_samples=1000)(key, data, priors))[1],
     }
     later = {"1000 prior draws"}  # drawn when a prior is first asked for (Fit.prior), not inside fit()
-    grad = gradient_cost(model, data, priors)
-    dim = ravel_pytree(initialize_model(jax.random.PRNGKey(0), model, model_args=(data, priors),
-                                        model_kwargs={"y": data.y}).param_info.z)[0].size
+    grad, dim = gradient_cost(model, data, priors)
     step = sampler_step_cost(dim, bool(f.sampler.get("dense_mass")))
     warm = warmup_steps(model, data, priors, f.sampler, ARGS.warmup)
     n_grads = int(steps.sum())  # sampling phase only; `warm` counts one chain's warm-up
