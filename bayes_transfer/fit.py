@@ -36,6 +36,7 @@ from bayes_transfer.priors import describe, resolve_priors
 
 SAMPLE_DIMS = ("chain", "draw")
 PRIOR_DRAWS = 1000
+MAX_TREE_DEPTH = 10  # NUTS's tree depth while drawing (2**10 - 1 leapfrog steps at most)
 _SHARES = ("w", "omega")  # parameters in (0, 1): widths on the natural scale
 
 __all__ = ["Fit", "NotIdentifiedError", "default_law", "fit", "gap_size", "load_fit"]
@@ -121,7 +122,7 @@ class Fit:
         s = self.sampler
         return dict(chains=s["chains"], draws=s["draws"], warmup=s["warmup"], seed=s["seed"],
                     target_accept=s.get("target_accept", 0.9), dense_mass=bool(s.get("dense_mass", False)),
-                    progress=False)
+                    warmup_tree_depth=s.get("warmup_tree_depth", MAX_TREE_DEPTH), progress=False)
 
     def accept_unconverged(self) -> "Fit":
         """This fit, with answers allowed although it did not converge (the caller says so)."""
@@ -301,6 +302,7 @@ def fit(
     chain_method: str | None = None,
     map_steps: int = 6000,
     dense_mass: bool = False,
+    warmup_tree_depth: int = MAX_TREE_DEPTH,
 ) -> Fit:
     """Fit ``law`` to ``grid`` (a Grid, or anything ``load_grid`` reads: capped runs are kept, as bounds).
 
@@ -319,13 +321,25 @@ def fit(
     most leapfrog steps (Chinchilla on Epoch AI's runs: 94 to 23 per draw),
     but it is not the default: on Porian et al.'s runs it diverged 3 times at
     target_accept 0.9, and on Li et al.'s it did not converge (r_hat 1.011,
-    1,226 draws at the maximum tree depth) where the diagonal one did.
+    1,226 draws at the maximum tree depth) where the diagonal one did; on
+    the shipped main grid (transfer law) it mixed worse (bulk ESS 696
+    against 1,092; r_hat 1.008 against 1.005).
+    ``warmup_tree_depth``: NUTS's maximum tree depth during warm-up (at most
+    2**depth - 1 leapfrog steps per iteration; drawing keeps depth 10). Before
+    the mass matrix is adapted, warm-up trajectories run to the limit; capping
+    them is a speed lever, not the default. Measured (4 x 1000 after 1000,
+    benchmarks/fit_cost_breakdown.py): on a simulated 192-run transfer grid,
+    depth 6 cut a dense fit's warm-up steps from 187,000 to 59,000 per chain
+    with as few steps per draw (29.5 against 30.0), 17 s -> 11 s; but (one
+    seed each) on Lin et al.'s 1,260 curves (rectified law) it cut the bulk
+    ESS from 1,838 to 568 and the fit failed the gate, and on the shipped
+    two-source grid (diagonal mass) it took r_hat from 1.010 to 1.014.
     """
     grid = load_grid(grid, include_capped=True)  # a Grid as it is; anything else with its capped runs
     spec = laws.get(law)
     if method not in ("nuts", "map"):
         raise ValueError(f"unknown method {method!r}; expected 'nuts' or 'map'")
-    for name, v in (("chains", chains), ("draws", draws), ("warmup", warmup)):
+    for name, v in (("chains", chains), ("draws", draws), ("warmup", warmup), ("warmup_tree_depth", warmup_tree_depth)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if spec.pretrain_axis and n_params is None and len(grid.finetuned):
@@ -358,7 +372,7 @@ def fit(
             chain_method = "parallel" if jax.local_device_count() >= chains else "vectorized"
         mcmc = MCMC(
             NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=15),
-                 dense_mass=dense_mass),
+                 dense_mass=dense_mass, max_tree_depth=(warmup_tree_depth, MAX_TREE_DEPTH)),
             num_warmup=warmup,
             num_samples=draws,
             num_chains=chains,
@@ -375,7 +389,7 @@ def fit(
                         "n_steps": np.asarray(stats["num_steps"])}
         sampler = {"method": "nuts", "chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
                    "target_accept": target_accept, "chain_method": chain_method, "dense_mass": dense_mass,
-                   "max_tree_depth": 10}
+                   "max_tree_depth": MAX_TREE_DEPTH, "warmup_tree_depth": warmup_tree_depth}
     else:
         samples, success = _map(model, data, prior_set, key, map_steps)
         sample_stats = {"diverging": np.zeros((1, 1), dtype=bool)}

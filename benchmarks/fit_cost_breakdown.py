@@ -34,6 +34,8 @@ def _args():
     p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--dense", choices=("default", "on", "off"), default="default",
                    help="mass matrix: fit()'s choice, dense or diagonal")
+    p.add_argument("--warmup-depth", type=int, default=None,
+                   help="NUTS's maximum tree depth during warm-up (default: fit()'s)")
     return p.parse_args()
 
 
@@ -106,7 +108,8 @@ def sampler_step_cost(dim: int, dense: bool, draws: int = 4000) -> float:
 def warmup_steps(model, data, priors, sampler: dict, warmup: int) -> int:
     """Leapfrog steps of one chain's warm-up with the fit's NUTS settings (fit() does not record them)."""
     nuts = NUTS(model, target_accept_prob=sampler["target_accept"], init_strategy=init_to_median(num_samples=15),
-                dense_mass=bool(sampler.get("dense_mass")))
+                dense_mass=bool(sampler.get("dense_mass")),
+                max_tree_depth=(sampler["warmup_tree_depth"], sampler["max_tree_depth"]))
     mcmc = MCMC(nuts, num_warmup=warmup, num_samples=1, progress_bar=False)
     mcmc.warmup(jax.random.PRNGKey(0), data, priors, y=data.y, extra_fields=("num_steps",), collect_warmup=True)
     return int(mcmc.get_extra_fields()["num_steps"].sum())
@@ -121,9 +124,11 @@ def main() -> None:
     entries = len(list(Path(cache).glob("*-cache"))) if cache else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dense = {} if ARGS.dense == "default" else {"dense_mass": ARGS.dense == "on"}
+        options = {} if ARGS.dense == "default" else {"dense_mass": ARGS.dense == "on"}
+        if ARGS.warmup_depth is not None:
+            options["warmup_tree_depth"] = ARGS.warmup_depth
         f, total = timed(lambda: fit(grid, law, chains=ARGS.chains, draws=ARGS.draws, warmup=ARGS.warmup, seed=0,
-                                     progress=False, **dense))
+                                     progress=False, **options))
     steps = f.idata.sample_stats["n_steps"].values
     post = f.posterior
     flat = {k: post[k].values.reshape(-1, *post[k].shape[2:]) for k in post.data_vars}
@@ -145,7 +150,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"problem: {ARGS.problem} ({law}, {len(grid)} runs); {ARGS.chains} chains x {ARGS.draws} draws "
           f"after {ARGS.warmup} warm-up, chain method {f.sampler['chain_method']}, dense mass "
-          f"{f.sampler.get('dense_mass')}; {f.diagnostics()}")
+          f"{f.sampler.get('dense_mass')}, warm-up tree depth {f.sampler['warmup_tree_depth']}; {f.diagnostics()}")
     print(f"compilation cache: {cache or 'off'}" + (f", {entries} entries before the fit" if cache else ""))
     print("| part | seconds | share of the fit |\n|---|---|---|")
     print(f"| whole fit | {total:.1f} | 1.00 |")

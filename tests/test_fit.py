@@ -295,6 +295,8 @@ def test_fit_rejects_bad_options(transfer_grid):
         fit(transfer_grid, "kaplan", method="vi")
     with pytest.raises(ValueError, match="draws must be a positive integer"):
         fit(transfer_grid, "kaplan", draws=0)
+    with pytest.raises(ValueError, match="warmup_tree_depth must be a positive integer"):
+        fit(transfer_grid, "kaplan", warmup_tree_depth=0)
     with pytest.raises(ValueError, match="unknown prior 'gamma'"):
         fit(transfer_grid, "kaplan", priors={"gamma": 1.0})
 

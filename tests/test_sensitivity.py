@@ -56,11 +56,11 @@ def test_a_scratch_law_reports_each_parameter_both_ways():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="fit of law .* did not converge")
         base = fit(grid, "kaplan", chains=1, draws=300, warmup=300, target_accept=0.95, dense_mass=True,
-                   progress=False).accept_unconverged()
+                   warmup_tree_depth=8, progress=False).accept_unconverged()
         table, wide = prior_sensitivity(base)
     # the refit samples as the fit did
-    assert {k: wide.sampler[k] for k in ("draws", "target_accept", "dense_mass")} == \
-        {"draws": 300, "target_accept": 0.95, "dense_mass": True}
+    assert {k: wide.sampler[k] for k in ("draws", "target_accept", "dense_mass", "warmup_tree_depth")} == \
+        {"draws": 300, "target_accept": 0.95, "dense_mass": True, "warmup_tree_depth": 8}
     assert list(table["quantity"]) == ["N_c[python]", "D_c[python]", "alpha_N[python]", "alpha_D[python]"]
     assert wide.config["priors"]["alpha_D"] == "LogNormal(loc=-1.386, scale=2)"
     assert (table["lower"] < table["median"]).all() and (table["median"] < table["upper"]).all()
