@@ -254,18 +254,21 @@ class UpperBounded(dist.Distribution):
     support = dist.constraints.real
 
     def __init__(self, base: dist.StudentT, censored):
-        self.base, self.censored = base, jnp.asarray(censored, bool)
+        self.base = base
+        self.censored = np.flatnonzero(np.asarray(censored, bool))  # concrete: it comes with the data
         super().__init__(batch_shape=base.batch_shape)
 
     def sample(self, key, sample_shape=()):
         return self.base.sample(key, sample_shape)
 
     def log_prob(self, value):
-        base = self.base
-        # every run's CDF is computed and the exact runs' discarded: jnp.where passes on the
-        # discarded branch's gradient as 0 x gradient, which is why that gradient must be finite
-        bound = student_t_log_cdf((value - base.loc) / base.scale, base.df)
-        return jnp.where(self.censored, bound, base.log_prob(value))
+        # the CDF (two incomplete beta functions) only where a run is censored: computed for
+        # every run it made the gradient 3x dearer on a 98-run grid with 4 censored
+        base, i = self.base, self.censored
+        exact = base.log_prob(value)
+        at = lambda x: jnp.broadcast_to(x, exact.shape)[..., i]
+        bound = student_t_log_cdf((at(value) - at(base.loc)) / at(base.scale), at(base.df))
+        return exact.at[..., i].set(bound)
 
 
 def student_t_log_cdf(t, df):
