@@ -255,7 +255,7 @@ class UpperBounded(dist.Distribution):
 
     def __init__(self, base: dist.StudentT, censored):
         self.base = base
-        self.censored = np.flatnonzero(np.asarray(censored, bool))  # concrete: it comes with the data
+        self.censored_idx = np.flatnonzero(np.asarray(censored, bool))  # concrete: it comes with the data
         super().__init__(batch_shape=base.batch_shape)
 
     def sample(self, key, sample_shape=()):
@@ -264,7 +264,7 @@ class UpperBounded(dist.Distribution):
     def log_prob(self, value):
         # the CDF (two incomplete beta functions) only where a run is censored: computed for
         # every run, it made the gradient 1.3-1.9x dearer on the shipped two-source and gap grids
-        base, i = self.base, self.censored
+        base, i = self.base, self.censored_idx
         exact = base.log_prob(value)
         at = lambda x: jnp.broadcast_to(x, exact.shape)[..., i]
         bound = student_t_log_cdf((at(value) - at(base.loc)) / at(base.scale), at(base.df))
