@@ -331,10 +331,10 @@ def fit(
     benchmarks/fit_cost_breakdown.py): on a simulated 192-run transfer grid,
     depth 6 cut a dense fit's warm-up steps from 187,000 to 59,000 per chain
     with as few steps per draw (29.5 against 30.0): 15.0 s -> 8.9 s with the
-    sampler cached, on a quiet machine; but (one
-    seed each) on Lin et al.'s 1,260 curves (rectified law) it cut the bulk
-    ESS from 1,838 to 568 and the fit failed the gate, and on the shipped
-    two-source grid (diagonal mass) it took r_hat from 1.010 to 1.014.
+    sampler cached, on a quiet machine; but (one seed each) on Lin et al.'s
+    1,260 curves (rectified law) it cut the bulk ESS from 1,838 to 568 and
+    the fit failed the gate, and on the shipped two-source grid (diagonal
+    mass) it took r_hat from 1.010 to 1.014.
     """
     grid = load_grid(grid, include_capped=True)  # a Grid as it is; anything else with its capped runs
     spec = laws.get(law)
