@@ -371,9 +371,11 @@ def fit(
     if method == "nuts":
         if chain_method is None:
             chain_method = "parallel" if jax.local_device_count() >= chains else "vectorized"
+        sampler = {"method": "nuts", "chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
+                   "target_accept": target_accept, "chain_method": chain_method, "dense_mass": dense_mass,
+                   "max_tree_depth": MAX_TREE_DEPTH, "warmup_tree_depth": warmup_tree_depth}
         mcmc = MCMC(
-            NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=15),
-                 dense_mass=dense_mass, max_tree_depth=(warmup_tree_depth, MAX_TREE_DEPTH)),
+            nuts_kernel(model, sampler),
             num_warmup=warmup,
             num_samples=draws,
             num_chains=chains,
@@ -388,9 +390,6 @@ def fit(
         stats = mcmc.get_extra_fields(group_by_chain=True)
         sample_stats = {"diverging": np.asarray(stats["diverging"]), "energy": np.asarray(stats["energy"]),
                         "n_steps": np.asarray(stats["num_steps"])}
-        sampler = {"method": "nuts", "chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
-                   "target_accept": target_accept, "chain_method": chain_method, "dense_mass": dense_mass,
-                   "max_tree_depth": MAX_TREE_DEPTH, "warmup_tree_depth": warmup_tree_depth}
     else:
         samples, success = _map(model, data, prior_set, key, map_steps)
         sample_stats = {"diverging": np.zeros((1, 1), dtype=bool)}
@@ -405,6 +404,13 @@ def fit(
         what = "MAP optimisation failed" if method == "map" else "did not converge"
         warnings.warn(f"fit of law {law!r} {what}: {diag}", stacklevel=2)
     return result
+
+
+def nuts_kernel(model, sampler: dict) -> NUTS:
+    """The NUTS kernel of a fit's ``sampler`` settings (target_accept, dense_mass, the tree depths)."""
+    return NUTS(model, target_accept_prob=sampler["target_accept"], init_strategy=init_to_median(num_samples=15),
+                dense_mass=bool(sampler["dense_mass"]),
+                max_tree_depth=(sampler["warmup_tree_depth"], sampler["max_tree_depth"]))
 
 
 def _release_compiled_code() -> None:

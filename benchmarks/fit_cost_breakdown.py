@@ -47,10 +47,11 @@ from jax.flatten_util import ravel_pytree  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
-from numpyro.infer import MCMC, NUTS, Predictive, init_to_median, log_likelihood  # noqa: E402
+from numpyro.infer import MCMC, NUTS, Predictive, log_likelihood  # noqa: E402
 from numpyro.infer.util import initialize_model  # noqa: E402
 
 from bayes_transfer import fit  # noqa: E402
+from bayes_transfer.fit import nuts_kernel  # noqa: E402
 from bayes_transfer.grid import load_grid  # noqa: E402
 from bayes_transfer.models import design_grid, model_for, prepare, simulate_grid  # noqa: E402
 from bayes_transfer.priors import resolve_priors  # noqa: E402
@@ -107,10 +108,7 @@ def sampler_step_cost(dim: int, dense: bool, draws: int = 4000) -> float:
 
 def warmup_steps(model, data, priors, sampler: dict, warmup: int) -> int:
     """Leapfrog steps of one chain's warm-up with the fit's NUTS settings (fit() does not record them)."""
-    nuts = NUTS(model, target_accept_prob=sampler["target_accept"], init_strategy=init_to_median(num_samples=15),
-                dense_mass=bool(sampler.get("dense_mass")),
-                max_tree_depth=(sampler["warmup_tree_depth"], sampler["max_tree_depth"]))
-    mcmc = MCMC(nuts, num_warmup=warmup, num_samples=1, progress_bar=False)
+    mcmc = MCMC(nuts_kernel(model, sampler), num_warmup=warmup, num_samples=1, progress_bar=False)
     mcmc.warmup(jax.random.PRNGKey(0), data, priors, y=data.y, extra_fields=("num_steps",), collect_warmup=True)
     return int(mcmc.get_extra_fields()["num_steps"].sum())
 
