@@ -574,3 +574,33 @@ def test_run_lengths_calibrate_on_finished_runs(tmp_path):
     assert length.tokens(cell) == pytest.approx(3 * 2e5 * 16 * (n_params("150k") / 1e5) ** -0.5, rel=0.2)
     assert RunLength().tokens(cell) == expected_tokens(131072, True)
     assert f"calibrated on {length.runs} finished runs" in length.describe() and "D_F^1.0" in length.describe()
+
+
+def test_specs_run_together_keep_the_workers_busy_and_train_a_shared_run_once(tmp_path, monkeypatch):
+    """With two workers, spec b's pre-training starts while spec a's runs (a's fine-tuning
+    waits for it, leaving a worker idle), and the scratch run both specs hold trains once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainer import scheduler
+
+    root, out = corpus_root(tmp_path), tmp_path / "out"
+    a, b = _shared_scratch_spec(tmp_path, "a", "text"), _shared_scratch_spec(tmp_path, "b", "text+code")
+    both_pretraining = threading.Barrier(2, timeout=60)  # broken unless the two pre-trainings overlap
+    trained, real_run_task = [], scheduler.run_task
+
+    def run_task(spec, out, corpora, pack, kind, idx, *args):
+        if kind == "pre":
+            both_pretraining.wait()
+        else:
+            rd = RunDir(spec, out, corpora, pack)
+            trained.extend(c.run_id for c in rd.to_train(rd.groups()[1][idx]))
+        return real_run_task(spec, out, corpora, pack, kind, idx, *args)
+
+    # threads instead of processes, so the wrapped task is the one that runs
+    monkeypatch.setattr(scheduler, "ProcessPoolExecutor", lambda n, **_: ThreadPoolExecutor(n))
+    monkeypatch.setattr(scheduler, "run_task", run_task)
+    summaries = scheduler.run_grids([a, b], out, root, device="cpu", workers=2)
+    assert [s["complete"] for s in summaries] == [True, True]
+    assert [s["finished_runs"] for s in summaries] == [2, 1]
+    assert sorted(trained) == sorted({c.run_id for c in a.cells + b.cells})  # 3 runs, none twice

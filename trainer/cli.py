@@ -137,7 +137,8 @@ def run(
 
 @grid_app.command("run")
 def grid_run(
-    specs: list[Path] = typer.Argument(..., help="grid spec(s) (TOML), run in order into the same directory"),
+    specs: list[Path] = typer.Argument(..., help="grid spec(s) (TOML) run into the same directory: "
+                                     "groups start spec by spec, and an idle worker takes the next spec's"),
     out: Path = typer.Option(..., help="output directory (shared by specs whose runs overlap)"),
     corpora: Optional[Path] = typer.Option(None, help="corpus root dir or packed .tar"),
     time_limit: Optional[float] = typer.Option(None, min=0, help="seconds (all specs together): then groups in "
@@ -152,16 +153,12 @@ def grid_run(
     workers: Optional[int] = typer.Option(None, min=1, help="groups trained at once, each in its own process "
                                           "(default: the free cores on a CPU, 1 on a GPU)"),
     nice: bool = typer.Option(True, "--nice/--no-nice", help="on a CPU, run at low priority (nice 10)"),
-    order: str = typer.Option("longest", help="within each spec (specs run in the order given): longest groups "
+    order: str = typer.Option("longest", help="within each spec: longest groups "
                               "first (the whole grid soonest) or shortest (the most runs finished by a time limit)"),
 ):
     """Run every pending run of one or more grids (resumable: finished runs are kept)."""
-    import time
-
-    from trainer.scheduler import GridLocked, run_grid
+    from trainer.scheduler import ORDERS, GridLocked, run_grids
     from trainer.spec import SpecError
-
-    from trainer.scheduler import ORDERS
 
     if order not in ORDERS:
         _fail(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
@@ -174,24 +171,22 @@ def grid_run(
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is not a directory")
     _be_nice(dev, nice)
-    t0 = time.monotonic()
-    for sp in sps:
-        try:
-            if executor:
-                from trainer.slurm import submit_grid
+    try:
+        if executor:
+            from trainer.slurm import submit_grid
 
-                summary = submit_grid(sp, out, corpora, executor=executor, chunk=chunk, partition=partition,
-                                      log=_log)
-            else:
-                left = None if time_limit is None else max(0.0, time_limit - (time.monotonic() - t0))
-                summary = run_grid(sp, out, corpora, time_limit=left, device=dev, compile=compile,
-                                   workers=workers, order=order, log=_log)
-        except GridLocked as e:
-            _fail(str(e), 3)
-        except (SpecError, ValueError, FileNotFoundError) as e:
-            _fail(str(e))
-        except OSError as e:
-            _fail(_os_error(e))
+            summaries = [submit_grid(sp, out, corpora, executor=executor, chunk=chunk, partition=partition, log=_log)
+                         for sp in sps]
+        else:
+            summaries = run_grids(sps, out, corpora, time_limit=time_limit, device=dev, compile=compile,
+                                  workers=workers, order=order, log=_log)
+    except GridLocked as e:
+        _fail(str(e), 3)
+    except (SpecError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(_os_error(e))
+    for summary in summaries:
         typer.echo(json.dumps(summary))
 
 

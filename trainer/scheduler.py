@@ -21,9 +21,11 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import multiprocessing
 import os
 import time
 import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from trainer.data import Corpora, Stream, source_mix, stable_int
@@ -386,17 +388,23 @@ def order_tasks(pre: set, cells: set, cost, order: str = "longest") -> list:
             + sorted([("cell", i) for i in cells], key=lambda t: sign * cost(*t)))
 
 
-def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: float | None = None,
-             device=None, compile=None, workers: int | None = None, pack: int | None = None,
-             order: str = "longest", log=print) -> dict:
-    """Run every pending group, `workers` at a time (separate processes when
-    more than one; default: the free cores on a CPU, 1 on a GPU), in
-    ``order`` (``order_tasks``). At a time limit the groups in flight save
-    their state and stop; the next call resumes them. Fine-tuning groups
-    start once their checkpoints exist."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+def run_grid(spec: Spec, out: Path, corpora: Path | None = None, **kwargs) -> dict:
+    """``run_grids`` for one spec: its summary."""
+    return run_grids([spec], out, corpora, **kwargs)[0]
 
+
+def run_grids(specs: list[Spec], out: Path, corpora: Path | None = None, time_limit: float | None = None,
+              device=None, compile=None, workers: int | None = None, pack: int | None = None,
+              order: str = "longest", log=print) -> list[dict]:
+    """Run every pending group of ``specs`` into one output directory, `workers`
+    at a time (separate processes when more than one; default: the free cores
+    on a CPU, 1 on a GPU). Groups start spec by spec, each spec's in ``order``
+    (``order_tasks``); a worker left idle by one spec (its last groups running,
+    or waiting for checkpoints) takes the next spec's groups, so the cores stay
+    busy across specs. A run or pre-training job that two specs share is trained
+    once. At a time limit the groups in flight save their state and stop; the
+    next call resumes them. Fine-tuning groups start once their checkpoints exist.
+    Returns one summary per spec."""
     import torch
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -406,82 +414,104 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
     workers = workers if workers is not None else (1 if cuda else free_cores())
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    pack = pack or default_pack(spec, cuda)
+    packs = [pack or default_pack(sp, cuda) for sp in specs]
     t0 = time.monotonic()
     deadline = t0 + time_limit if time_limit is not None else None
-    RunDir(spec, out, corpora, pack).corpora  # missing corpora: an error before the output folder is made
+    for sp, pk in zip(specs, packs):
+        RunDir(sp, out, corpora, pk).corpora  # missing corpora: an error before the output folder is made
     with DirLock(out):
         swept = sweep_temps(out)
         if swept:
             log(f"removed {swept} temporary file(s) left by an interrupted run")
-        rd = RunDir(spec, out, corpora, pack)
-        rd.validate()
-        rd.save_spec()
-        pgs, cgs = rd.groups()
-        pend_pre = {i for i, g in enumerate(pgs) if any(rd.job_needed(j) for j in g)}
-        pend_cell = {i for i, g in enumerate(cgs) if rd.to_train(g)}
-
+        rds = [RunDir(sp, out, corpora, pk) for sp, pk in zip(specs, packs)]
+        for rd in rds:
+            rd.validate()
+            rd.save_spec()
+        groups = [rd.groups() for rd in rds]
         length = RunLength.calibrated(out)
-
-        def cost(kind: str, i: int, speed) -> float:
-            """A group's pending work at speed(group) tokens/s (seconds, or FLOPs with 1/flops-per-token)."""
-            g = [j for j in pgs[i] if rd.job_needed(j)] if kind == "pre" else rd.to_train(cgs[i])
-            return pretrain_seconds(g, speed(g)) if kind == "pre" else group_seconds(g, speed(g), length)
-
         per_flop = lambda g: 1.0 / flops_per_token(g[0].size)  # noqa: E731
-        tasks = order_tasks(pend_pre, pend_cell, lambda kind, i: cost(kind, i, per_flop), order)
+
+        def members(s: int, kind: str, i: int) -> list:
+            """What task (kind, i) of spec s would train now."""
+            rd, (pgs, cgs) = rds[s], groups[s]
+            return [j for j in pgs[i] if rd.job_needed(j)] if kind == "pre" else rd.to_train(cgs[i])
+
+        def key(m) -> str:
+            return m.job_id if isinstance(m, PretrainJob) else m.run_id
+
+        tasks = []  # (spec index, kind, group index), spec by spec
+        for s, (rd, (pgs, cgs)) in enumerate(zip(rds, groups)):
+            def cost(kind: str, i: int, s=s) -> float:  # expected FLOPs of a group's pending work
+                g = members(s, kind, i)
+                return pretrain_seconds(g, per_flop(g)) if kind == "pre" else group_seconds(g, per_flop(g), length)
+
+            pend = ({i for i, g in enumerate(pgs) if members(s, "pre", i)},
+                    {i for i, g in enumerate(cgs) if members(s, "cell", i)})
+            tasks += [(s, *t) for t in order_tasks(*pend, cost, order)]
 
         def ready(task) -> bool:
-            return task[0] == "pre" or all(
-                c.pretrain_job is None or rd.done(c) or rd.ckpt_path(c.pretrain_job, c.pretrain_tokens).exists()
-                for c in cgs[task[1]])
+            s, kind, i = task
+            return kind == "pre" or all(
+                c.pretrain_job is None or rds[s].done(c) or rds[s].ckpt_path(c.pretrain_job, c.pretrain_tokens).exists()
+                for c in groups[s][1][i])
 
         pool = _InProcess() if workers == 1 else ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
             initargs=(os.getpid(),))
-        finished, stopped, blocked = 0, False, False
-        n_total = sum(len(cgs[i]) if k == "cell" else len(pgs[i]) for k, i in tasks)
+        finished, stopped = [0] * len(specs), False
+        training: set[str] = set()  # runs and pre-training jobs in flight, so a shared one trains once
+        n_total = len({key(x) for t in tasks for x in members(*t)})
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=Console(stderr=True), transient=False) as bar:
-                task_bar = bar.add_task(spec.name, total=n_total)
+                task_bar = bar.add_task(", ".join(sp.name for sp in specs), total=n_total)
                 in_flight: dict = {}
                 while True:
                     while len(in_flight) < workers and not stopped:
                         if deadline is not None and time.monotonic() > deadline:
                             stopped = True
                             break
-                        nxt = next((t for t in tasks if ready(t)), None)
+                        nxt = None
+                        for t in list(tasks):
+                            m = {key(x) for x in members(*t)}
+                            if not m:  # trained meanwhile under another spec
+                                tasks.remove(t)
+                            elif ready(t) and not m & training:
+                                nxt = t
+                                break
                         if nxt is None:
                             break
                         tasks.remove(nxt)
-                        g = pgs[nxt[1]] if nxt[0] == "pre" else cgs[nxt[1]]
-                        bar.update(task_bar, description=f"{nxt[0]} {g[0].size} x{len(g)}")
-                        in_flight[pool.submit(run_task, spec, out, corpora, pack, nxt[0], nxt[1], dev, compile,
-                                              deadline)] = (nxt, len(g))
+                        s, kind, i = nxt
+                        m = members(*nxt)
+                        training |= {key(x) for x in m}
+                        bar.update(task_bar, description=f"{specs[s].name}: {kind} {m[0].size} x{len(m)}")
+                        in_flight[pool.submit(run_task, specs[s], out, corpora, packs[s], kind, i, dev, compile,
+                                              deadline)] = (nxt, m)
                     if not in_flight:
-                        blocked = bool(tasks) and not stopped
                         break
                     done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                     for f in done:
-                        (kind, idx), n = in_flight.pop(f)
-                        g = pgs[idx] if kind == "pre" else cgs[idx]
-                        what = "pre-training" if kind == "pre" else "runs"
+                        (s, kind, i), m = in_flight.pop(f)
+                        training -= {key(x) for x in m}
+                        what = f"{specs[s].name}: " + ("pre-training" if kind == "pre" else "runs")
+                        n = len(m)
                         try:
                             ok, runs = f.result()
                         except ResumeError as e:
                             # one group's saved state belongs to another commit: the rest of the grid goes on
-                            log(f"{what} {g[0].size} x{n} skipped: {e}")
+                            log(f"{what} {m[0].size} x{n} skipped: {e}")
                             continue
-                        finished += runs
-                        rd.refresh()  # records written by workers
+                        finished[s] += runs
+                        for rd in rds:
+                            rd.refresh()  # records written by workers
                         if not ok:
-                            log(f"{what} {g[0].size} x{n} stopped at the time limit; they resume on the next call")
+                            log(f"{what} {m[0].size} x{n} stopped at the time limit; they resume on the next call")
                             stopped = True
                             continue
                         bar.advance(task_bar, n)
                         # one line per group as well: the bar alone shows nothing in a log file
-                        log(f"{what} {g[0].size} x{n} done: "
+                        log(f"{what} {m[0].size} x{n} done: "
                             f"{bar.tasks[0].completed:.0f}/{n_total}, {time.monotonic() - t0:.0f} s")
         except BaseException:
             # Interrupted (Ctrl-C, an error): do not wait for groups in flight; the
@@ -489,17 +519,20 @@ def run_grid(spec: Spec, out: Path, corpora: Path | None = None, time_limit: flo
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        if blocked:
-            log("some runs wait for pre-training checkpoints that were not made")
-        rd.refresh()
-        held = [c for g in cgs for c in g if not rd.done(c) and c not in rd.to_train(g)]
-        if held:
-            log(f"{len(held)} run(s) wait in the saved state of another grid's group in {out}: "
-                f"run that grid's spec to resume them")
-        pg, cg = rd.pending()
-    return dict(spec=spec.name, finished_runs=finished, remaining_runs=sum(len(g) for g in cg),
-                remaining_pretrain=sum(len(g) for g in pg), wall_s=round(time.monotonic() - t0, 1),
-                complete=not pg and not cg)
+        summaries = []
+        for s, (sp, rd, (pgs, cgs)) in enumerate(zip(specs, rds, groups)):
+            rd.refresh()
+            if not stopped and any(t[0] == s for t in tasks):
+                log(f"{sp.name}: some runs wait for pre-training checkpoints that were not made")
+            held = [c for g in cgs for c in g if not rd.done(c) and c not in rd.to_train(g)]
+            if held:
+                log(f"{sp.name}: {len(held)} run(s) wait in the saved state of another grid's group in {out}: "
+                    f"run that grid's spec to resume them")
+            pg, cg = rd.pending()
+            summaries.append(dict(spec=sp.name, finished_runs=finished[s], remaining_runs=sum(len(g) for g in cg),
+                                  remaining_pretrain=sum(len(g) for g in pg), wall_s=round(time.monotonic() - t0, 1),
+                                  complete=not pg and not cg))
+    return summaries
 
 
 def dry_run_estimate(spec: Spec, out: Path, cuda: bool = False, pack: int | None = None) -> dict:
