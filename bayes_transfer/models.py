@@ -238,6 +238,14 @@ def _sample(sites, priors, sizes: dict, level: dict, skip=()) -> dict:
     return out
 
 
+def _per_run(values, idx: np.ndarray):
+    """``values[idx]`` (per-group values read per run, along the last axis), as a product with
+    the one-hot matrix of ``idx``. An indexed read's gradient is a scatter-add, which XLA's CPU
+    code runs slowly: this halves the gradient of the transfer and gap models on the shipped
+    two-source and gap grids (benchmarks/fit_cost_breakdown.py)."""
+    return values @ jnp.asarray(np.eye(values.shape[-1])[idx].T)
+
+
 def _record(natural: dict) -> None:
     for name, value in natural.items():
         numpyro.deterministic(name, value)
@@ -346,10 +354,10 @@ def transfer_model(data: ModelData, priors: dict, y=None):
     _record(law.natural(s_tr, data))
     ft = data.finetuned
     j = np.where(ft, data.pair_idx, 0)
-    x_DE = laws.transfer_log_effective_data(data.x_N, data.x_D, {k: v[j] for k, v in s_tr.items()})
+    x_DE = laws.transfer_log_effective_data(data.x_N, data.x_D, {k: _per_run(v, j) for k, v in s_tr.items()})
     x_D = jnp.where(ft, x_DE, data.x_D)
     t = data.target_idx
-    mu = form.log_loss_centred(data.x_N, x_D, {k: v[t] for k, v in s_scr.items()}, data.inputs)
+    mu = form.log_loss_centred(data.x_N, x_D, {k: _per_run(v, t) for k, v in s_scr.items()}, data.inputs)
     _likelihood(data, priors, mu, y)
 
 
@@ -370,9 +378,9 @@ def transfer_gap_model(data: ModelData, priors: dict, y=None):
     t, ft = data.target_idx, data.finetuned
     j = np.where(ft, data.pair_idx, 0)
     log = {k: jnp.log(v) for k, v in s.items() if k not in ("alpha_f", "alpha_p")}
-    pre = laws.log_transfer_gap(data.x_p, data.x_D, log["A_p_term"][j], s["alpha_p"][j], log["G_term"][j],
-                                s["alpha_f"][t], log["E"][t])
-    scr = laws.log_gap_scratch(data.x_D, log["C_0_term"][t], s["alpha_f"][t], log["E"][t])
+    pre = laws.log_transfer_gap(data.x_p, data.x_D, _per_run(log["A_p_term"], j), _per_run(s["alpha_p"], j),
+                                _per_run(log["G_term"], j), _per_run(s["alpha_f"], t), _per_run(log["E"], t))
+    scr = laws.log_gap_scratch(data.x_D, _per_run(log["C_0_term"], t), _per_run(s["alpha_f"], t), _per_run(log["E"], t))
     _likelihood(data, priors, jnp.where(ft, pre, scr), y)
 
 
