@@ -602,5 +602,5 @@ def test_specs_run_together_keep_the_workers_busy_and_train_a_shared_run_once(tm
     monkeypatch.setattr(scheduler, "run_task", run_task)
     summaries = scheduler.run_grids([a, b], out, root, device="cpu", workers=2)
     assert [s["complete"] for s in summaries] == [True, True]
-    assert [s["finished_runs"] for s in summaries] == [2, 1]
+    assert sum(s["finished_runs"] for s in summaries) == 3  # the shared run counts for whichever spec trained it
     assert sorted(trained) == sorted({c.run_id for c in a.cells + b.cells})  # 3 runs, none twice

@@ -175,19 +175,19 @@ def grid_run(
         if executor:
             from trainer.slurm import submit_grid
 
-            summaries = [submit_grid(sp, out, corpora, executor=executor, chunk=chunk, partition=partition, log=_log)
-                         for sp in sps]
+            for sp in sps:  # one spec's array jobs after another's; each summary as it is known
+                typer.echo(json.dumps(submit_grid(sp, out, corpora, executor=executor, chunk=chunk,
+                                                  partition=partition, log=_log)))
         else:
-            summaries = run_grids(sps, out, corpora, time_limit=time_limit, device=dev, compile=compile,
-                                  workers=workers, order=order, log=_log)
+            for summary in run_grids(sps, out, corpora, time_limit=time_limit, device=dev, compile=compile,
+                                     workers=workers, order=order, log=_log):
+                typer.echo(json.dumps(summary))
     except GridLocked as e:
         _fail(str(e), 3)
     except (SpecError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     except OSError as e:
         _fail(_os_error(e))
-    for summary in summaries:
-        typer.echo(json.dumps(summary))
 
 
 def _print_dry_run(sp, out: Path, cuda: bool) -> None:
