@@ -361,12 +361,14 @@ def test_a_group_stopped_at_the_time_limit_resumes_where_it_stopped(tmp_path):
     from trainer.scheduler import saved_states
 
     run_grid(sp, tmp_path / "cut", root, time_limit=0)  # records the spec only
-    assert status(tmp_path / "cut")[0]["saved"] == len(cells)
+    st = status(tmp_path / "cut")[0]
+    assert st["saved"] == len(cells) and sorted(st["pending_runs"]) == sorted(c.run_id for c in sp.cells)
     state, = saved_states(tmp_path / "cut")
     assert state["runs"] == [c.run_id for c in cells] and state["step"] == 0 and state["steps"] > 0
     again = run_grid(sp, tmp_path / "cut", root, workers=1)
     assert again["complete"] and again["finished_runs"] == ref["finished_runs"]
     assert not list((tmp_path / "cut" / "resume").glob("*")) and status(tmp_path / "cut")[0]["saved"] == 0
+    assert status(tmp_path / "cut")[0]["pending_runs"] == []
     for f in (tmp_path / "ref" / "runs").glob("*.json"):
         a = json.loads(f.read_text())["result"]
         b = json.loads((tmp_path / "cut" / "runs" / f.name).read_text())["result"]

@@ -275,7 +275,8 @@ def grid_price(
 
 
 @grid_app.command("status")
-def grid_status(out: Path = typer.Argument(..., help="grid output directory")):
+def grid_status(out: Path = typer.Argument(..., help="grid output directory"),
+                pending: bool = typer.Option(False, "--pending", help="also list each spec's runs not finished")):
     """Finished, pending, failed and damaged runs per spec in a grid directory, and its pre-training runs done."""
     from trainer.export import status
     from trainer.spec import SpecError
@@ -298,6 +299,12 @@ def grid_status(out: Path = typer.Argument(..., help="grid output directory")):
     # in a log or a pipe the table keeps its full width: a spec's name is what `grid export --spec` takes
     console = console if console.is_terminal else Console(width=200)
     console.print(t)
+    if pending:
+        for r in rows:
+            # the id without its settings hash: size, source, pre-training, D_F and seed say which cell
+            names = sorted(rid.rsplit("-", 1)[0] for rid in r["pending_runs"])
+            console.print(f"{r['spec']}: {len(names)} not finished" + (": " + ", ".join(names) if names else ""),
+                          highlight=False)
     from trainer.scheduler import saved_states
 
     for s in saved_states(out):  # groups stopped part-way: where each resumes

@@ -28,13 +28,15 @@ def _specs(out: Path) -> dict[str, dict]:
 
 def status(out: Path) -> list[dict]:
     """Per spec recorded in out: total runs and how many are ok/capped/failed/pending/damaged,
-    how many pending ones have saved state to resume from (``saved``), and its
-    pre-training runs finished of all (``pretrain``: "done/total")."""
+    how many pending ones have saved state to resume from (``saved``), its
+    pre-training runs finished of all (``pretrain``: "done/total"), and the ids
+    of the runs not finished (``pending_runs``: pending or damaged)."""
     out = Path(out)
     saved = {rid for s in saved_states(out) for rid in s["runs"]}
     rows = []
     for name, info in _specs(out).items():
         counts: dict[str, int] = {}
+        left = []
         for rid in info["run_ids"]:
             p = out / "runs" / f"{rid}.json"
             if not p.exists():
@@ -43,8 +45,11 @@ def status(out: Path) -> list[dict]:
                 rec = read_record(p)
                 st = rec["result"]["status"] if rec else "damaged"
             counts[st] = counts.get(st, 0) + 1
+            if st in ("pending", "damaged"):
+                left.append(rid)
         rows.append(dict(spec=name, total=len(info["run_ids"]), **counts,
-                         saved=sum(rid in saved for rid in info["run_ids"]), pretrain=_pretrain_done(out, info)))
+                         saved=sum(rid in saved for rid in info["run_ids"]), pretrain=_pretrain_done(out, info),
+                         pending_runs=left))
     return rows
 
 
