@@ -445,8 +445,8 @@ def run_grids(specs: list[Spec], out: Path, corpora: Path | None = None, time_li
                 g = members(s, kind, i)
                 return pretrain_seconds(g, per_flop(g)) if kind == "pre" else group_seconds(g, per_flop(g), length)
 
-            pend = ({i for i, g in enumerate(pgs) if members(s, "pre", i)},
-                    {i for i, g in enumerate(cgs) if members(s, "cell", i)})
+            pend = ({i for i in range(len(pgs)) if members(s, "pre", i)},
+                    {i for i in range(len(cgs)) if members(s, "cell", i)})
             tasks += [(s, *t) for t in order_tasks(*pend, cost, order)]
 
         def ready(task) -> bool:
