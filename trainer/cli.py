@@ -215,6 +215,11 @@ def _print_dry_run(sp, out: Path, cuda: bool) -> None:
     typer.echo(f"estimated cost of what remains: pre-training {e['pretrain_s'] / 3600:.2f} + runs "
                f"{e['runs_s'] / 3600:.2f} = {e['total_s'] / 3600:.2f} {unit} (speeds probed on this machine; "
                f"{e['run_length']})")
+    if e["p_capped"]:
+        likely = sorted((p, r) for r, p in e["p_capped"].items() if p > 0.5)[::-1]
+        typer.echo(f"expected to reach their token budget before early stopping (capped): "
+                   f"{sum(e['p_capped'].values()):.1f} of the {len(e['p_capped'])} runs left"
+                   + (f"; more likely than not: " + ", ".join(f"{r} ({p:.2f})" for p, r in likely) if likely else ""))
 
 
 @grid_app.command("price")
@@ -261,7 +266,7 @@ def grid_price(
             seen.add(c.run_id)
             speed = probe_tokens_per_s(c.size, 1, c.settings.batch, dev.type)
             secs = group_seconds([c], speed, length)
-            flops = length.tokens(c) * flops_per_token(c.size)
+            flops = length.within_budget(c) * flops_per_token(c.size)
             if c.pretrain_job:
                 secs += pre[c.pretrain_job][0] / users[c.pretrain_job]
                 flops += pre[c.pretrain_job][1] / users[c.pretrain_job]

@@ -98,55 +98,106 @@ class RunLength:
 
     Without coefficients: the rule that sets the token budgets
     (trainer.spec.expected_tokens). ``calibrated`` fits
-    log t = a + b log(D_F / 8 KiB) + c [scratch] + d log(N / 1e5) to a grid's
-    finished runs instead: on the CPU grids the rule ran 1.4x short on
-    average and missed the dependence on D_F (0.78, not 0.6) and on N.
+    log t = a + b log(D_F / 8 KiB) + c [scratch] + d log(N / 1e5) + e, e ~ Normal(0, spread),
+    to a grid's finished runs instead, a capped run counting as a lower bound
+    (it would have trained longer): on the CPU grids the rule ran short and
+    missed the dependence on D_F (0.79, not 0.6) and on N.
     """
+
     coef: tuple[float, float, float, float] | None = None
     runs: int = 0  # finished runs the coefficients were fitted to
+    capped: int = 0  # of which capped (lower bounds)
     spread: float = math.nan  # residual sd of log tokens: one run's length is uncertain by exp(spread)
 
     MIN_RUNS = 20
 
-    def tokens(self, c: Cell) -> float:
-        scratch = c.source == SCRATCH
-        if self.coef is None:
-            return expected_tokens(c.data_tokens, scratch)
-        a, b, s, d = self.coef
+    def _log_median(self, c: Cell) -> float:
         from trainer.scheduler import n_params
 
-        return math.exp(a + b * math.log(c.data_tokens / 8192) + s * scratch + d * math.log(n_params(c.size) / 1e5))
+        a, b, s, d = self.coef
+        return a + b * math.log(c.data_tokens / 8192) + s * (c.source == SCRATCH) + d * math.log(n_params(c.size) / 1e5)
+
+    def tokens(self, c: Cell) -> float:
+        """The median tokens to early stopping, budget aside."""
+        if self.coef is None:
+            return expected_tokens(c.data_tokens, c.source == SCRATCH)
+        return math.exp(self._log_median(c))
+
+    def within_budget(self, c: Cell) -> float:
+        """Expected tokens a run trains: E[min(t, budget)] over the spread of run lengths
+        (the median, cut at the budget, where the rule is not calibrated)."""
+        budget = c.settings.max_steps * c.settings.batch * CTX
+        if self.coef is None:
+            return min(self.tokens(c), budget)
+        from scipy.stats import norm
+
+        m, s, lb = self._log_median(c), self.spread, math.log(budget)
+        return math.exp(m + s * s / 2) * norm.cdf((lb - m - s * s) / s) + budget * norm.sf((lb - m) / s)
+
+    def p_capped(self, c: Cell) -> float | None:
+        """Probability that the run reaches its token budget before early stopping (None uncalibrated)."""
+        if self.coef is None:
+            return None
+        from scipy.stats import norm
+
+        budget = c.settings.max_steps * c.settings.batch * CTX
+        return float(norm.sf((math.log(budget) - self._log_median(c)) / self.spread))
 
     @classmethod
     def calibrated(cls, out: Path | None) -> "RunLength":
-        """Fitted to the finished (not capped) runs recorded under ``out``/runs, by least
-        squares on log tokens; the default rule where they are too few or too alike."""
+        """Fitted to the runs recorded under ``out``/runs by maximum likelihood on log tokens,
+        a capped run's tokens a lower bound (a Tobit regression: dropping capped runs, as least
+        squares on the others would, leaves out the longest runs and biases lengths short); the
+        default rule where finished runs are too few or too alike."""
         from trainer.scheduler import read_record
 
         rows = []
         for path in sorted(Path(out, "runs").glob("*.json")) if out is not None else []:
             rec = read_record(path)
-            if rec is None or rec["result"]["status"] != "ok" or not rec["result"].get("curve_tokens"):
+            if rec is None or rec["result"]["status"] not in ("ok", "capped") or not rec["result"].get("curve_tokens"):
                 continue
             c = rec["cell"]
             rows.append(([1.0, math.log(c["data_tokens"] / 8192), float(c["source"] == SCRATCH),
-                          math.log(rec["n_params"] / 1e5)], math.log(rec["result"]["curve_tokens"][-1])))
+                          math.log(rec["n_params"] / 1e5)], math.log(rec["result"]["curve_tokens"][-1]),
+                         rec["result"]["status"] == "capped"))
         if len(rows) < cls.MIN_RUNS:
             return cls()
         X, y = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
-        if np.linalg.matrix_rank(X) < X.shape[1]:  # one size, one D_F, or one kind: nothing to fit
+        capped = np.array([r[2] for r in rows])
+        if np.linalg.matrix_rank(X[~capped]) < X.shape[1]:  # one size, one D_F, or one kind: nothing to fit
             return cls()
-        coef = np.linalg.lstsq(X, y, rcond=None)[0]
-        resid = y - X @ coef
-        return cls(tuple(float(v) for v in coef), len(rows), float(np.sqrt(resid @ resid / (len(y) - X.shape[1]))))
+        coef, spread = censored_least_squares(X, y, capped)
+        return cls(tuple(float(v) for v in coef), len(rows), int(capped.sum()), spread)
 
     def describe(self) -> str:
         if self.coef is None:
             return "run lengths from the rule that sets the token budgets (too few finished runs here to calibrate it)"
         a, b, s, d = self.coef
-        return (f"run lengths calibrated on {self.runs} finished runs here: tokens ~ D_F^{b:.2f} N^{d:.2f}, "
-                f"from scratch {math.exp(s):.2f}x fine-tuned; one run's length within a factor "
-                f"{math.exp(self.spread):.2f} (1 sd)")
+        return (f"run lengths calibrated on {self.runs} finished runs here ({self.capped} capped, as lower bounds): "
+                f"tokens ~ D_F^{b:.2f} N^{d:.2f}, from scratch {math.exp(s):.2f}x fine-tuned; one run's length "
+                f"within a factor {math.exp(self.spread):.2f} (1 sd)")
+
+
+def censored_least_squares(X: np.ndarray, y: np.ndarray, lower: np.ndarray) -> tuple[np.ndarray, float]:
+    """Maximum likelihood of y = X coef + Normal(0, sd) where rows ``lower`` only bound y from
+    below; returns (coef, sd). Least squares on the exact rows starts it."""
+    from scipy.optimize import minimize
+    from scipy.stats import norm
+
+    exact = ~lower
+    coef0 = np.linalg.lstsq(X[exact], y[exact], rcond=None)[0]
+    r0 = y[exact] - X[exact] @ coef0
+    sd0 = max(float(np.sqrt(r0 @ r0 / max(exact.sum() - X.shape[1], 1))), 1e-3)
+    if not lower.any():
+        return coef0, sd0
+
+    def nll(theta):
+        coef, log_sd = theta[:-1], theta[-1]
+        z = (y - X @ coef) / math.exp(log_sd)
+        return -(norm.logpdf(z[exact]).sum() - exact.sum() * log_sd + norm.logsf(z[lower]).sum())
+
+    theta = minimize(nll, np.r_[coef0, math.log(sd0)], method="BFGS").x
+    return theta[:-1], float(math.exp(theta[-1]))
 
 
 def group_seconds(cells: list[Cell], speed: float, length: RunLength = RunLength()) -> float:
@@ -155,7 +206,7 @@ def group_seconds(cells: list[Cell], speed: float, length: RunLength = RunLength
     evaluations: a forward pass costs about a third of a training step."""
     st = cells[0].settings
     per_step = st.batch * CTX
-    runs = [min(length.tokens(c), st.max_steps * per_step) for c in cells]
+    runs = [length.within_budget(c) for c in cells]
     train = max(max(runs), sum(runs) / len(runs)) * len(cells)
     n_evals = max(runs) / per_step / st.eval_interval + 8
     evals = len(cells) * (n_evals * st.eval_seqs + st.report_seqs) * CTX / 3
