@@ -101,7 +101,7 @@ class RunLength:
     log t = a + b log(D_F / 8 KiB) + c [scratch] + d log(N / 1e5) + e, e ~ Normal(0, spread),
     to a grid's finished runs instead, a capped run counting as a lower bound
     (it would have trained longer): on the CPU grids the rule ran short and
-    missed the dependence on D_F (0.79, not 0.6) and on N.
+    missed the dependence on D_F (0.96, not 0.6; trainer/BENCH.md) and on N.
     """
 
     coef: tuple[float, float, float, float] | None = None
