@@ -492,7 +492,7 @@ TRANSFER_GAP = Law(
              meaning="irreducible loss (nats/token)"),
         Site("C_0_term", TERM, lambda: dist.Gamma(2.0, 2.0), meaning="C_0 f^-alpha_f at the grid centre (nats/token)"),
         # per pair, spreads fixed with 2-4 pairs as the transfer law's are: learnt from three
-        # targets, G_term's spread fell into its funnel (1-3 divergences on the 70-run CPU gap grid)
+        # targets, G_term's spread falls into its funnel (divergences on the CPU gap grid: docs/priors.md)
         Site("alpha_p", EXPONENT, lambda: dist.Gamma(2.0, 4.0), meaning="pre-training-data exponent", few=0.5),
         Site("A_p_term", TERM, lambda: dist.Gamma(2.0, 2.0),
              meaning="A_p p^-alpha_p f^-alpha_f at the grid centre (nats/token)", few=1.0),
