@@ -572,7 +572,7 @@ def test_run_lengths_calibrate_on_finished_runs(tmp_path):
     with pytest.warns(UserWarning, match="damaged"):
         length = RunLength.calibrated(tmp_path)
     assert length.runs == 10 + 6 * len(cells) and length.capped >= capped and 0.3 < capped / len(cells * 6) < 0.5
-    # 3 sd of each estimate over repeated simulations of this design: 0.11, 0.06, 0.11, 0.09; spread 0.05
+    # bounds at 3 sd of each estimate over repeated simulations of this design (0.11, 0.06, 0.11, 0.09; spread 0.05)
     assert np.all(np.abs(np.subtract(length.coef, truth)) < [0.33, 0.17, 0.34, 0.27]) and 0.33 < length.spread < 0.63
     # the same runs without their capped ones, by least squares: the D_F slope comes out too shallow
     # (by 0.16 on average over repeated simulations, where the censored fit's is unbiased)
@@ -590,15 +590,33 @@ def test_run_lengths_calibrate_on_finished_runs(tmp_path):
                 settings=settings, pretrain_job=None)
     a, b, c, d = length.coef
     assert length.tokens(cell) == pytest.approx(np.exp(a + b * np.log(16) + c + d * np.log(n_params("150k") / 1e5)))
-    # P(capped) and E[min(t, budget)] against draws from the fitted lognormal
-    draws = np.exp(np.log(length.tokens(cell)) + length.spread * rng.standard_normal(200_000))
+    # P(capped) and E[min(t, budget)] against draws from the fitted lognormal, for a cell
+    # likely capped and one whose budget is near its median length
+    draws = np.exp(np.log(length.tokens(cell)) + length.spread * rng.standard_normal(1_000_000))
+    for steps in (settings.max_steps, int(length.tokens(cell) / (16 * 256))):
+        at = Cell(size="150k", target="python", source="none", pretrain_tokens=0, data_tokens=131072, seed=0,
+                  settings=Settings(lr=1e-3, batch=16, eval_interval=25, max_steps=steps, warmup=10), pretrain_job=None)
+        cap = steps * 16 * 256
+        assert length.p_capped(at) == pytest.approx((draws > cap).mean(), abs=0.003)
+        assert length.within_budget(at) == pytest.approx(np.minimum(draws, cap).mean(), rel=1e-3)
+    assert 0.45 < length.p_capped(at) < 0.55
     cap = settings.max_steps * 16 * 256
-    assert length.p_capped(cell) == pytest.approx((draws > cap).mean(), abs=0.01)
-    assert length.within_budget(cell) == pytest.approx(np.minimum(draws, cap).mean(), rel=0.01)
     assert RunLength().tokens(cell) == expected_tokens(131072, True) and RunLength().p_capped(cell) is None
     assert RunLength().within_budget(cell) == min(expected_tokens(131072, True), cap)
     assert f"calibrated on {length.runs} finished runs here ({length.capped} capped, as lower bounds)" in length.describe()
     assert f"D_F^{length.coef[1]:.2f}" in length.describe()
+
+    # 4 runs not capped, fitted exactly, and many capped: too few to measure a spread, so the budget rule
+    for p in runs.glob("*.json"):
+        p.unlink()
+    for i, (s, d, src) in enumerate(cells[:4]):
+        record(i, s, d, src)
+    for i, (s, d, src) in enumerate((cells * 3)[4:40]):
+        if not record(100 + i, s, d, src, noise=3.0):
+            (runs / f"r{100 + i}.json").unlink()
+    status = [json.loads(p.read_text())["result"]["status"] for p in runs.glob("*.json")]
+    assert len(status) >= RunLength.MIN_RUNS and status.count("ok") < 6
+    assert RunLength.calibrated(tmp_path).coef is None
 
 
 def test_specs_run_together_keep_the_workers_busy_and_train_a_shared_run_once(tmp_path, monkeypatch):

@@ -145,10 +145,11 @@ class RunLength:
 
     @classmethod
     def calibrated(cls, out: Path | None) -> "RunLength":
-        """Fitted to the runs recorded under ``out``/runs by maximum likelihood on log tokens,
-        a capped run's tokens a lower bound (a Tobit regression: dropping capped runs, as least
+        """Fitted to the runs recorded under ``out``/runs by maximum likelihood on log tokens, a
+        capped run's tokens a lower bound (a Tobit regression: dropping capped runs, as least
         squares on the others would, leaves out the longest runs and biases lengths short); the
-        default rule where finished runs are too few or too alike."""
+        default rule where the runs are too few (under ``MIN_RUNS``, or under 6 not capped) or
+        too alike."""
         from trainer.scheduler import read_record
 
         rows = []
@@ -164,10 +165,13 @@ class RunLength:
             return cls()
         X, y = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
         capped = np.array([r[2] for r in rows])
-        if np.linalg.matrix_rank(X[~capped]) < X.shape[1]:  # one size, one D_F, or one kind: nothing to fit
+        # one size, one D_F, one kind, or too few uncapped runs to measure a spread: nothing to fit
+        if (~capped).sum() < X.shape[1] + 2 or np.linalg.matrix_rank(X[~capped]) < X.shape[1]:
             return cls()
-        coef, spread = censored_least_squares(X, y, capped)
-        return cls(tuple(float(v) for v in coef), len(rows), int(capped.sum()), spread)
+        fitted = censored_least_squares(X, y, capped)
+        if fitted is None:
+            return cls()
+        return cls(tuple(float(v) for v in fitted[0]), len(rows), int(capped.sum()), fitted[1])
 
     def describe(self) -> str:
         if self.coef is None:
@@ -178,9 +182,10 @@ class RunLength:
                 f"within a factor {math.exp(self.spread):.2f} (1 sd)")
 
 
-def censored_least_squares(X: np.ndarray, y: np.ndarray, lower: np.ndarray) -> tuple[np.ndarray, float]:
+def censored_least_squares(X: np.ndarray, y: np.ndarray, lower: np.ndarray) -> tuple[np.ndarray, float] | None:
     """Maximum likelihood of y = X coef + Normal(0, sd) where rows ``lower`` only bound y from
-    below; returns (coef, sd). Least squares on the exact rows starts it."""
+    below; returns (coef, sd), or None where the fit fails (a non-finite answer, or a spread
+    that collapsed to nothing). Least squares on the exact rows starts it."""
     from scipy.optimize import minimize
     from scipy.stats import norm
 
@@ -197,6 +202,8 @@ def censored_least_squares(X: np.ndarray, y: np.ndarray, lower: np.ndarray) -> t
         return -(norm.logpdf(z[exact]).sum() - exact.sum() * log_sd + norm.logsf(z[lower]).sum())
 
     theta = minimize(nll, np.r_[coef0, math.log(sd0)], method="BFGS").x
+    if not np.all(np.isfinite(theta)) or theta[-1] < math.log(1e-3):
+        return None
     return theta[:-1], float(math.exp(theta[-1]))
 
 
