@@ -219,7 +219,7 @@ def _print_dry_run(sp, out: Path, cuda: bool) -> None:
         likely = sorted((p, r) for r, p in e["p_capped"].items() if p > 0.5)[::-1]
         typer.echo(f"expected to reach their token budget before early stopping (capped): "
                    f"{sum(e['p_capped'].values()):.1f} of the {len(e['p_capped'])} runs left"
-                   + (f"; more likely than not: " + ", ".join(f"{r} ({p:.2f})" for p, r in likely) if likely else ""))
+                   + ("; more likely than not: " + ", ".join(f"{r} ({p:.2f})" for p, r in likely) if likely else ""))
 
 
 @grid_app.command("price")
