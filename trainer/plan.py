@@ -92,6 +92,11 @@ def probe_tokens_per_s(size: str, members: int, batch: int, device: str = "cpu",
     return n * members * batch * cfg.ctx / (time.perf_counter() - t0)
 
 
+def budget_tokens(c: Cell) -> int:
+    """A cell's token budget: reaching it marks the run capped."""
+    return c.settings.max_steps * c.settings.batch * CTX
+
+
 @dataclass(frozen=True)
 class RunLength:
     """Tokens a run trains before early stopping stops it (or its budget caps it).
@@ -126,7 +131,7 @@ class RunLength:
     def within_budget(self, c: Cell) -> float:
         """Expected tokens a run trains: E[min(t, budget)] over the spread of run lengths
         (the median, cut at the budget, where the rule is not calibrated)."""
-        budget = c.settings.max_steps * c.settings.batch * CTX
+        budget = budget_tokens(c)
         if self.coef is None:
             return min(self.tokens(c), budget)
         from scipy.stats import norm
@@ -140,8 +145,7 @@ class RunLength:
             return None
         from scipy.stats import norm
 
-        budget = c.settings.max_steps * c.settings.batch * CTX
-        return float(norm.sf((math.log(budget) - self._log_median(c)) / self.spread))
+        return float(norm.sf((math.log(budget_tokens(c)) - self._log_median(c)) / self.spread))
 
     @classmethod
     def calibrated(cls, out: Path | None) -> "RunLength":
@@ -231,7 +235,7 @@ def check_budgets(spec: Spec) -> None:
     cell: the budget must cover 1.5x the expected tokens to stop."""
     for c in spec.cells:
         need = 1.5 * expected_tokens(c.data_tokens, c.source == SCRATCH)
-        have = c.settings.max_steps * c.settings.batch * CTX
+        have = budget_tokens(c)
         if have < need:
             raise SpecError(f"{c.run_id}: max_steps {c.settings.max_steps} gives {have:.3g} tokens, below the "
                             f"{need:.3g} this cell needs to reach early stopping; raise [train].max_steps or drop it "

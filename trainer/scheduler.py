@@ -540,6 +540,5 @@ def dry_run_estimate(spec: Spec, out: Path, cuda: bool = False, pack: int | None
     rd = RunDir(spec, out, None, pack or default_pack(spec, cuda))
     pg, cg = rd.pending()
     length = RunLength.calibrated(out)
-    p_capped = {c.run_id: length.p_capped(c) for g in cg for c in g}
-    return {**estimate(pg, cg, "cuda" if cuda else "cpu", length), "run_length": length.describe(),
-            "p_capped": p_capped if length.coef is not None else {}}
+    p_capped = {c.run_id: length.p_capped(c) for g in cg for c in g} if length.coef is not None else {}
+    return {**estimate(pg, cg, "cuda" if cuda else "cpu", length), "run_length": length.describe(), "p_capped": p_capped}
