@@ -32,13 +32,13 @@ EXIT_USER, EXIT_UNCONVERGED = 1, 3
 GRIDS_DIR = Path("data") / "grids"
 MAIN_GRID = "cpu_text_to_python"  # what `demo` fits: the README's headline
 # Sampler settings for `demo`: enough draws for bulk ESS >= 400 over 4 chains,
-# small enough that all shipped grids fit in minutes on a 2-core CPU. The
-# transfer-gap grid's posterior needs a dense mass matrix (A_p p^-alpha_p and
-# G trade off: the diagonal one diverges there) and more draws for its tail ESS;
-# the two-source grid's spread of the pre-training effect mixes slowly (r_hat
-# 1.010 at 1000 draws).
-DEMO_SAMPLER = dict(chains=4, draws=1000, warmup=1000)
-DEMO_SAMPLER_FOR = {"cpu_transfer_gap": dict(draws=2000, dense_mass=True, target_accept=0.95),
+# small enough that all shipped grids fit in minutes on a 2-core CPU (fit's
+# pooled dense mass matrix throughout). The transfer-gap grid's posterior has
+# the terms A_p p^-alpha_p and G trading off: smaller steps and more draws for
+# its tail ESS. The two-source grid's spread of the pre-training effect mixes
+# slowly: 2000 draws keep its r_hat off the gate (1.006 at 1000, seed 0).
+DEMO_SAMPLER = dict(chains=4, draws=1000)
+DEMO_SAMPLER_FOR = {"cpu_transfer_gap": dict(draws=2000, target_accept=0.95),
                     "cpu_python_two_sources": dict(draws=2000)}
 FAST_SAMPLER = dict(chains=2, draws=50, warmup=50)
 
@@ -137,10 +137,12 @@ ScratchLaw = typer.Option("kaplan", "--scratch-law", help="scratch-law form insi
 Method = typer.Option("nuts", "--method", help="nuts (full posterior) or map (quick point estimate)")
 Chains = typer.Option(4, "--chains", min=1, help="NUTS chains")
 Draws = typer.Option(1000, "--draws", min=1, help="NUTS draws per chain after warm-up")
-Warmup = typer.Option(1000, "--warmup", min=1, help="NUTS warm-up steps per chain")
+Warmup = typer.Option(None, "--warmup", min=1, help="NUTS warm-up iterations per chain (default: fit's, "
+                                                   "bayes_transfer.fit.WARMUP)")
 Seed = typer.Option(0, "--seed", help="random seed")
-DenseMass = typer.Option(False, "--dense-mass", help="NUTS with a dense mass matrix: for posteriors whose "
-                                                      "parameters trade off (the diagonal one diverges there)")
+MassMatrix = typer.Option("pooled", "--mass-matrix",
+                          help="how NUTS learns its mass matrix: pooled (a dense one from a pilot's draws of all "
+                               "chains; the default), diagonal or dense (NumPyro's windowed adaptation per chain)")
 TargetAccept = typer.Option(0.9, "--target-accept", min=0.5, max=0.999,
                             help="NUTS target acceptance: higher takes smaller steps (fewer divergences, slower)")
 Allow = typer.Option(False, "--allow-unconverged", help="exit 0 even when the fit did not converge")
@@ -188,16 +190,21 @@ def _rich_progress():
         numpyro.util.tqdm, numpyro.util.tqdm_auto = saved
 
 
-def _sampler(chains, draws, warmup, seed, dense_mass, target_accept) -> dict:
+def _sampler(chains, draws, warmup, seed, mass_matrix, target_accept) -> dict:
     """The sampler options of `fit` and `report`, as ``fit`` arguments."""
-    return dict(chains=chains, draws=draws, warmup=warmup, seed=seed, dense_mass=dense_mass,
-                target_accept=target_accept)
+    from bayes_transfer.fit import MASS_MATRICES
+
+    if mass_matrix not in MASS_MATRICES:
+        raise typer.BadParameter(f"unknown mass matrix {mass_matrix!r}; choose from {', '.join(MASS_MATRICES)}",
+                                 param_hint="--mass-matrix")
+    options = dict(chains=chains, draws=draws, seed=seed, mass_matrix=mass_matrix, target_accept=target_accept)
+    return options if warmup is None else dict(options, warmup=warmup)
 
 
 def _fit_grid(path: Path, law, scratch_law, method, sampler: dict, declared=None):
-    """Fit a grid file; ``sampler``: chains, draws, warmup, seed and optionally dense_mass, target_accept."""
+    """Fit a grid file; ``sampler``: chains, draws, warmup, seed and optionally mass_matrix, target_accept."""
     from bayes_transfer import laws
-    from bayes_transfer.fit import default_law, fit
+    from bayes_transfer.fit import WARMUP, default_law, fit
     from bayes_transfer.grid import load_grid
 
     if law is not None and law not in _laws():
@@ -213,8 +220,8 @@ def _fit_grid(path: Path, law, scratch_law, method, sampler: dict, declared=None
     if laws.get(law).kind == "transfer":
         options["scratch_law"] = scratch_law
     label = "MAP" if method == "map" else \
-        f"NUTS {sampler['chains']} chains x {sampler['draws']} draws (+{sampler['warmup']} warm-up)" + \
-        (", dense mass matrix" if sampler.get("dense_mass") else "")
+        f"NUTS {sampler['chains']} chains x {sampler['draws']} draws (+{sampler.get('warmup', WARMUP)} warm-up)" + \
+        (f", {sampler['mass_matrix']} mass matrix" if sampler.get("mass_matrix") else "")
     err.print(f"[bold]fitting[/] {law} to {escape(repr(grid))}: {label}", highlight=False, soft_wrap=True)
     with warnings.catch_warnings(), (_rich_progress() if progress else contextlib.nullcontext()):
         warnings.filterwarnings("ignore", message=".*did not converge.*")
@@ -271,9 +278,9 @@ def fit_cmd(
     method: str = Method,
     chains: int = Chains,
     draws: int = Draws,
-    warmup: int = Warmup,
+    warmup: Optional[int] = Warmup,
     seed: int = Seed,
-    dense_mass: bool = DenseMass,
+    mass_matrix: str = MassMatrix,
     target_accept: float = TargetAccept,
     allow_unconverged: bool = Allow,
     units: Optional[str] = Units,
@@ -282,7 +289,7 @@ def fit_cmd(
 ):
     """Fit a law to a loss grid and save the posterior as a netCDF fit file."""
     _check_output_file(out_path or Path.cwd() / f"{grid.stem}.fit.nc", "fit file")
-    sampler = _sampler(chains, draws, warmup, seed, dense_mass, target_accept)
+    sampler = _sampler(chains, draws, warmup, seed, mass_matrix, target_accept)
     fit = _fit_grid(grid, law, scratch_law, method, sampler, dict(units=units, metric=metric, data_unit=data_unit))
     path = out_path or Path(f"{grid.stem}.{fit.law}.fit.nc")
     fit.save(path)
@@ -306,9 +313,9 @@ def report_cmd(
     method: str = Method,
     chains: int = Chains,
     draws: int = Draws,
-    warmup: int = Warmup,
+    warmup: Optional[int] = Warmup,
     seed: int = Seed,
-    dense_mass: bool = DenseMass,
+    mass_matrix: str = MassMatrix,
     target_accept: float = TargetAccept,
     allow_unconverged: bool = Allow,
     units: Optional[str] = Units,
@@ -342,7 +349,7 @@ def report_cmd(
         fit = load_fit(source)
     else:
         fit = _fit_grid(source, law, scratch_law, method,
-                        _sampler(chains, draws, warmup, seed, dense_mass, target_accept), declared)
+                        _sampler(chains, draws, warmup, seed, mass_matrix, target_accept), declared)
     with err.status("writing the report"):
         index = report(fit, out_dir, budget=budget, cost_finetune=cost_finetune, cost_pretrain=cost_pretrain,
                        cost_params=cost_params, currency=currency, prior_sensitivity=prior_sensitivity)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.optim as optim
+from numpyro import handlers
 import pandas as pd
 import xarray as xr
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_median, log_likelihood
@@ -37,6 +38,14 @@ from bayes_transfer.priors import describe, resolve_priors
 SAMPLE_DIMS = ("chain", "draw")
 PRIOR_DRAWS = 1000
 MAX_TREE_DEPTH = 10  # NUTS's tree depth while drawing (2**10 - 1 leapfrog steps at most)
+MASS_MATRICES = ("auto", "pooled", "diagonal", "dense")
+# "auto" takes the pooled dense mass matrix up to this many latent dimensions, the diagonal one
+# above: a dense metric estimated from a pilot's few hundred draws per chain is noise in hundreds
+# of dimensions (Lin et al.'s 1,260 curves, 361: README, benchmark section).
+POOLED_MAX_DIM = 100
+WARMUP = 600  # warm-up iterations per chain: with the pooled mass matrix, a 450-iteration pilot and 150 more
+PILOT_TREE_DEPTH = 6  # the pooled metric's pilot: at most 63 leapfrog steps per iteration
+MIN_SHRINKAGE = 0.05  # the least share by which the pooled covariance's correlations are shrunk
 _SHARES = ("w", "omega")  # parameters in (0, 1): widths on the natural scale
 
 __all__ = ["Fit", "NotIdentifiedError", "default_law", "fit", "gap_size", "load_fit"]
@@ -120,9 +129,9 @@ class Fit:
         """The sampler settings of this fit as ``fit`` arguments, so a refit (wider priors,
         another model) samples the same way; the chain method is chosen afresh."""
         s = self.sampler
+        mass_matrix = s.get("mass_matrix", "dense" if s.get("dense_mass") else "diagonal")  # older fits: a flag
         return dict(chains=s["chains"], draws=s["draws"], warmup=s["warmup"], seed=s["seed"],
-                    target_accept=s.get("target_accept", 0.9), dense_mass=bool(s.get("dense_mass", False)),
-                    warmup_tree_depth=s.get("warmup_tree_depth", MAX_TREE_DEPTH), progress=False)
+                    target_accept=s.get("target_accept", 0.9), mass_matrix=mass_matrix, progress=False)
 
     def accept_unconverged(self) -> "Fit":
         """This fit, with answers allowed although it did not converge (the caller says so)."""
@@ -293,7 +302,7 @@ def fit(
     method: str = "nuts",
     chains: int = 4,
     draws: int = 1000,
-    warmup: int = 1000,
+    warmup: int = WARMUP,
     seed: int = 0,
     progress: bool = True,
     ossification: bool = True,
@@ -301,8 +310,7 @@ def fit(
     target_accept: float = 0.9,
     chain_method: str | None = None,
     map_steps: int = 6000,
-    dense_mass: bool = False,
-    warmup_tree_depth: int = MAX_TREE_DEPTH,
+    mass_matrix: str = "auto",
 ) -> Fit:
     """Fit ``law`` to ``grid`` (a Grid, or anything ``load_grid`` reads: capped runs are kept, as bounds).
 
@@ -317,32 +325,31 @@ def fit(
     spreads shrink towards 0 (a property of joint modes), so per-group
     differences need NUTS. ``chain_method``: NumPyro's; by default
     "parallel" when JAX has a device per chain, else "vectorized".
-    ``dense_mass``: a dense mass matrix. On some small posteriors it saves
-    most leapfrog steps (Chinchilla on Epoch AI's runs: 94 to 23 per draw),
-    but it is not the default: on Porian et al.'s runs it diverged 3 times at
-    target_accept 0.9, and on Li et al.'s it did not converge (r_hat 1.011,
-    1,226 draws at the maximum tree depth) where the diagonal one did; on
-    the shipped main grid (transfer law) it mixed worse (bulk ESS 696
-    against 1,092; r_hat 1.008 against 1.005).
-    ``warmup_tree_depth``: NUTS's maximum tree depth during warm-up (at most
-    2**depth - 1 leapfrog steps per iteration; drawing keeps depth 10). Before
-    the mass matrix is adapted, warm-up trajectories run to the limit; capping
-    them is a speed lever, not the default. Measured (4 x 1000 after 1000,
-    benchmarks/fit_cost_breakdown.py): on a simulated 192-run transfer grid,
-    depth 6 cut a dense fit's warm-up steps from 187,000 to 59,000 per chain
-    with as few steps per draw (29.5 against 30.0): 15.0 s -> 8.9 s with the
-    sampler cached, on a quiet machine; but (one seed each) on Lin et al.'s
-    1,260 curves (rectified law) it cut the bulk ESS from 1,838 to 568 and
-    the fit failed the gate, and on the shipped two-source grid (diagonal
-    mass) it took r_hat from 1.010 to 1.014.
+    ``mass_matrix``: how NUTS's mass matrix (its metric) is learnt during the ``warmup``
+    iterations. "auto" (the default): "pooled" for posteriors of at most
+    ``POOLED_MAX_DIM`` latent dimensions, else "diagonal". "pooled": a pilot with a diagonal metric and
+    trees of depth at most 6 for the first 3/4 of the warm-up; then one dense
+    metric, the covariance of the pilot's second half pooled over all chains
+    with its correlations shrunk (``pooled_inverse_metric``), held fixed while the step size
+    is adapted over the last 1/4 and drawing. "diagonal" and "dense":
+    NumPyro's windowed adaptation, each chain on its own. Why pooled is the
+    default (README, benchmark section): a dense metric draws at a quarter
+    of a diagonal one's leapfrog steps on these correlated posteriors, but
+    estimated per chain from NumPyro's first 25-draw window it sends the
+    next warm-up iterations to the maximum tree depth, and on some grids it
+    mixed worse than the diagonal one.
     """
     grid = load_grid(grid, include_capped=True)  # a Grid as it is; anything else with its capped runs
     spec = laws.get(law)
     if method not in ("nuts", "map"):
         raise ValueError(f"unknown method {method!r}; expected 'nuts' or 'map'")
-    for name, v in (("chains", chains), ("draws", draws), ("warmup", warmup), ("warmup_tree_depth", warmup_tree_depth)):
+    for name, v in (("chains", chains), ("draws", draws), ("warmup", warmup)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if mass_matrix not in MASS_MATRICES:
+        raise ValueError(f"unknown mass_matrix {mass_matrix!r}; expected one of {', '.join(MASS_MATRICES)}")
+    if mass_matrix in ("auto", "pooled") and warmup < 8:
+        raise ValueError(f"the pooled mass matrix needs warmup >= 8 (a pilot and a step-size phase), got {warmup}")
     if spec.pretrain_axis and n_params is None and len(grid.finetuned):
         n_params = gap_size(grid)
     data = prepare(grid, law, scratch_law, ossification, n_params)
@@ -371,21 +378,16 @@ def fit(
     if method == "nuts":
         if chain_method is None:
             chain_method = "parallel" if jax.local_device_count() >= chains else "vectorized"
+        if mass_matrix == "auto":
+            mass_matrix = "pooled" if _latent_dim(model, data, prior_set) <= POOLED_MAX_DIM else "diagonal"
         sampler = {"method": "nuts", "chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
-                   "target_accept": target_accept, "chain_method": chain_method, "dense_mass": dense_mass,
-                   "max_tree_depth": MAX_TREE_DEPTH, "warmup_tree_depth": warmup_tree_depth}
-        mcmc = MCMC(
-            nuts_kernel(model, sampler),
-            num_warmup=warmup,
-            num_samples=draws,
-            num_chains=chains,
-            chain_method=chain_method,
-            progress_bar=progress,
-        )
+                   "target_accept": target_accept, "chain_method": chain_method, "mass_matrix": mass_matrix,
+                   "max_tree_depth": MAX_TREE_DEPTH}
         with warnings.catch_warnings():
             # NumPyro warns when it falls back from parallel chains; the choice is recorded in sampler.
             warnings.filterwarnings("ignore", message="There are not enough devices")
-            mcmc.run(key, data, prior_set, y=data.y, extra_fields=("diverging", "energy", "num_steps"))
+            mcmc, warmup_record = _run_nuts(model, (data, prior_set), data.y, key, sampler, progress)
+        sampler.update(warmup_record)
         samples = mcmc.get_samples(group_by_chain=True)
         stats = mcmc.get_extra_fields(group_by_chain=True)
         sample_stats = {"diverging": np.asarray(stats["diverging"]), "energy": np.asarray(stats["energy"]),
@@ -406,11 +408,70 @@ def fit(
     return result
 
 
-def nuts_kernel(model, sampler: dict) -> NUTS:
-    """The NUTS kernel of a fit's ``sampler`` settings (target_accept, dense_mass, the tree depths)."""
-    return NUTS(model, target_accept_prob=sampler["target_accept"], init_strategy=init_to_median(num_samples=15),
-                dense_mass=bool(sampler["dense_mass"]),
-                max_tree_depth=(sampler["warmup_tree_depth"], sampler["max_tree_depth"]))
+def _latent_dim(model, data, priors) -> int:
+    """The number of latent dimensions NUTS samples (one trace of the model)."""
+    trace = handlers.trace(handlers.seed(model, 0)).get_trace(data, priors, y=data.y)
+    return sum(int(np.size(site["value"])) for site in trace.values()
+               if site["type"] == "sample" and not site["is_observed"])
+
+
+def _run_nuts(model, args: tuple, y, key, sampler: dict, progress: bool):
+    """Warm up and draw as ``sampler["mass_matrix"]`` says; the MCMC that drew, and what the
+    warm-up measured (the pooled pilot's mean leapfrog steps per chain, its shrinkage)."""
+    chains, warmup, target = sampler["chains"], sampler["warmup"], sampler["target_accept"]
+    init = init_to_median(num_samples=15)
+    fields = ("diverging", "energy", "num_steps")
+
+    def mcmc(kernel, num_warmup, num_samples, **options):
+        return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=chains,
+                    chain_method=sampler["chain_method"], progress_bar=progress, **options)
+
+    if sampler["mass_matrix"] != "pooled":
+        kernel = NUTS(model, target_accept_prob=target, init_strategy=init,
+                      dense_mass=sampler["mass_matrix"] == "dense", max_tree_depth=sampler["max_tree_depth"])
+        run = mcmc(kernel, warmup, sampler["draws"])
+        run.run(key, *args, y=y, extra_fields=fields)
+        return run, {}
+    pilot_key, key = jax.random.split(key)
+    final = max(4, warmup // 4)
+    pilot = mcmc(NUTS(model, target_accept_prob=target, init_strategy=init, max_tree_depth=PILOT_TREE_DEPTH),
+                 warmup - final, 1, postprocess_fn=lambda z: z)  # its draws stay unconstrained
+    pilot.warmup(pilot_key, *args, y=y, collect_warmup=True, extra_fields=("num_steps",))
+    inverse_metric, shrinkage = pooled_inverse_metric(pilot.get_samples(group_by_chain=True))
+    kernel = NUTS(model, target_accept_prob=target, dense_mass=True, inverse_mass_matrix=inverse_metric,
+                  adapt_mass_matrix=False, max_tree_depth=sampler["max_tree_depth"])
+    run = mcmc(kernel, final, sampler["draws"])
+    run.run(key, *args, y=y, init_params=pilot.last_state.z, extra_fields=fields)
+    steps = np.asarray(pilot.get_extra_fields(group_by_chain=True)["num_steps"]).sum(axis=1).mean()
+    return run, {"pilot_steps_per_chain": round(float(steps), 1), "metric_shrinkage": round(shrinkage, 4)}
+
+
+def pooled_inverse_metric(z: dict) -> tuple[np.ndarray, float]:
+    """A dense inverse metric from warm-up draws ``z`` (unconstrained, chain x draw x ...), in the
+    order NumPyro flattens ``z`` (sorted site names), and the share its correlations were shrunk by.
+
+    The covariance of the second half of every chain's draws, pooled (4 chains give 4x one
+    chain's draws), with its correlations shrunk towards 0 by Schäfer & Strimmer's (2005)
+    estimate of the best share, at least ``MIN_SHRINKAGE``: with few draws against the
+    dimension (hundreds of per-curve sites) the share nears 1, a diagonal metric.
+    """
+    flat = np.concatenate([np.asarray(z[name]).reshape(*np.shape(z[name])[:2], -1) for name in sorted(z)], axis=-1)
+    half = flat[:, flat.shape[1] // 2:].reshape(-1, flat.shape[-1])
+    n = half.shape[0]
+    if n < 3:
+        raise ValueError("the pooled mass matrix needs at least 3 warm-up draws to estimate a covariance")
+    sd = half.std(axis=0, ddof=1)
+    sd = np.maximum(sd, 1e-6 * max(float(sd.max()), 1e-12))  # a site the pilot never moved stays invertible
+    x = (half - half.mean(axis=0)) / sd
+    corr = x.T @ x / (n - 1)
+    # the sampling variance of each correlation: sum over draws of (x_i x_j - mean)^2, scaled
+    spread = (x**2).T @ (x**2) - (n - 1) ** 2 / n * corr**2
+    off = ~np.eye(len(corr), dtype=bool)
+    denominator = float(np.sum(corr[off] ** 2))
+    shrinkage = 1.0 if denominator == 0 else float(np.sum(n / (n - 1) ** 3 * spread[off]) / denominator)
+    shrinkage = min(1.0, max(MIN_SHRINKAGE, shrinkage))
+    corr = np.where(off, (1 - shrinkage) * corr, 1.0)
+    return corr * np.outer(sd, sd), shrinkage
 
 
 def _release_compiled_code() -> None:

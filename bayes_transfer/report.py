@@ -306,7 +306,9 @@ def _sampler_text(fit) -> str:
     s = fit.sampler
     if s.get("method") == "map":
         return "MAP (optimisation)"
-    return f"NUTS, {s.get('chains')} chains x {s.get('draws')} draws after {s.get('warmup')} warm-up ({s.get('seconds', '?')} s)"
+    mass = f", {s['mass_matrix']} mass matrix" if "mass_matrix" in s else ""
+    return (f"NUTS, {s.get('chains')} chains x {s.get('draws')} draws after {s.get('warmup')} warm-up{mass} "
+            f"({s.get('seconds', '?')} s)")
 
 
 def _width_text(driven) -> str:

@@ -1,7 +1,7 @@
 """Benchmark: NUTS posteriors against a Huber + L-BFGS bootstrap, on two problems.
 
-1. The joint transfer model on a simulated grid of 6 model sizes x 6
-   fine-tuning amounts x (scratch + 2 sources): time (a) the full NUTS
+1. The joint transfer model on a simulated grid of 8 model sizes x 8
+   fine-tuning amounts x (scratch + 2 sources), 192 runs: time (a) the full NUTS
    posterior of ``bayes_transfer.fit`` and (b) the usual non-Bayesian
    practice: fit the same law by L-BFGS on a summed Huber loss (delta 1e-3)
    of log-loss, then 1,000 case-bootstrap refits for intervals. Repeat on
@@ -12,7 +12,7 @@
    (Huber on log-loss, L-BFGS from a grid of starts, bootstrap).
 
     python benchmarks/fit_benchmark.py                     # 4 x 1000 draws, chains in parallel
-    python benchmarks/fit_benchmark.py --epoch --dense-mass
+    python benchmarks/fit_benchmark.py --epoch --mass-matrix diagonal
     python benchmarks/fit_benchmark.py --sims 3 --draws 300 --warmup 300 --boot 100   # a quick check
 
 Prints a table naming the machine.
@@ -33,13 +33,15 @@ from scipy.optimize import minimize
 def _args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sims", type=int, default=20, help="simulated grids for the coverage columns")
+    p.add_argument("--side", type=int, default=8, help="model sizes = fine-tuning sizes = SIDE: 3 x SIDE^2 runs")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=600)
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--chain-method", default=None, help="NumPyro's: parallel, vectorized or sequential (default: fit's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dense-mass", action="store_true", help="NUTS with a dense mass matrix")
+    p.add_argument("--mass-matrix", choices=("pooled", "diagonal", "dense"), default="pooled",
+                   help="fit()'s mass_matrix (default: pooled, fit()'s default)")
     p.add_argument("--epoch", action="store_true", help="the Chinchilla law on Epoch AI's data instead")
     return p.parse_args()
 
@@ -63,8 +65,9 @@ TRUTH = dict(
     beta=0.38,
     omega=0.0,
 )
-SIZES = np.geomspace(1e5, 3e6, 6)
-DATA = np.geomspace(6e4, 3e7, 6)
+SIDE = ARGS.side if ARGS else 8
+SIZES = np.geomspace(1e5, 3e6, SIDE)
+DATA = np.geomspace(6e4, 3e7, SIDE)
 SIGMA = 0.01
 CHECKED = ["N_c", "D_c", "alpha_N", "alpha_D"] + [f"{p}[{s}->{t}]" for p in ("k", "alpha", "beta") for s, t in PAIRS]
 HUBER_DELTA = 1e-3
@@ -90,7 +93,7 @@ def nuts_intervals(grid, seed):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         f = fit(grid, "transfer", chains=ARGS.chains, draws=ARGS.draws, warmup=ARGS.warmup, seed=seed, progress=False,
-                chain_method=ARGS.chain_method, dense_mass=ARGS.dense_mass)
+                chain_method=ARGS.chain_method, mass_matrix=ARGS.mass_matrix)
     wall = time.perf_counter() - t0
     post = f.posterior
     rows = []
@@ -189,7 +192,7 @@ def epoch_main():
     print(f"machine: {machine()}\ngrid: {len(grid)} runs (Epoch AI's Chinchilla extraction)")
     t0 = time.perf_counter()
     f = fit(grid, "chinchilla", chains=ARGS.chains, draws=ARGS.draws, warmup=ARGS.warmup, progress=False,
-            chain_method=ARGS.chain_method, dense_mass=ARGS.dense_mass)
+            chain_method=ARGS.chain_method, mass_matrix=ARGS.mass_matrix)
     wall_n = time.perf_counter() - t0
     logN, logD = jnp.log(grid.runs["n_params"].to_numpy()), jnp.log(grid.runs["data_tokens"].to_numpy())
     y = jnp.log(grid.runs["loss"].to_numpy())
@@ -222,7 +225,7 @@ def epoch_main():
          f.posterior["alpha_N"].quantile([0.05, 0.95]).values, f.posterior["alpha_D"].quantile([0.05, 0.95]).values),
         ("Huber L-BFGS + bootstrap", wall_b, np.quantile(boot[:, 3], [0.05, 0.95]), np.quantile(boot[:, 4], [0.05, 0.95])),
     ):
-        settings = (f"{ARGS.chains} x {ARGS.draws} after {ARGS.warmup} warm-up, dense_mass={ARGS.dense_mass}"
+        settings = (f"{ARGS.chains} x {ARGS.draws} after {ARGS.warmup} warm-up, {ARGS.mass_matrix} mass matrix"
                     if name.startswith("NUTS") else f"delta {HUBER_DELTA}, {ARGS.boot} resamples, {len(starts)} starts")
         print(f"| {name} | {settings} | {wall:.1f} | {an[0]:.3f} to {an[1]:.3f} | {ad[0]:.3f} to {ad[1]:.3f} |")
     # The replication fitted 240 points (5 outliers dropped); the 5 highest losses are the

@@ -8,9 +8,10 @@ on one problem, in one process, and prints them beside the cost of one
 gradient of the log density in a compiled loop (the floor any sampler pays
 per step), so the levers can be read as ratios on any machine:
 
-    python benchmarks/fit_cost_breakdown.py                  # joint transfer model, simulated 108-run grid
+    python benchmarks/fit_cost_breakdown.py                  # joint transfer model, simulated 192-run grid
     python benchmarks/fit_cost_breakdown.py --problem epoch  # Chinchilla law on Epoch AI's runs
-    python benchmarks/fit_cost_breakdown.py --side 8         # the transfer model on 192 runs
+    python benchmarks/fit_cost_breakdown.py --side 6         # the transfer model on 108 runs
+    python benchmarks/fit_cost_breakdown.py --mass-matrix diagonal  # NumPyro's own adaptation
     python benchmarks/fit_cost_breakdown.py --chains 2 --draws 400 --warmup 400
 """
 
@@ -27,15 +28,13 @@ from pathlib import Path
 def _args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--problem", choices=("transfer", "epoch"), default="transfer")
-    p.add_argument("--side", type=int, default=6,
+    p.add_argument("--side", type=int, default=8,
                    help="transfer: model sizes = fine-tuning sizes = SIDE, so 3 x SIDE^2 runs (8: 192)")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--dense", choices=("default", "on", "off"), default="default",
-                   help="mass matrix: fit()'s choice, dense or diagonal")
-    p.add_argument("--warmup-depth", type=int, default=None,
-                   help="NUTS's maximum tree depth during warm-up (default: fit()'s)")
+    p.add_argument("--warmup", type=int, default=600)
+    p.add_argument("--mass-matrix", choices=("pooled", "diagonal", "dense"), default="pooled",
+                   help="fit()'s mass_matrix (default: pooled, fit()'s default)")
     return p.parse_args()
 
 
@@ -51,7 +50,7 @@ from numpyro.infer import MCMC, NUTS, Predictive, log_likelihood  # noqa: E402
 from numpyro.infer.util import initialize_model  # noqa: E402
 
 from bayes_transfer import fit  # noqa: E402
-from bayes_transfer.fit import nuts_kernel  # noqa: E402
+from bayes_transfer.fit import MAX_TREE_DEPTH  # noqa: E402
 from bayes_transfer.grid import load_grid  # noqa: E402
 from bayes_transfer.models import design_grid, model_for, prepare, simulate_grid  # noqa: E402
 from bayes_transfer.priors import resolve_priors  # noqa: E402
@@ -106,9 +105,15 @@ def sampler_step_cost(dim: int, dense: bool, draws: int = 4000) -> float:
     return seconds / int(mcmc.get_extra_fields()["num_steps"].sum())
 
 
-def warmup_steps(model, data, priors, sampler: dict, warmup: int) -> int:
-    """Leapfrog steps of one chain's warm-up with the fit's NUTS settings (fit() does not record them)."""
-    mcmc = MCMC(nuts_kernel(model, sampler), num_warmup=warmup, num_samples=1, progress_bar=False)
+def warmup_steps(model, data, priors, sampler: dict, warmup: int) -> float:
+    """Leapfrog steps of one chain's warm-up: the pooled mass matrix's pilot as the fit recorded it
+    (its step-size phase, a quarter of the iterations at the drawing phase's cost, not counted);
+    for NumPyro's adaptation, one chain's warm-up run again with the fit's settings."""
+    if sampler["mass_matrix"] == "pooled":
+        return sampler["pilot_steps_per_chain"]
+    kernel = NUTS(model, target_accept_prob=sampler["target_accept"], dense_mass=sampler["mass_matrix"] == "dense",
+                  max_tree_depth=MAX_TREE_DEPTH)
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=1, progress_bar=False)
     mcmc.warmup(jax.random.PRNGKey(0), data, priors, y=data.y, extra_fields=("num_steps",), collect_warmup=True)
     return int(mcmc.get_extra_fields()["num_steps"].sum())
 
@@ -122,11 +127,8 @@ def main() -> None:
     entries = len(list(Path(cache).glob("*-cache"))) if cache else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        options = {} if ARGS.dense == "default" else {"dense_mass": ARGS.dense == "on"}
-        if ARGS.warmup_depth is not None:
-            options["warmup_tree_depth"] = ARGS.warmup_depth
         f, total = timed(lambda: fit(grid, law, chains=ARGS.chains, draws=ARGS.draws, warmup=ARGS.warmup, seed=0,
-                                     progress=False, **options))
+                                     progress=False, mass_matrix=ARGS.mass_matrix))
     steps = f.idata.sample_stats["n_steps"].values
     post = f.posterior
     flat = {k: post[k].values.reshape(-1, *post[k].shape[2:]) for k in post.data_vars}
@@ -139,7 +141,7 @@ def main() -> None:
     }
     later = {"1000 prior draws"}  # drawn when a prior is first asked for (Fit.prior), not inside fit()
     grad, dim = gradient_cost(model, data, priors)
-    step = sampler_step_cost(dim, bool(f.sampler.get("dense_mass")))
+    step = sampler_step_cost(dim, f.sampler["mass_matrix"] != "diagonal")
     warm = warmup_steps(model, data, priors, f.sampler, ARGS.warmup)
     n_grads = int(steps.sum())  # sampling phase only; `warm` counts one chain's warm-up
     sampler = f.sampler["seconds"]
@@ -147,8 +149,8 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"problem: {ARGS.problem} ({law}, {len(grid)} runs); {ARGS.chains} chains x {ARGS.draws} draws "
-          f"after {ARGS.warmup} warm-up, chain method {f.sampler['chain_method']}, dense mass "
-          f"{f.sampler.get('dense_mass')}, warm-up tree depth {f.sampler['warmup_tree_depth']}; {f.diagnostics()}")
+          f"after {ARGS.warmup} warm-up, chain method {f.sampler['chain_method']}, mass matrix "
+          f"{f.sampler['mass_matrix']}; {f.diagnostics()}")
     print(f"compilation cache: {cache or 'off'}" + (f", {entries} entries before the fit" if cache else ""))
     print("| part | seconds | share of the fit |\n|---|---|---|")
     print(f"| whole fit | {total:.1f} | 1.00 |")
@@ -165,7 +167,7 @@ def main() -> None:
           f"one chain): {step * 1e6:.0f} us, {step / grad:.1f}x this model's gradient; with it the sampling "
           f"phase's steps would take {n_grads * (grad + step):.1f} s on one core")
     per_chain = n_grads / ARGS.chains
-    print(f"warm-up (one chain, same settings, seed 0): {warm:,} leapfrog steps, {warm / per_chain:.1f}x a chain's "
+    print(f"warm-up (one chain, seed 0): {warm:,.0f} leapfrog steps, {warm / per_chain:.1f}x a chain's "
           f"sampling phase; all {ARGS.chains} chains' warm-up and sampling steps would take "
           f"{(ARGS.chains * warm + n_grads) * (grad + step):.1f} s on one core")
 

@@ -181,14 +181,14 @@ def test_fit_saves_the_posterior_and_exits_3_when_unconverged(tmp_path):
     small_table().to_csv(csv, index=False)
     out = tmp_path / "grid.fit.nc"
     # the demo's --fast settings: the second sampling in this process reuses the compiled sampler
-    result = invoke("fit", csv, "--out", out, "--chains", 2, "--draws", 50, "--warmup", 50, "--dense-mass",
+    result = invoke("fit", csv, "--out", out, "--chains", 2, "--draws", 50, "--warmup", 50, "--mass-matrix", "dense",
                     "--target-accept", 0.95)
     # 50 draws cannot pass the ESS check: exit 3, the fit saved all the same
     assert result.exit_code == 3, result.output
     assert "DID NOT CONVERGE" in result.stderr and "dense mass matrix" in result.stderr
     fit = load_fit(out)
     assert fit.law == "transfer" and fit.posterior.sizes["draw"] == 50
-    assert fit.sampler["dense_mass"] is True and fit.sampler["target_accept"] == 0.95
+    assert fit.sampler["mass_matrix"] == "dense" and fit.sampler["target_accept"] == 0.95
     assert "k[text->python]" in result.stdout  # the summary table, labels intact
 
 

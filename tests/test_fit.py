@@ -78,6 +78,16 @@ def test_kaplan_recovery():
     assert_covers(f, KAPLAN, ["N_c", "D_c", "alpha_N", "alpha_D"])
     assert f.posterior["alpha_N"].dims == ("chain", "draw", "target")
     assert f.diagnostics().divergences == 0
+    assert f.sampler["mass_matrix"] == "pooled"  # "auto" on 4 latent dimensions
+
+
+def test_auto_mass_matrix_is_diagonal_above_its_dimension_limit(monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("bayes_transfer.fit"), "POOLED_MAX_DIM", 3)  # the Kaplan law's 4 dimensions are then too many
+    g = simulate_grid(design_grid(np.geomspace(1e5, 3e6, 3), np.geomspace(6e4, 3e7, 3)), "kaplan", KAPLAN, sigma=0.01, seed=2)
+    f = quiet_fit(g, "kaplan", chains=1, draws=20, warmup=20)
+    assert f.sampler["mass_matrix"] == "diagonal" and "pilot_steps_per_chain" not in f.sampler
 
 
 def test_chinchilla_recovery():
@@ -124,7 +134,8 @@ def test_fit_result_structure(transfer_fit):
     assert d.max_r_hat < 1.05 and d.divergences == 0
     assert f.config["scratch_law"] == "kaplan" and f.config["ossification"] is True
     assert f.sampler["chains"] == 2 and f.sampler["draws"] == 300
-    assert f.sampler["dense_mass"] is False
+    # the default mass matrix: dense, from the pilot's pooled draws; the pilot's steps are recorded
+    assert f.sampler["mass_matrix"] == "pooled" and f.sampler["pilot_steps_per_chain"] > 0
 
 
 def test_the_fit_says_how_each_spread_was_set(transfer_fit):
@@ -158,6 +169,33 @@ def test_width_ratio_closed_form():
     shares = rng.beta(1, 18, 200_000)
     assert width_ratio(shares, shares, share=True) == pytest.approx(1.0)
     assert width_ratio(post, np.r_[prior, np.inf]) == pytest.approx(0.25, rel=0.02)
+
+
+def test_pooled_mass_matrix_is_the_second_half_covariance_shrunk_in_numpyros_order():
+    from bayes_transfer.fit import MIN_SHRINKAGE, pooled_inverse_metric
+
+    rng = np.random.default_rng(1)
+    cov = np.array([[4.0, 1.2, 0.0], [1.2, 1.0, -0.2], [0.0, -0.2, 0.25]])
+    draws = rng.multivariate_normal(np.zeros(3), cov, size=(4, 20_000))  # chain x draw x dim
+    draws[:, :10_000] += 50.0  # the first half (far from the target) is not used
+    # sites sorted by name: "a" (a vector of 2) then "b" (a scalar), as NumPyro flattens them
+    z = {"b": draws[..., 2], "a": draws[..., :2]}
+    inverse, shrinkage = pooled_inverse_metric(z)
+    # 40,000 draws measure these correlations well: the least shrinkage
+    assert shrinkage == MIN_SHRINKAGE
+    expected = cov.copy()
+    expected[~np.eye(3, dtype=bool)] *= 1 - MIN_SHRINKAGE
+    np.testing.assert_allclose(inverse, expected, atol=0.03, rtol=0.03)
+    # 100 draws of 60 uncorrelated sites: their sample correlations are noise, shrunk nearly to 0
+    noise = {"a": rng.normal(size=(4, 50, 60)) * np.arange(1, 61)}
+    inverse, shrinkage = pooled_inverse_metric(noise)
+    assert shrinkage > 0.9
+    assert np.all(np.abs(inverse[~np.eye(60, dtype=bool)]) < 0.1 * np.sqrt(np.outer(np.diag(inverse), np.diag(inverse)))[~np.eye(60, dtype=bool)])
+    # a site the pilot never moved still leaves a metric NUTS can factorise
+    frozen = {"a": draws[..., :2], "b": np.zeros((4, 20_000))}
+    assert np.all(np.linalg.eigvalsh(pooled_inverse_metric(frozen)[0]) > 0)
+    with pytest.raises(ValueError, match="at least 3 warm-up draws"):
+        pooled_inverse_metric({"a": np.zeros((1, 4))})
 
 
 def test_width_ratio_against_an_overflowing_prior_is_an_upper_bound():
@@ -295,8 +333,10 @@ def test_fit_rejects_bad_options(transfer_grid):
         fit(transfer_grid, "kaplan", method="vi")
     with pytest.raises(ValueError, match="draws must be a positive integer"):
         fit(transfer_grid, "kaplan", draws=0)
-    with pytest.raises(ValueError, match="warmup_tree_depth must be a positive integer"):
-        fit(transfer_grid, "kaplan", warmup_tree_depth=0)
+    with pytest.raises(ValueError, match="unknown mass_matrix 'full'"):
+        fit(transfer_grid, "kaplan", mass_matrix="full")
+    with pytest.raises(ValueError, match="pooled mass matrix needs warmup >= 8"):
+        fit(transfer_grid, "kaplan", warmup=4)
     with pytest.raises(ValueError, match="unknown prior 'gamma'"):
         fit(transfer_grid, "kaplan", priors={"gamma": 1.0})
 

@@ -51,7 +51,7 @@ def curves_fit():
     grid = simulate_grid(design(), "rectified", TRUTH, sigma=0.005, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fit(grid, "rectified", chains=4, draws=1000, warmup=1000, seed=0, progress=False)
+        return fit(grid, "rectified", chains=4, draws=1000, seed=0, progress=False)
 
 
 def test_recovers_each_curve_far_from_published_values(curves_fit):

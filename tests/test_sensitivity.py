@@ -55,12 +55,12 @@ def test_a_scratch_law_reports_each_parameter_both_ways():
     grid = simulate_grid(design, "kaplan", dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3), sigma=0.01)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="fit of law .* did not converge")
-        base = fit(grid, "kaplan", chains=1, draws=300, warmup=300, target_accept=0.95, dense_mass=True,
-                   warmup_tree_depth=8, progress=False).accept_unconverged()
+        base = fit(grid, "kaplan", chains=1, draws=300, warmup=300, target_accept=0.95, mass_matrix="dense",
+                   progress=False).accept_unconverged()
         table, wide = prior_sensitivity(base)
     # the refit samples as the fit did
-    assert {k: wide.sampler[k] for k in ("draws", "target_accept", "dense_mass", "warmup_tree_depth")} == \
-        {"draws": 300, "target_accept": 0.95, "dense_mass": True, "warmup_tree_depth": 8}
+    assert {k: wide.sampler[k] for k in ("draws", "target_accept", "mass_matrix")} == \
+        {"draws": 300, "target_accept": 0.95, "mass_matrix": "dense"}
     assert list(table["quantity"]) == ["N_c[python]", "D_c[python]", "alpha_N[python]", "alpha_D[python]"]
     assert wide.config["priors"]["alpha_D"] == "LogNormal(loc=-1.386, scale=2)"
     assert (table["lower"] < table["median"]).all() and (table["median"] < table["upper"]).all()
