@@ -43,7 +43,7 @@ MASS_MATRICES = ("auto", "pooled", "diagonal", "dense")
 # above: a dense metric estimated from a pilot's few hundred draws per chain is noise in hundreds
 # of dimensions (Lin et al.'s 1,260 curves, 361: README, benchmark section).
 POOLED_MAX_DIM = 100
-WARMUP = 600  # warm-up iterations per chain: with the pooled mass matrix, a 450-iteration pilot and 150 more
+WARMUP = 1000  # warm-up iterations per chain: with the pooled mass matrix, a 750-iteration pilot and 250 more
 PILOT_TREE_DEPTH = 6  # the pooled metric's pilot: at most 63 leapfrog steps per iteration
 MIN_SHRINKAGE = 0.05  # the least share by which the pooled covariance's correlations are shrunk
 _SHARES = ("w", "omega")  # parameters in (0, 1): widths on the natural scale

@@ -36,12 +36,12 @@ def _args():
     p.add_argument("--side", type=int, default=8, help="model sizes = fine-tuning sizes = SIDE: 3 x SIDE^2 runs")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=600)
+    p.add_argument("--warmup", type=int, default=1000)
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--chain-method", default=None, help="NumPyro's: parallel, vectorized or sequential (default: fit's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mass-matrix", choices=("pooled", "diagonal", "dense"), default="pooled",
-                   help="fit()'s mass_matrix (default: pooled, fit()'s default)")
+    p.add_argument("--mass-matrix", choices=("auto", "pooled", "diagonal", "dense"), default="auto",
+                   help="fit()'s mass_matrix (default: fit()'s, auto)")
     p.add_argument("--epoch", action="store_true", help="the Chinchilla law on Epoch AI's data instead")
     return p.parse_args()
 

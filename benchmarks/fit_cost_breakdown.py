@@ -32,9 +32,9 @@ def _args():
                    help="transfer: model sizes = fine-tuning sizes = SIDE, so 3 x SIDE^2 runs (8: 192)")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=600)
-    p.add_argument("--mass-matrix", choices=("pooled", "diagonal", "dense"), default="pooled",
-                   help="fit()'s mass_matrix (default: pooled, fit()'s default)")
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--mass-matrix", choices=("auto", "pooled", "diagonal", "dense"), default="auto",
+                   help="fit()'s mass_matrix (default: fit()'s, auto)")
     return p.parse_args()
 
 
