@@ -140,9 +140,10 @@ Draws = typer.Option(1000, "--draws", min=1, help="NUTS draws per chain after wa
 Warmup = typer.Option(None, "--warmup", min=1, help="NUTS warm-up iterations per chain (default: fit's, "
                                                    "bayes_transfer.fit.WARMUP)")
 Seed = typer.Option(0, "--seed", help="random seed")
-MassMatrix = typer.Option("pooled", "--mass-matrix",
+MassMatrix = typer.Option(None, "--mass-matrix",
                           help="how NUTS learns its mass matrix: pooled (a dense one from a pilot's draws of all "
-                               "chains; the default), diagonal or dense (NumPyro's windowed adaptation per chain)")
+                               "chains), diagonal or dense (NumPyro's windowed adaptation per chain), or auto "
+                               "(fit's default: pooled up to 100 latent dimensions, diagonal above)")
 TargetAccept = typer.Option(0.9, "--target-accept", min=0.5, max=0.999,
                             help="NUTS target acceptance: higher takes smaller steps (fewer divergences, slower)")
 Allow = typer.Option(False, "--allow-unconverged", help="exit 0 even when the fit did not converge")
@@ -194,11 +195,12 @@ def _sampler(chains, draws, warmup, seed, mass_matrix, target_accept) -> dict:
     """The sampler options of `fit` and `report`, as ``fit`` arguments."""
     from bayes_transfer.fit import MASS_MATRICES
 
-    if mass_matrix not in MASS_MATRICES:
+    if mass_matrix is not None and mass_matrix not in MASS_MATRICES:
         raise typer.BadParameter(f"unknown mass matrix {mass_matrix!r}; choose from {', '.join(MASS_MATRICES)}",
                                  param_hint="--mass-matrix")
-    options = dict(chains=chains, draws=draws, seed=seed, mass_matrix=mass_matrix, target_accept=target_accept)
-    return options if warmup is None else dict(options, warmup=warmup)
+    given = dict(warmup=warmup, mass_matrix=mass_matrix)  # left out: fit's defaults
+    return dict(chains=chains, draws=draws, seed=seed, target_accept=target_accept,
+                **{k: v for k, v in given.items() if v is not None})
 
 
 def _fit_grid(path: Path, law, scratch_law, method, sampler: dict, declared=None):
@@ -280,7 +282,7 @@ def fit_cmd(
     draws: int = Draws,
     warmup: Optional[int] = Warmup,
     seed: int = Seed,
-    mass_matrix: str = MassMatrix,
+    mass_matrix: Optional[str] = MassMatrix,
     target_accept: float = TargetAccept,
     allow_unconverged: bool = Allow,
     units: Optional[str] = Units,
@@ -315,7 +317,7 @@ def report_cmd(
     draws: int = Draws,
     warmup: Optional[int] = Warmup,
     seed: int = Seed,
-    mass_matrix: str = MassMatrix,
+    mass_matrix: Optional[str] = MassMatrix,
     target_accept: float = TargetAccept,
     allow_unconverged: bool = Allow,
     units: Optional[str] = Units,

@@ -446,14 +446,13 @@ def main(argv=None) -> int:
     body = []
     earlier = _sections(args.out)
     for d in BY_KEY.values():
+        row, section_lines = earlier.get(d.title, (None, None))
         if args.only and d.key not in args.only:
-            row, section_lines = earlier.get(d.title, (None, None))
-            if row is not None:
+            if row is not None:  # not asked for: the page's earlier fit stays as it was
                 lines.append(row)
                 body += section_lines
             continue
         if not d.available:
-            row, section_lines = earlier.get(d.title, (None, None))
             if row is not None:  # the page's earlier fit stays, saying it was not redone
                 lines.append(row)
                 note = [] if any(line.startswith("Kept from") for line in section_lines) else [
