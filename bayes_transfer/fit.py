@@ -378,6 +378,8 @@ def fit(
     if method == "nuts":
         if chain_method is None:
             chain_method = "parallel" if jax.local_device_count() >= chains else "vectorized"
+        elif chain_method == "parallel" and jax.local_device_count() < chains:
+            chain_method = "sequential"  # what NumPyro falls back to; the record says what ran
         if mass_matrix == "auto":
             mass_matrix = "pooled" if _latent_dim(model, data, prior_set) <= POOLED_MAX_DIM else "diagonal"
         sampler = {"method": "nuts", "chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
@@ -460,7 +462,9 @@ def _run_nuts(model, args: tuple, y, key, sampler: dict, progress: bool):
         kernel = fixed_metric_nuts(metric)
         return jax.vmap(lambda k, z: kernel.init(k, final, z, args, {"y": y}))(keys, z)
 
-    state = initial_state(jax.random.split(state_key, chains), pilot.last_state.z, jnp.asarray(inverse_metric))
+    # on the host, so each chain method places it as it needs (pmap rejects the sharding jit gives)
+    state = jax.device_get(initial_state(jax.random.split(state_key, chains), pilot.last_state.z,
+                                         jnp.asarray(inverse_metric)))
     # From iteration 0 the first ``final`` iterations adapt the step size on NumPyro's schedule
     # (the metric held fixed); they are dropped.
     run = mcmc(fixed_metric_nuts(), final, final + draws)

@@ -1,5 +1,6 @@
 """Fitting: recovery of known parameters from simulated grids, diagnostics, MAP, save/load, two-stage."""
 
+import os
 import warnings
 
 import arviz as az
@@ -84,6 +85,37 @@ def test_kaplan_recovery_and_the_draws_use_the_pooled_metric():
     diagonal = quiet_fit(g, "kaplan", **FAST, mass_matrix="diagonal")
     steps = [float(x.sample_stats["n_steps"].mean()) for x in (f.idata, diagonal.idata)]
     assert steps[0] < 0.8 * steps[1], f"leapfrog steps per draw: pooled {steps[0]:.1f}, diagonal {steps[1]:.1f}"
+
+
+POOLED_CHAINS = """
+import warnings
+import numpy as np
+from bayes_transfer import fit
+from bayes_transfer.models import design_grid, simulate_grid
+warnings.simplefilter("ignore")
+g = simulate_grid(design_grid(np.geomspace(1e5, 3e6, 3), np.geomspace(6e4, 3e7, 3)), "kaplan",
+                  dict(N_c=1.5e6, D_c=1.5e6, alpha_N=0.15, alpha_D=0.3), sigma=0.01, seed=2)
+f = fit(g, "kaplan", chains=4, draws=30, warmup=40, chain_method=CHAIN_METHOD, progress=False)
+assert f.sampler["mass_matrix"] == "pooled", f.sampler
+assert f.sampler["chain_method"] == CHAIN_METHOD, f.sampler
+assert f.posterior["alpha_N"].shape == (4, 30, 1) and f.idata.sample_stats["n_steps"].shape == (4, 30)
+assert np.all(np.isfinite(f.posterior["alpha_N"].values))
+# each chain draws on its own: no two chains end on the same draw
+assert len({round(float(v), 12) for v in f.posterior["alpha_N"].values[:, -1, 0]}) == 4
+"""
+
+
+@pytest.mark.parametrize("chain_method", ["parallel", "vectorized", "sequential"])
+def test_pooled_fits_draw_with_every_chain_method(chain_method):
+    """In a fresh process with the package's own 4 host devices (the tests run on one), so
+    "parallel" maps one chain to each device."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    script = f"CHAIN_METHOD = {chain_method!r}" + POOLED_CHAINS
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_auto_mass_matrix_is_diagonal_above_its_dimension_limit(monkeypatch):
