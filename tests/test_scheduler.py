@@ -358,13 +358,14 @@ def test_a_group_stopped_at_the_time_limit_resumes_where_it_stopped(tmp_path):
     assert not rd.run_cell_group(cells, device="cpu", deadline=time.monotonic() - 1)
     assert not (tmp_path / "cut" / "runs").exists()
     assert len(list((tmp_path / "cut" / "resume").glob("resume-*.pt"))) == 1
-    from trainer.scheduler import saved_states
+    from trainer.scheduler import dry_run_estimate, saved_states
 
     run_grid(sp, tmp_path / "cut", root, time_limit=0)  # records the spec only
     st = status(tmp_path / "cut")[0]
     assert st["saved"] == len(cells) and sorted(st["pending_runs"]) == sorted(c.run_id for c in sp.cells)
     state, = saved_states(tmp_path / "cut")
     assert state["runs"] == [c.run_id for c in cells] and state["step"] == 0 and state["steps"] > 0
+    assert dry_run_estimate(sp, tmp_path / "cut")["saved"] == 1  # the dry run finds the group's state
     again = run_grid(sp, tmp_path / "cut", root, workers=1)
     assert again["complete"] and again["finished_runs"] == ref["finished_runs"]
     assert not list((tmp_path / "cut" / "resume").glob("*")) and status(tmp_path / "cut")[0]["saved"] == 0
@@ -600,6 +601,14 @@ def test_run_lengths_calibrate_on_finished_runs(tmp_path):
         assert length.p_capped(at) == pytest.approx((draws > cap).mean(), abs=0.003)
         assert length.within_budget(at) == pytest.approx(np.minimum(draws, cap).mean(), rel=1e-3)
     assert 0.45 < length.p_capped(at) < 0.55
+    # a saved group's run that has trained `done` tokens without stopping: what it still trains,
+    # and P(capped), are those of the draws longer than `done`
+    for done in (0.5 * length.tokens(at), 0.9 * cap):
+        alive = draws[draws > done]
+        assert length.within_budget(at, done) == pytest.approx((np.minimum(alive, cap) - done).mean(), rel=2e-3)
+        assert length.p_capped(at, done) == pytest.approx((alive > cap).mean(), abs=0.003)
+    assert length.within_budget(at, cap) == 0 and length.p_capped(at, cap) == 1
+    assert RunLength().within_budget(at, 1000.0) == min(RunLength().tokens(at), cap) - 1000.0
     cap = settings.max_steps * 16 * 256
     assert RunLength().tokens(cell) == expected_tokens(131072, True) and RunLength().p_capped(cell) is None
     assert RunLength().within_budget(cell) == min(expected_tokens(131072, True), cap)

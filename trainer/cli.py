@@ -214,7 +214,8 @@ def _print_dry_run(sp, out: Path, cuda: bool) -> None:
     unit = "GPU-hours" if cuda else "core-hours"
     typer.echo(f"estimated cost of what remains: pre-training {e['pretrain_s'] / 3600:.2f} + runs "
                f"{e['runs_s'] / 3600:.2f} = {e['total_s'] / 3600:.2f} {unit} (speeds probed on this machine; "
-               f"{e['run_length']})")
+               f"{e['run_length']}" + (f"; {e['saved']} saved group(s) priced from where they stopped" if e["saved"]
+                                       else "") + ")")
     if e["p_capped"]:
         likely = sorted((p, r) for r, p in e["p_capped"].items() if p > 0.5)[::-1]
         typer.echo(f"expected to reach their token budget before early stopping (capped): "

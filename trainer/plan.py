@@ -128,24 +128,36 @@ class RunLength:
             return expected_tokens(c.data_tokens, c.source == SCRATCH)
         return math.exp(self._log_median(c))
 
-    def within_budget(self, c: Cell) -> float:
-        """Expected tokens a run trains: E[min(t, budget)] over the spread of run lengths
-        (the median, cut at the budget, where the rule is not calibrated)."""
+    def within_budget(self, c: Cell, done: float = 0.0) -> float:
+        """Expected tokens a run still trains, having trained ``done`` without stopping (a saved
+        state's progress): E[min(t, budget) | t > done] - done over the spread of run lengths
+        (the median cut at the budget, less ``done``, where the rule is not calibrated)."""
         budget = budget_tokens(c)
+        done = min(max(done, 0.0), budget)
         if self.coef is None:
-            return min(self.tokens(c), budget)
+            return max(min(self.tokens(c), budget) - done, 0.0)
         from scipy.stats import norm
 
         m, s, lb = self._log_median(c), self.spread, math.log(budget)
-        return math.exp(m + s * s / 2) * norm.cdf((lb - m - s * s) / s) + budget * norm.sf((lb - m) / s)
+        ld = math.log(done) if done > 0 else -math.inf
+        alive = norm.sf((ld - m) / s)
+        if alive < 1e-300:  # far beyond any length the law expects: charge the rest of its budget
+            return budget - done
+        # partial expectation of the lognormal over (done, budget), plus the budget where it is capped
+        within = math.exp(m + s * s / 2) * (norm.sf((ld - m - s * s) / s) - norm.sf((lb - m - s * s) / s))
+        return (within + budget * norm.sf((lb - m) / s)) / alive - done
 
-    def p_capped(self, c: Cell) -> float | None:
-        """Probability that the run reaches its token budget before early stopping (None uncalibrated)."""
+    def p_capped(self, c: Cell, done: float = 0.0) -> float | None:
+        """Probability that the run reaches its token budget before early stopping, given it has
+        trained ``done`` tokens without stopping (None uncalibrated)."""
         if self.coef is None:
             return None
         from scipy.stats import norm
 
-        return float(norm.sf((math.log(budget_tokens(c)) - self._log_median(c)) / self.spread))
+        m, s, budget = self._log_median(c), self.spread, budget_tokens(c)
+        ld = math.log(min(done, budget)) if done > 0 else -math.inf
+        alive = norm.sf((ld - m) / s)
+        return 1.0 if alive < 1e-300 else float(norm.sf((math.log(budget) - m) / s) / alive)
 
     @classmethod
     def calibrated(cls, out: Path | None) -> "RunLength":
@@ -211,13 +223,14 @@ def censored_least_squares(X: np.ndarray, y: np.ndarray, lower: np.ndarray) -> t
     return theta[:-1], float(math.exp(theta[-1]))
 
 
-def group_seconds(cells: list[Cell], speed: float, length: RunLength = RunLength()) -> float:
+def group_seconds(cells: list[Cell], speed: float, length: RunLength = RunLength(), done: float = 0.0) -> float:
     """Seconds for one group: its longest expected run at the group's width
     (stopped members leave as it thins, so charge at least the mean), plus
-    evaluations: a forward pass costs about a third of a training step."""
+    evaluations: a forward pass costs about a third of a training step.
+    ``done``: tokens per member its saved state has trained already."""
     st = cells[0].settings
     per_step = st.batch * CTX
-    runs = [length.within_budget(c) for c in cells]
+    runs = [length.within_budget(c, done) for c in cells]
     train = max(max(runs), sum(runs) / len(runs)) * len(cells)
     n_evals = max(runs) / per_step / st.eval_interval + 8
     evals = len(cells) * (n_evals * st.eval_seqs + st.report_seqs) * CTX / 3
@@ -256,11 +269,14 @@ def check_sizes(spec: Spec, manifest: dict) -> None:
             raise SpecError(f"D_F={big} exceeds the {n} bytes of {t}/train")
 
 
-def estimate(pending_pre, pending_cells, device: str = "cpu", length: RunLength = RunLength()) -> dict:
+def estimate(pending_pre, pending_cells, device: str = "cpu", length: RunLength = RunLength(),
+             done: list[float] | None = None) -> dict:
     """Core-seconds (device-seconds on a GPU) for the given pending groups,
-    with speeds probed on this machine."""
+    with speeds probed on this machine; ``done``: tokens per member each cell
+    group's saved state has trained (0 for a group starting afresh)."""
+    done = done or [0.0] * len(pending_cells)
     pre = sum(pretrain_seconds(g, probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, device))
               for g in pending_pre)
-    runs = sum(group_seconds(g, probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, device), length)
-               for g in pending_cells)
+    runs = sum(group_seconds(g, probe_tokens_per_s(g[0].size, len(g), g[0].settings.batch, device), length, d)
+               for g, d in zip(pending_cells, done))
     return dict(pretrain_s=pre, runs_s=runs, total_s=pre + runs)

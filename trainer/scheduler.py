@@ -36,7 +36,7 @@ from trainer.plan import (
     pretrain_seconds,
 )
 from trainer.provenance import code_version, corpus_hashes
-from trainer.spec import Cell, PretrainJob, Spec, SpecError, spec_hash
+from trainer.spec import CTX, Cell, PretrainJob, Spec, SpecError, spec_hash
 from trainer.train import Member, ResumeError, load_checkpoint, save_checkpoint, train_group
 
 
@@ -539,6 +539,13 @@ def dry_run_estimate(spec: Spec, out: Path, cuda: bool = False, pack: int | None
     """The cost of what remains in out, probed on this machine."""
     rd = RunDir(spec, out, None, pack or default_pack(spec, cuda))
     pg, cg = rd.pending()
+    cg = [g for g in map(rd.to_train, cg) if g]  # a run another group's saved state holds is priced there
+    # a saved group is priced from where it stopped: its members have trained that many tokens
+    steps = {s["path"]: s["step"] for s in saved_states(out, pretraining=False) if "step" in s}
+    saved = [str(rd.cell_resume_path(g).relative_to(rd.out)) for g in cg]
+    done = [steps.get(path, 0) * g[0].settings.batch * CTX for g, path in zip(cg, saved)]
     length = RunLength.calibrated(out)
-    p_capped = {c.run_id: length.p_capped(c) for g in cg for c in g} if length.coef is not None else {}
-    return {**estimate(pg, cg, "cuda" if cuda else "cpu", length), "run_length": length.describe(), "p_capped": p_capped}
+    p_capped = ({c.run_id: length.p_capped(c, d) for g, d in zip(cg, done) for c in g}
+                if length.coef is not None else {})
+    return {**estimate(pg, cg, "cuda" if cuda else "cpu", length, done), "run_length": length.describe(),
+            "p_capped": p_capped, "saved": sum(path in steps for path in saved)}
