@@ -40,6 +40,9 @@ def _compilation_cache() -> None:
     if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return
     jax.config.update("jax_compilation_cache_dir", str(folder))
+    # Every program, not only those over JAX's default 1 s of compiling: a fit's many small
+    # ones add up (a first fit in a fresh process, cache warm: 15.7 s against 27.6 s).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     # A size limit turns on JAX's eviction, and with it a file lock: two processes never
     # read an entry while the other is writing it.
     jax.config.update("jax_compilation_cache_max_size", 512 * 2**20)
