@@ -58,9 +58,9 @@ def test_a_scratch_law_reports_each_parameter_both_ways():
         base = fit(grid, "kaplan", chains=1, draws=300, warmup=300, target_accept=0.95, mass_matrix="dense",
                    progress=False).accept_unconverged()
         table, wide = prior_sensitivity(base)
-    # the refit samples as the fit did
+    # the refit samples as the fit did, at a finer step: half the fit's shortfall of acceptance from 1
     assert {k: wide.sampler[k] for k in ("draws", "target_accept", "mass_matrix")} == \
-        {"draws": 300, "target_accept": 0.95, "mass_matrix": "dense"}
+        {"draws": 300, "target_accept": pytest.approx(0.975), "mass_matrix": "dense"}
     assert list(table["quantity"]) == ["N_c[python]", "D_c[python]", "alpha_N[python]", "alpha_D[python]"]
     assert wide.config["priors"]["alpha_D"] == "LogNormal(loc=-1.386, scale=2)"
     assert (table["lower"] < table["median"]).all() and (table["median"] < table["upper"]).all()
