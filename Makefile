@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collects nothing; that is not a failure of the code.
 # Tests run in up to 4 worker processes (most are single-threaded fits): on 2 cores about 10.5 min
-# quiet, 12 beside a training grid (README).
+# quiet, 15 beside a training grid and other fits (README).
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
