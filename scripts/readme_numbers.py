@@ -84,13 +84,17 @@ def parameters(f, names, label=""):
                   f"{r['width ratio']:.2f}{' prior-driven' if r['prior-driven'] else ''}")
 
 
+def demo_fit(title: str, path: Path):
+    """The demo's fit of a shipped grid, its centre (N, D_F) and its smallest and largest N."""
+    print(f"## {title} ({path.name})")
+    f = timed_fit("demo fit", path)
+    sizes = f.grid.runs["n_params"]
+    return (f, *q.fit_centre(f), sizes.min(), sizes.max())
+
+
 def main_grid():
     path = GRIDS / "cpu_text_to_python.nc"
-    print(f"## Main grid ({path.name})")
-    f = timed_fit("demo fit (Kaplan form)", path)
-    N0, D0 = q.fit_centre(f)
-    runs = f.grid.runs
-    n_lo, n_hi = runs["n_params"].min(), runs["n_params"].max()
+    f, N0, D0, n_lo, n_hi = demo_fit("Main grid (Kaplan scratch form)", path)
     multipliers(f, [(N0, D0), (n_lo, 8 * KIB), (n_hi, 8 * KIB), (n_lo, 512 * KIB), (n_hi, 512 * KIB),
                     (n_lo, 2 * MIB)])
     multipliers(f, [(1.21e5, 46 * KIB)], label="at the 69-run file's centre: ")
@@ -125,12 +129,7 @@ def main_grid():
 
 
 def two_sources():
-    path = GRIDS / "cpu_python_two_sources.nc"
-    print(f"## Two sources ({path.name})")
-    f = timed_fit("demo fit", path)
-    N0, D0 = q.fit_centre(f)
-    runs = f.grid.runs
-    n_lo, n_hi = runs["n_params"].min(), runs["n_params"].max()
+    f, N0, D0, n_lo, n_hi = demo_fit("Two sources", GRIDS / "cpu_python_two_sources.nc")
     pairs = q.pairs(f)
     for N, D_F in [(N0, D0), (n_lo, 8 * KIB), (n_hi, 8 * KIB), (n_hi, 512 * KIB)]:
         m = {p: q.effective_multiplier(f, N, D_F, pair=p, allow_unconverged=True) for p in pairs}
