@@ -19,7 +19,7 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 
-from bayes_transfer import fit, load_grid, quantities as q
+from bayes_transfer import fit, load_grid, quantities as q, recommend
 from bayes_transfer.cli import DEMO_SAMPLER, DEMO_SAMPLER_FOR
 from bayes_transfer.compare import beta_sharing_of
 from bayes_transfer.fit import default_law
@@ -106,6 +106,11 @@ def main_grid():
               f"({dt[0]:.0f} KiB at 8 KiB, {dt[-1]:.0f} KiB at 512 KiB)")
         p = q.ossification_probability(f, N, 2 * MIB, allow_unconverged=True)
         print(f"  - P(ossified) at N {N:.3g}, 2 MiB: {float(np.asarray(p).ravel()[0]):.2f}")
+    multipliers(f, [(49440, d * KIB) for d in (8, 32, 128)], label="at the gap grid's size: ")
+    rec = recommend(f, budget=100, cost_finetune=1e-3, price_per_flop=1e-12,
+                    current=dict(n_params=3.3e5, data_tokens=131072))
+    print("  - recommend (budget 100, cost_finetune 1e-3, price_per_flop 1e-12, N 3.3e5, D_F 128 KiB):\n" +
+          rec.to_markdown())
     ppc = q.posterior_predictive_table(f)
     print(f"  - runs inside their 90% predictive interval: {ppc['inside'].mean():.0%} of {len(ppc)}")
     for d in (8 * KIB, 32 * KIB):
