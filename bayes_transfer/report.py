@@ -455,11 +455,11 @@ def _prior_sensitivity(page: _Page, fit, prob: float) -> None:
         "median shift / interval width": table["shift / width"].round(2),
         "interval width ratio": table["width ratio"].round(2)}))
     note = "" if wide.converged else " The wider-prior fit did not converge; read its column as provisional."
+    step = f" (target_accept {wide.sampler['target_accept']:g})" if "target_accept" in wide.sampler else ""
     page.para(f"Every prior on the law's parameters made {sensitivity.WIDEN:g} times as wide (log-sd of a "
               f"log-normal doubled, a Beta's concentration halved; noise and spread priors kept), refitted with "
-              f"the same sampler settings but a finer step (target_accept {wide.sampler['target_accept']:g}). "
-              f"A number the data decided barely moves (shift and width ratio near 0 "
-              f"and 1); one that moves by a good part of its interval, or whose interval widens with its prior, "
+              f"the same sampler settings but a finer step{step}. A number the data decided barely moves "
+              f"(shift and width ratio near 0 and 1); one that moves by a good part of its interval, or whose interval widens with its prior, "
               f"rests on the prior. Widths on the log scale."
               + (" The multiplier is at the fit's centre, where its prior is set." if law.kind == "transfer" else "")
               + note)
