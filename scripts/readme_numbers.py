@@ -142,6 +142,12 @@ def two_sources():
         print(f"  - N {N:.3g}, D_F {D_F / KIB:.0f} KiB: " + "; ".join(f"{p} {interval(v)}" for p, v in m.items()) +
               f"; English + code over English {interval(ratio)}, P(> 1) {float((ratio > 1).mean()):.2f}")
     parameters(f, ["alpha", "beta", "k"])
+    for p in pairs:
+        for N in (n_lo, 49440):
+            prob = q.ossification_probability(f, N, 2 * MIB, pair=p, allow_unconverged=True)
+            driven = q.ossification_prior_driven(f, N, 2 * MIB, pair=p)
+            print(f"  - {p}: P(ossified) at N {N:.3g}, 2 MiB: {float(np.asarray(prob).ravel()[0]):.2f}"
+                  + (" (prior-driven)" if bool(np.asarray(driven).ravel()[0]) else ""))
     ppc = q.posterior_predictive_table(f)
     print(f"  - runs inside their 90% predictive interval: {ppc['inside'].mean():.0%} of {len(ppc)}")
     sensitivity(f)
