@@ -385,10 +385,7 @@ def fit(
         sampler = {"method": "nuts", "chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
                    "target_accept": target_accept, "chain_method": chain_method, "mass_matrix": mass_matrix,
                    "max_tree_depth": MAX_TREE_DEPTH}
-        with warnings.catch_warnings():
-            # NumPyro warns when it falls back from parallel chains; the choice is recorded in sampler.
-            warnings.filterwarnings("ignore", message="There are not enough devices")
-            drawn, warmup_record = _run_nuts(model, (data, prior_set), data.y, key, sampler, progress)
+        drawn, warmup_record = _run_nuts(model, (data, prior_set), data.y, key, sampler, progress)
         sampler.update(warmup_record)
         samples = drawn["z"]
         sample_stats = {"diverging": drawn["diverging"], "energy": drawn["energy"], "n_steps": drawn["num_steps"]}
@@ -448,11 +445,12 @@ def _run_nuts(model, args: tuple, y, key, sampler: dict, progress: bool):
     pilot.warmup(pilot_key, *args, y=y, collect_warmup=True, extra_fields=("num_steps",))
     inverse_metric, shrinkage = pooled_inverse_metric(pilot.get_samples(group_by_chain=True))
 
-    # NumPyro compiles a metric given to NUTS into its drawing program as a constant, so every
-    # new metric (every fit) would compile that program again, which the persistent cache
-    # cannot serve. Instead the metric enters the chains' initial state, built by one program
-    # that takes it as an argument, and the drawing kernel, whose own metric is never used,
-    # starts from that state.
+    # With parallel chains (the default) NumPyro traces each chain's initialisation inside the
+    # same pmap as its draws, so a metric given to NUTS would be compiled into the drawing
+    # program as a constant: every new metric (every fit) would compile it again, which the
+    # persistent cache cannot serve. Instead the metric enters the chains' initial state, built
+    # by one program that takes it as an argument, and the drawing kernel, whose own metric is
+    # never used, starts from that state.
     def fixed_metric_nuts(metric=None):
         return NUTS(model, target_accept_prob=target, dense_mass=True, inverse_mass_matrix=metric,
                     adapt_mass_matrix=False, max_tree_depth=sampler["max_tree_depth"])
@@ -462,9 +460,11 @@ def _run_nuts(model, args: tuple, y, key, sampler: dict, progress: bool):
         kernel = fixed_metric_nuts(metric)
         return jax.vmap(lambda k, z: kernel.init(k, final, z, args, {"y": y}))(keys, z)
 
+    z = pilot.last_state.z if chains > 1 else jax.tree.map(lambda v: v[None], pilot.last_state.z)
     # on the host, so each chain method places it as it needs (pmap rejects the sharding jit gives)
-    state = jax.device_get(initial_state(jax.random.split(state_key, chains), pilot.last_state.z,
-                                         jnp.asarray(inverse_metric)))
+    state = jax.device_get(initial_state(jax.random.split(state_key, chains), z, jnp.asarray(inverse_metric)))
+    if chains == 1:  # one chain runs unmapped: no chain axis
+        state = jax.tree.map(lambda v: v[0], state)
     # From iteration 0 the first ``final`` iterations adapt the step size on NumPyro's schedule
     # (the metric held fixed); they are dropped.
     run = mcmc(fixed_metric_nuts(), final, final + draws)

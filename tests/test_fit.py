@@ -112,10 +112,20 @@ def test_pooled_fits_draw_with_every_chain_method(chain_method):
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"BAYES_TRANSFER_JAX_CACHE": "off"}
     script = f"CHAIN_METHOD = {chain_method!r}" + POOLED_CHAINS
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_one_chain_and_an_unmet_parallel_request_draw_and_say_what_ran():
+    g = simulate_grid(design_grid(np.geomspace(1e5, 3e6, 3), np.geomspace(6e4, 3e7, 3)), "kaplan", KAPLAN, sigma=0.01, seed=2)
+    one = quiet_fit(g, "kaplan", chains=1, draws=30, warmup=40, progress=False)
+    assert one.sampler["mass_matrix"] == "pooled" and one.posterior["alpha_N"].shape == (1, 30, 1)
+    assert np.all(np.isfinite(one.posterior["alpha_N"].values))
+    # the tests run on one host device: NumPyro draws two "parallel" chains one after the other
+    two = quiet_fit(g, "kaplan", chains=2, draws=30, warmup=40, chain_method="parallel", progress=False)
+    assert two.sampler["chain_method"] == "sequential" and two.posterior["alpha_N"].shape == (2, 30, 1)
 
 
 def test_auto_mass_matrix_is_diagonal_above_its_dimension_limit(monkeypatch):
@@ -480,6 +490,7 @@ def test_compiled_samplers_are_cached_per_user_and_closed_to_others(tmp_path, mo
     import jax
 
     before = jax.config.jax_compilation_cache_dir
+    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
     try:
         monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
         monkeypatch.delenv("BAYES_TRANSFER_JAX_CACHE", raising=False)
@@ -503,3 +514,4 @@ def test_compiled_samplers_are_cached_per_user_and_closed_to_others(tmp_path, mo
                 assert jax.config.jax_compilation_cache_dir is None, env
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)  # the suite's (conftest)
