@@ -67,7 +67,7 @@ def multipliers(f, points, pair=None, label=""):
 
 def sensitivity(f):
     table, wide = prior_sensitivity(f)
-    print(f"  - priors twice as wide: {wide.diagnostics()}")
+    print(f"  - priors twice as wide (target_accept {wide.sampler['target_accept']:g}): {wide.diagnostics()}")
     for _, r in table.iterrows():
         print(f"    - {r['quantity']}: {fmt(r['median'])} [{fmt(r['lower'])}, {fmt(r['upper'])}] -> "
               f"{fmt(r['wide median'])} [{fmt(r['wide lower'])}, {fmt(r['wide upper'])}]; shift "

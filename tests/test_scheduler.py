@@ -346,7 +346,7 @@ def test_worker_processes_die_with_a_killed_grid_run(tmp_path):
     assert not any(_alive(k) for k in kids)
 
 
-def test_a_group_stopped_at_the_time_limit_resumes_where_it_stopped(tmp_path):
+def test_a_group_stopped_at_the_time_limit_resumes_where_it_stopped(tmp_path, monkeypatch):
     """A fine-tuning/scratch group past the deadline saves its state and writes
     no record; the next call resumes it, and the runs equal uninterrupted ones."""
     root = corpus_root(tmp_path)
@@ -366,6 +366,23 @@ def test_a_group_stopped_at_the_time_limit_resumes_where_it_stopped(tmp_path):
     state, = saved_states(tmp_path / "cut")
     assert state["runs"] == [c.run_id for c in cells] and state["step"] == 0 and state["steps"] > 0
     assert dry_run_estimate(sp, tmp_path / "cut")["saved"] == 1  # the dry run finds the group's state
+    # members that stopped before the state was saved cost nothing more (a copy: the run below resumes this one)
+    import shutil
+
+    import torch
+
+    shutil.copytree(tmp_path / "cut", tmp_path / "stopped")
+    path = tmp_path / "stopped" / state["path"]
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    meta = json.loads(saved["meta"])
+    for rec in meta["rec"]:
+        rec["status"] = "ok"
+    saved["meta"] = json.dumps(meta)
+    torch.save(saved, path)
+    assert saved_states(tmp_path / "stopped")[0]["stopped"] == {c.run_id: "ok" for c in cells}
+    monkeypatch.setattr("trainer.plan.probe_tokens_per_s", lambda *a, **k: 1e4)  # one speed: costs comparable
+    whole, rest = (dry_run_estimate(sp, tmp_path / d)["runs_s"] for d in ("cut", "stopped"))
+    assert 0 < rest < whole
     again = run_grid(sp, tmp_path / "cut", root, workers=1)
     assert again["complete"] and again["finished_runs"] == ref["finished_runs"]
     assert not list((tmp_path / "cut" / "resume").glob("*")) and status(tmp_path / "cut")[0]["saved"] == 0
@@ -607,7 +624,7 @@ def test_run_lengths_calibrate_on_finished_runs(tmp_path):
         alive = draws[draws > done]
         assert length.within_budget(at, done) == pytest.approx((np.minimum(alive, cap) - done).mean(), rel=2e-3)
         assert length.p_capped(at, done) == pytest.approx((alive > cap).mean(), abs=0.003)
-    assert length.within_budget(at, cap) == 0 and length.p_capped(at, cap) == 1
+    assert length.within_budget(at, cap) == 0 and length.p_capped(at, cap) == 1  # nothing left at the budget
     assert RunLength().within_budget(at, 1000.0) == min(RunLength().tokens(at), cap) - 1000.0
     cap = settings.max_steps * 16 * 256
     assert RunLength().tokens(cell) == expected_tokens(131072, True) and RunLength().p_capped(cell) is None

@@ -133,7 +133,9 @@ class RunLength:
         state's progress): E[min(t, budget) | t > done] - done over the spread of run lengths
         (the median cut at the budget, less ``done``, where the rule is not calibrated)."""
         budget = budget_tokens(c)
-        done = min(max(done, 0.0), budget)
+        if done >= budget:
+            return 0.0
+        done = max(done, 0.0)
         if self.coef is None:
             return max(min(self.tokens(c), budget) - done, 0.0)
         from scipy.stats import norm
@@ -141,7 +143,9 @@ class RunLength:
         m, s, lb = self._log_median(c), self.spread, math.log(budget)
         ld = math.log(done) if done > 0 else -math.inf
         alive = norm.sf((ld - m) / s)
-        if alive < 1e-300:  # far beyond any length the law expects: charge the rest of its budget
+        if alive < 1e-300:
+            # far beyond any length the law expects (its lognormal tail underflows): a conservative
+            # override, the rest of the budget, not the law's own limit
             return budget - done
         # partial expectation of the lognormal over (done, budget), plus the budget where it is capped
         within = math.exp(m + s * s / 2) * (norm.sf((ld - m - s * s) / s) - norm.sf((lb - m - s * s) / s))
@@ -155,7 +159,9 @@ class RunLength:
         from scipy.stats import norm
 
         m, s, budget = self._log_median(c), self.spread, budget_tokens(c)
-        ld = math.log(min(done, budget)) if done > 0 else -math.inf
+        if done >= budget:
+            return 1.0
+        ld = math.log(done) if done > 0 else -math.inf
         alive = norm.sf((ld - m) / s)
         return 1.0 if alive < 1e-300 else float(norm.sf((math.log(budget) - m) / s) / alive)
 

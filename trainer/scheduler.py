@@ -255,8 +255,11 @@ def saved_states(out: Path, pretraining: bool = True) -> list[dict]:
             meta = json.loads(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["meta"])
             s = meta["settings"]
             total = math.ceil(s["total_tokens"] / (s["batch"] * s["ctx"])) if s.get("total_tokens") else s["max_steps"]
+            # members that already stopped (their record is written when the group ends)
+            stopped = {r: rec["status"] for r, rec in zip(meta["runs"], meta.get("rec", [])) if rec.get("status")}
             rows.append(dict(path=str(path.relative_to(out)), runs=meta["runs"], step=meta["step"], steps=total,
-                             wall_s=meta.get("wall_s", float("nan")), code_version=meta.get("code_version", "")))
+                             wall_s=meta.get("wall_s", float("nan")), code_version=meta.get("code_version", ""),
+                             stopped=stopped))
         except Exception as e:  # noqa: BLE001 - any damage: say so, the run that needs it refuses it too
             rows.append(dict(path=str(path.relative_to(out)), runs=[], error=f"{type(e).__name__}: {e}"))
     return rows
@@ -540,12 +543,16 @@ def dry_run_estimate(spec: Spec, out: Path, cuda: bool = False, pack: int | None
     rd = RunDir(spec, out, None, pack or default_pack(spec, cuda))
     pg, cg = rd.pending()
     cg = [g for g in map(rd.to_train, cg) if g]  # a run another group's saved state holds is priced there
-    # a saved group is priced from where it stopped: its members have trained that many tokens
-    steps = {s["path"]: s["step"] for s in saved_states(out, pretraining=False) if "step" in s}
-    saved = [str(rd.cell_resume_path(g).relative_to(rd.out)) for g in cg]
-    done = [steps.get(path, 0) * g[0].settings.batch * CTX for g, path in zip(cg, saved)]
+    # a saved group is priced from where it stopped: its members still training have trained that
+    # many tokens; those already stopped cost nothing more and are capped or not as they ended
+    states = {s["path"]: s for s in saved_states(out, pretraining=False) if "step" in s}
+    saved = [states.get(str(rd.cell_resume_path(g).relative_to(rd.out))) for g in cg]
+    stopped = {r: status for st in saved if st for r, status in st["stopped"].items()}
+    running = [[c for c in g if c.run_id not in stopped] for g in cg]
+    done = [st["step"] * g[0].settings.batch * CTX if st else 0 for g, st in zip(cg, saved)]
+    priced = [(g, d) for g, d in zip(running, done) if g]
     length = RunLength.calibrated(out)
-    p_capped = ({c.run_id: length.p_capped(c, d) for g, d in zip(cg, done) for c in g}
-                if length.coef is not None else {})
-    return {**estimate(pg, cg, "cuda" if cuda else "cpu", length, done), "run_length": length.describe(),
-            "p_capped": p_capped, "saved": sum(path in steps for path in saved)}
+    p_capped = ({c.run_id: length.p_capped(c, d) for g, d in priced for c in g}
+                | {r: float(status == "capped") for r, status in stopped.items()} if length.coef is not None else {})
+    return {**estimate(pg, [g for g, _ in priced], "cuda" if cuda else "cpu", length, [d for _, d in priced]),
+            "run_length": length.describe(), "p_capped": p_capped, "saved": sum(st is not None for st in saved)}
