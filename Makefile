@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(VENV)/bin/bayes-transfer demo --out demo-report
 
 # pytest exits 5 when it collects nothing; that is not a failure of the code.
-# Tests run in up to 4 worker processes (most are single-threaded fits): on 2 cores about 10.5 min
-# quiet, 15 beside a training grid and other fits (README).
+# Tests run in up to 4 worker processes (most are single-threaded fits): on 2 cores 7-15 min, by
+# machine and load (README).
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
