@@ -41,8 +41,9 @@ def law_sites(fit: Fit) -> list[str]:
 
 def wide_target_accept(target_accept: float) -> float:
     """The refit's NUTS acceptance target: half the fit's shortfall from 1 (0.9 -> 0.95, 0.95 ->
-    0.975), at most 0.99 unless the fit's own is higher. Wider priors reach into the laws' flat, curved corners: at the fit's own 0.9 the
-    wider-prior refits of the main and two-source CPU grids each had a divergent transition."""
+    0.975), at most 0.99 unless the fit's own is higher. Wider priors reach into the laws' flat,
+    curved corners: at the fit's own 0.9 the wider-prior refits of the main and two-source CPU
+    grids each had a divergent transition."""
     return max(target_accept, min(0.99, (1.0 + target_accept) / 2))
 
 
