@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import importlib
 import sys
 import tempfile
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import typer
@@ -172,23 +172,19 @@ def _laws():
 
 @contextlib.contextmanager
 def _rich_progress():
-    """NumPyro draws its sampling bars with tqdm; have tqdm render them with rich."""
-    import numpyro.util
+    """Draw ``fit``'s sampling bar (tqdm) with rich."""
     from tqdm import TqdmExperimentalWarning
     from tqdm.rich import tqdm as rich_tqdm
-    from tqdm.rich import trange as rich_trange
 
-    if not (hasattr(numpyro.util, "tqdm") and hasattr(numpyro.util, "tqdm_auto")):
-        yield  # another NumPyro layout: its own tqdm bars, unchanged
-        return
-    saved = numpyro.util.tqdm, numpyro.util.tqdm_auto
-    numpyro.util.tqdm, numpyro.util.tqdm_auto = SimpleNamespace(trange=rich_trange), rich_tqdm
+    fit_module = importlib.import_module("bayes_transfer.fit")  # the package's `fit` is the function
+    saved = fit_module.tqdm
+    fit_module.tqdm = rich_tqdm
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TqdmExperimentalWarning)
             yield
     finally:
-        numpyro.util.tqdm, numpyro.util.tqdm_auto = saved
+        fit_module.tqdm = saved
 
 
 def _sampler(chains, draws, warmup, seed, mass_matrix, target_accept) -> dict:

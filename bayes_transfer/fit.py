@@ -13,6 +13,7 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +25,9 @@ import numpyro.optim as optim
 from numpyro import handlers
 import pandas as pd
 import xarray as xr
-from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_median, log_likelihood
+from numpyro.infer import NUTS, SVI, Predictive, Trace_ELBO, init_to_median, log_likelihood
 from numpyro.infer.autoguide import AutoDelta
+from tqdm.auto import tqdm
 
 from bayes_transfer import laws, version
 from bayes_transfer.atomic import atomic_write
@@ -385,7 +387,7 @@ def fit(
         sampler = {"method": "nuts", "chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
                    "target_accept": target_accept, "chain_method": chain_method, "mass_matrix": mass_matrix,
                    "max_tree_depth": MAX_TREE_DEPTH}
-        drawn, warmup_record = _run_nuts(model, (data, prior_set), data.y, key, sampler, progress)
+        drawn, warmup_record = _run_nuts(model, data, prior_set, key, sampler, progress)
         sampler.update(warmup_record)
         samples = drawn["z"]
         sample_stats = {"diverging": drawn["diverging"], "energy": drawn["energy"], "n_steps": drawn["num_steps"]}
@@ -415,64 +417,127 @@ def _latent_dim(model, data, priors) -> int:
     return sum(int(np.prod(v.shape)) for v in jax.eval_shape(latent).values())
 
 
-def _run_nuts(model, args: tuple, y, key, sampler: dict, progress: bool):
+def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress: bool):
     """Warm up and draw as ``sampler["mass_matrix"]`` says: the draws (``z``, ``diverging``,
     ``energy``, ``num_steps``, each chain x draw x ...) and what the warm-up measured (the
-    pooled pilot's mean leapfrog steps per chain, its shrinkage)."""
+    pooled pilot's mean leapfrog steps per chain, its shrinkage).
+
+    NumPyro's kernels, driven here rather than by its ``MCMC``: every compiled program takes
+    the data as an argument (``MCMC`` compiles them into its parallel chains as constants), so a
+    grid of the same shapes loads the programs from JAX's persistent cache instead of compiling
+    them; and the progress bar is drawn between compiled chunks of iterations, not from inside
+    them (a program that calls back to Python is never written to that cache).
+    """
     chains, warmup, draws, target = sampler["chains"], sampler["warmup"], sampler["draws"], sampler["target_accept"]
-    init = init_to_median(num_samples=15)
+    bound = partial(model, priors=priors)  # the priors are fixed structure; the data an argument
+    chains_map = _chain_map(sampler["chain_method"])
     fields = ("diverging", "energy", "num_steps")
+    init = init_to_median(num_samples=15)
+    bar = tqdm(total=chains * (warmup + draws), desc="NUTS", unit="it", disable=not progress, leave=False)
 
-    def mcmc(kernel, num_warmup, num_samples, **options):
-        return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=chains,
-                    chain_method=sampler["chain_method"], progress_bar=progress, **options)
+    def start(kernel, num_warmup):
+        def one(key, d):
+            return kernel.init(key, num_warmup, None, (d,), {"y": d.y})
+        return chains_map(one)
 
-    def drawn(run, skip=0):
-        out = {k: np.asarray(v)[:, skip:] for k, v in run.get_extra_fields(group_by_chain=True).items()}
-        out["z"] = {k: np.asarray(v)[:, skip:] for k, v in run.get_samples(group_by_chain=True).items()}
-        return out
+    with bar:
+        if sampler["mass_matrix"] != "pooled":
+            kernel = NUTS(bound, target_accept_prob=target, init_strategy=init,
+                          dense_mass=sampler["mass_matrix"] == "dense", max_tree_depth=sampler["max_tree_depth"])
+            state = start(kernel, warmup)(jax.random.split(key, chains), data)
+            _, out = _iterate(kernel, state, data, warmup + draws, fields, chains_map, bar)
+            return _drawn(kernel, data, out, warmup), {}
+        pilot_key, state_key, key = jax.random.split(key, 3)
+        final = max(4, warmup // 4)
+        bar.set_description("NUTS warm-up")
+        pilot = NUTS(bound, target_accept_prob=target, init_strategy=init, max_tree_depth=PILOT_TREE_DEPTH)
+        state = start(pilot, warmup - final)(jax.random.split(pilot_key, chains), data)
+        state, out = _iterate(pilot, state, data, warmup - final, ("num_steps",), chains_map, bar)
+        inverse_metric, shrinkage = pooled_inverse_metric(out["z"])
 
-    if sampler["mass_matrix"] != "pooled":
-        kernel = NUTS(model, target_accept_prob=target, init_strategy=init,
-                      dense_mass=sampler["mass_matrix"] == "dense", max_tree_depth=sampler["max_tree_depth"])
-        run = mcmc(kernel, warmup, draws)
-        run.run(key, *args, y=y, extra_fields=fields)
-        return drawn(run), {}
-    pilot_key, state_key, key = jax.random.split(key, 3)
-    final = max(4, warmup // 4)
-    pilot = mcmc(NUTS(model, target_accept_prob=target, init_strategy=init, max_tree_depth=PILOT_TREE_DEPTH),
-                 warmup - final, 1, postprocess_fn=lambda z: z)  # its draws stay unconstrained
-    pilot.warmup(pilot_key, *args, y=y, collect_warmup=True, extra_fields=("num_steps",))
-    inverse_metric, shrinkage = pooled_inverse_metric(pilot.get_samples(group_by_chain=True))
+        # One dense metric for every chain, held fixed: it enters the chains' initial state
+        # (the metric an argument of this program); the drawing kernel's first ``final``
+        # iterations adapt the step size on NumPyro's schedule, and are dropped.
+        drawing = []
 
-    # With parallel chains (the default) NumPyro traces each chain's initialisation inside the
-    # same pmap as its draws, so a metric given to NUTS would be compiled into the drawing
-    # program as a constant: every new metric (every fit) would compile it again, which the
-    # persistent cache cannot serve. Instead the metric enters the chains' initial state, built
-    # by one program that takes it as an argument, and the drawing kernel, whose own metric is
-    # never used, starts from that state.
-    def fixed_metric_nuts(metric=None):
-        return NUTS(model, target_accept_prob=target, dense_mass=True, inverse_mass_matrix=metric,
-                    adapt_mass_matrix=False, max_tree_depth=sampler["max_tree_depth"])
+        def restart(key, z, metric, d):
+            kernel = NUTS(bound, target_accept_prob=target, dense_mass=True, inverse_mass_matrix=metric,
+                          adapt_mass_matrix=False, max_tree_depth=sampler["max_tree_depth"])
+            drawing.append(kernel)  # its sampling step holds no metric: it reads it from the state
+            return kernel.init(key, final, z, (d,), {"y": d.y})
+
+        restarted = chains_map(restart, broadcast=2)
+        state = restarted(jax.random.split(state_key, chains), state.z, jnp.asarray(inverse_metric), data)
+        state = state._replace(rng_key=jax.random.split(key, chains))
+        bar.set_description("NUTS drawing")
+        _, drawn_out = _iterate(drawing[-1], state, data, final + draws, fields, chains_map, bar)
+        steps = out["num_steps"].sum(axis=1).mean()
+        return _drawn(drawing[-1], data, drawn_out, final), {"pilot_steps_per_chain": round(float(steps), 1),
+                                                             "metric_shrinkage": round(shrinkage, 4)}
+
+
+def _chain_map(method: str):
+    """``mapped(fn, broadcast)``: ``fn(*per_chain, *shared)`` over chains, compiled once; the
+    leading arguments carry a chain axis, the last ``broadcast`` (the data, by default) are
+    shared by every chain. ``method``: "parallel" (a device per chain), "vectorized" or
+    "sequential", as NumPyro's MCMC means them."""
+    def mapped(fn, broadcast=1):
+        compiled = {}
+
+        def run(*args):
+            n = len(args) - broadcast
+            if n not in compiled:
+                axes = (0,) * n + (None,) * broadcast
+                if method == "parallel":
+                    compiled[n] = jax.pmap(fn, in_axes=axes)
+                elif method == "vectorized":
+                    compiled[n] = jax.jit(jax.vmap(fn, in_axes=axes))
+                else:
+                    compiled[n] = jax.jit(lambda *a: jax.lax.map(lambda xs: fn(*xs, *a[n:]), a[:n]))
+            return compiled[n](*args)
+        return run
+    return mapped
+
+
+def _chunk(n: int) -> int:
+    """Iterations per compiled call: the largest divisor of ``n`` up to 50 (one program per
+    phase, the bar moving at least every 50 iterations), or all ``n`` when that divisor would
+    need over 200 calls (``n`` prime, say)."""
+    size = max(d for d in range(1, min(n, 50) + 1) if n % d == 0)
+    return size if n // size <= 200 else n
+
+
+def _iterate(kernel, state, data: ModelData, n: int, fields, chains_map, bar):
+    """``n`` NUTS iterations from ``state``: the last state and, per chain x iteration, the
+    unconstrained ``z`` and ``fields`` of every iteration (numpy)."""
+    size = _chunk(n)
+
+    def chunk(state, d):
+        def step(s, _):
+            s = kernel.sample(s, (d,), {"y": d.y})
+            return s, {"z": s.z, **{f: getattr(s, f) for f in fields}}
+        return jax.lax.scan(step, state, None, length=size)
+
+    run = chains_map(chunk)
+    pieces = []
+    for _ in range(n // size):
+        state, out = run(state, data)
+        pieces.append(jax.device_get(out))
+        bar.update(size * len(state.i))
+    return state, jax.tree.map(lambda *p: np.concatenate(p, axis=1), *pieces)
+
+
+def _drawn(kernel, data: ModelData, out: dict, skip: int) -> dict:
+    """The draws after the first ``skip`` iterations, ``z`` on the constrained scale with the
+    model's deterministic sites (one compiled program, the data its argument)."""
+    out = jax.tree.map(lambda v: v[:, skip:], out)
 
     @jax.jit
-    def initial_state(keys, z, metric):
-        kernel = fixed_metric_nuts(metric)
-        return jax.vmap(lambda k, z: kernel.init(k, final, z, args, {"y": y}))(keys, z)
+    def constrain(z, d):
+        return jax.vmap(jax.vmap(kernel.postprocess_fn((d,), {"y": d.y})))(z)
 
-    z = pilot.last_state.z if chains > 1 else jax.tree.map(lambda v: v[None], pilot.last_state.z)
-    # on the host, so each chain method places it as it needs (pmap rejects the sharding jit gives)
-    state = jax.device_get(initial_state(jax.random.split(state_key, chains), z, jnp.asarray(inverse_metric)))
-    if chains == 1:  # one chain runs unmapped: no chain axis
-        state = jax.tree.map(lambda v: v[0], state)
-    # From iteration 0 the first ``final`` iterations adapt the step size on NumPyro's schedule
-    # (the metric held fixed); they are dropped.
-    run = mcmc(fixed_metric_nuts(), final, final + draws)
-    run.post_warmup_state = state
-    run.run(key, *args, y=y, extra_fields=fields)
-    steps = np.asarray(pilot.get_extra_fields(group_by_chain=True)["num_steps"]).sum(axis=1).mean()
-    return drawn(run, skip=final), {"pilot_steps_per_chain": round(float(steps), 1),
-                                    "metric_shrinkage": round(shrinkage, 4)}
+    return {**{k: out[k] for k in ("diverging", "energy", "num_steps")},
+            "z": jax.tree.map(np.asarray, constrain(out["z"], data))}
 
 
 def pooled_inverse_metric(z: dict) -> tuple[np.ndarray, float]:
@@ -506,8 +571,8 @@ def pooled_inverse_metric(z: dict) -> tuple[np.ndarray, float]:
 def _release_compiled_code() -> None:
     """Drop JAX's compiled code when the process nears the kernel's memory-map limit.
 
-    Every fit compiles afresh (its model closes over its own data) and each
-    compilation keeps ~1,500 memory maps alive; at Linux's default limit of
+    Every fit builds its own programs (compiled, or loaded from the persistent
+    cache) and each keeps ~1,500 memory maps alive; at Linux's default limit of
     65,530 the process aborts after ~40 fits. Clearing only costs recompiles.
     """
     try:

@@ -69,6 +69,19 @@ class ModelData:
     pretrain_idx: np.ndarray = field(default=None, repr=False)  # pre-training run of each run, -1 for scratch
     pretrain_runs: list = field(default_factory=list)
     inputs: dict = field(default_factory=dict, repr=False)  # law-specific per-run inputs (laws.py)
+    # How the model reads per-group values per run and where it needs the CDF, as arrays of the
+    # data (not built from indices while tracing), so a compiled model takes any grid of its shape.
+    target_onehot: np.ndarray = field(default=None, repr=False)  # run x target
+    pair_onehot: np.ndarray = field(default=None, repr=False)  # run x pair; scratch runs read pair 0
+    censored_idx: np.ndarray = field(default=None, repr=False)  # positions of the censored runs
+
+    def __post_init__(self):
+        derived = {"target_onehot": _onehot(self.target_idx, len(self.targets)),
+                   "pair_onehot": _onehot(np.maximum(self.pair_idx, 0), len(self.pairs)),
+                   "censored_idx": np.flatnonzero(np.zeros(len(self.y), bool) if self.censored is None else self.censored)}
+        for name, value in derived.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
     @property
     def pair_names(self) -> list[str]:
@@ -87,6 +100,46 @@ class ModelData:
     def pair_target(self) -> np.ndarray:
         """Index of each pair's target."""
         return np.array([self.targets.index(t) for _, t in self.pairs], dtype=int)
+
+
+# The arrays a model reads: traced when the data enter a compiled sampler as its argument (fit.py),
+# so new data of the same shapes reuse it. The rest (labels, run table) is fixed structure.
+_DATA_ARRAYS = ("log_N0", "log_D0", "log_p0", "x_N", "x_D", "x_p", "target_idx", "pair_idx", "kind_idx", "y",
+                "censored", "pretrain_idx", "inputs", "target_onehot", "pair_onehot", "censored_idx")
+
+
+class _Structure:
+    """A ModelData's fields other than its arrays. Equal when they are the same objects (a
+    DataFrame has no ==): one ModelData flattened twice has one structure, so JAX reuses what
+    it traced for it."""
+
+    def __init__(self, data: ModelData):
+        self.fields = {f: getattr(data, f) for f in data.__dataclass_fields__ if f not in _DATA_ARRAYS}
+
+    def __eq__(self, other):
+        return isinstance(other, _Structure) and self.fields.keys() == other.fields.keys() and all(
+            v is other.fields[k] for k, v in self.fields.items())
+
+    def __hash__(self):
+        return hash(tuple(id(v) for v in self.fields.values()))
+
+
+def _flatten(data: ModelData):
+    return tuple(getattr(data, f) for f in _DATA_ARRAYS), _Structure(data)
+
+
+def _unflatten(structure: _Structure, arrays) -> ModelData:
+    data = object.__new__(ModelData)  # no __post_init__: the arrays may be tracers
+    for name, value in (*structure.fields.items(), *zip(_DATA_ARRAYS, arrays)):
+        object.__setattr__(data, name, value)
+    return data
+
+
+jax.tree_util.register_pytree_node(ModelData, _flatten, _unflatten)
+
+
+def _onehot(idx: np.ndarray, n: int) -> np.ndarray:
+    return np.eye(max(n, 1))[np.asarray(idx, int)]
 
 
 def censored_runs(grid: Grid, runs: pd.DataFrame) -> np.ndarray:
@@ -238,12 +291,12 @@ def _sample(sites, priors, sizes: dict, level: dict, skip=()) -> dict:
     return out
 
 
-def _per_run(values, idx: np.ndarray):
-    """``values[idx]`` (per-group values read per run, along the last axis), as a product with
-    the one-hot matrix of ``idx``. An indexed read's gradient is a scatter-add, which XLA's CPU
-    code runs slowly: this halves the gradient of the transfer and gap models on the shipped
-    two-source and gap grids (benchmarks/fit_cost_breakdown.py)."""
-    return values @ jnp.asarray(np.eye(values.shape[-1])[idx].T)
+def _per_run(values, onehot):
+    """Per-group values (last axis) read per run, as a product with the run x group one-hot
+    matrix (``ModelData.target_onehot``, ``pair_onehot``). An indexed read's gradient is a
+    scatter-add, which XLA's CPU code runs slowly: this halves the gradient of the transfer and
+    gap models on the shipped two-source and gap grids (benchmarks/fit_cost_breakdown.py)."""
+    return values @ jnp.asarray(onehot).T
 
 
 def _record(natural: dict) -> None:
@@ -261,9 +314,9 @@ class UpperBounded(dist.Distribution):
     arg_constraints = {}
     support = dist.constraints.real
 
-    def __init__(self, base: dist.StudentT, censored):
+    def __init__(self, base: dist.StudentT, censored_idx):
         self.base = base
-        self.censored_idx = np.flatnonzero(np.asarray(censored, bool))  # concrete: it comes with the data
+        self.censored_idx = censored_idx  # positions of the censored runs (their number fixes the shape)
         super().__init__(batch_shape=base.batch_shape)
 
     def sample(self, key, sample_shape=()):
@@ -308,11 +361,10 @@ def _likelihood(data: ModelData, priors: dict, mu, y):
         scale = numpyro.sample("sigma_pretrain", priors["sigma_pretrain"])
         with numpyro.plate("pretrain_run", len(data.pretrain_runs)):
             z = numpyro.sample("pretrain_z", dist.Normal(0.0, 1.0))
-        mu = mu + jnp.where(data.pretrain_idx >= 0, scale * z[np.maximum(data.pretrain_idx, 0)], 0.0)
+        mu = mu + jnp.where(data.pretrain_idx >= 0, scale * z[jnp.maximum(data.pretrain_idx, 0)], 0.0)
     base = dist.StudentT(nu, mu, sigma[data.kind_idx])
-    censored = data.censored if data.censored is not None else np.zeros(len(data.y), bool)
     with numpyro.plate("run", len(data.y)):
-        numpyro.sample("log_loss", UpperBounded(base, censored) if censored.any() else base, obs=y)
+        numpyro.sample("log_loss", UpperBounded(base, data.censored_idx) if len(data.censored_idx) else base, obs=y)
 
 
 # ------------------------------------------------------------------ the models
@@ -352,11 +404,9 @@ def transfer_model(data: ModelData, priors: dict, y=None):
         s_tr["omega"] = numpyro.deterministic("omega", jnp.zeros(len(data.pairs)))
     _record(form.natural(s_scr, data))
     _record(law.natural(s_tr, data))
-    ft = data.finetuned
-    j = np.where(ft, data.pair_idx, 0)
+    j, t = data.pair_onehot, data.target_onehot
     x_DE = laws.transfer_log_effective_data(data.x_N, data.x_D, {k: _per_run(v, j) for k, v in s_tr.items()})
-    x_D = jnp.where(ft, x_DE, data.x_D)
-    t = data.target_idx
+    x_D = jnp.where(data.finetuned, x_DE, data.x_D)
     mu = form.log_loss_centred(data.x_N, x_D, {k: _per_run(v, t) for k, v in s_scr.items()}, data.inputs)
     _likelihood(data, priors, mu, y)
 
@@ -375,8 +425,7 @@ def transfer_gap_model(data: ModelData, priors: dict, y=None):
     law = laws.TRANSFER_GAP
     s = _sample(law.sites, priors, data.groups, law.site_level)
     _record(law.natural(s, data))
-    t, ft = data.target_idx, data.finetuned
-    j = np.where(ft, data.pair_idx, 0)
+    t, j, ft = data.target_onehot, data.pair_onehot, data.finetuned
     log = {k: jnp.log(v) for k, v in s.items() if k not in ("alpha_f", "alpha_p")}
     pre = laws.log_transfer_gap(data.x_p, data.x_D, _per_run(log["A_p_term"], j), _per_run(s["alpha_p"], j),
                                 _per_run(log["G_term"], j), _per_run(s["alpha_f"], t), _per_run(log["E"], t))

@@ -227,7 +227,7 @@ def test_censored_likelihood_has_a_finite_gradient_where_a_run_sits_on_its_predi
     import numpyro.distributions as dist
 
     from bayes_transfer.models import UpperBounded
-    value, censored = jnp.array([1.0, 1.2, 0.7]), jnp.array([False, True, True])
+    value, censored = jnp.array([1.0, 1.2, 0.7]), jnp.array([1, 2])  # runs 1 and 2 censored
 
     def log_lik(loc):
         return UpperBounded(dist.StudentT(4.0, loc, 0.05), censored).log_prob(value).sum()
