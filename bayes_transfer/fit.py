@@ -325,7 +325,7 @@ def fit(
     ``method="map"`` is a quick point estimate (the joint mode found by
     ``map_steps`` Adam steps), a Fit with 1 chain x 1 draw; its hierarchical
     spreads shrink towards 0 (a property of joint modes), so per-group
-    differences need NUTS. ``chain_method``: NumPyro's; by default
+    differences need NUTS. ``chain_method`` (named as NumPyro names them): by default
     "parallel" when JAX has a device per chain, else "vectorized".
     ``mass_matrix``: how NUTS's mass matrix (its metric) is learnt during the ``warmup``
     iterations. "auto" (the default): "pooled" for posteriors of at most
