@@ -13,7 +13,6 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +20,7 @@ import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 import numpyro.optim as optim
 from numpyro import handlers
 import pandas as pd
@@ -429,30 +429,39 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
     them (a program that calls back to Python is never written to that cache).
     """
     chains, warmup, draws, target = sampler["chains"], sampler["warmup"], sampler["draws"], sampler["target_accept"]
-    bound = partial(model, priors=priors)  # the priors are fixed structure; the data an argument
+    # The data and the priors' parameters are the programs' argument (``shared``): a refit under
+    # other priors (the prior sensitivity) loads the same programs. A number given as a prior
+    # (a fixed spread, nu) is structure: the model branches on it.
+    fixed = {k: v for k, v in priors.items() if not isinstance(v, dist.Distribution)}
+    shared = (data, {k: v for k, v in priors.items() if k not in fixed})
+
+    def bound(shared, y=None):
+        d, distributions = shared
+        model(d, {**fixed, **distributions}, y=y)
+
     chains_map = _chain_map(sampler["chain_method"])
     fields = ("diverging", "energy", "num_steps")
     init = init_to_median(num_samples=15)
     bar = tqdm(total=chains * (warmup + draws), desc="NUTS", unit="it", disable=not progress, leave=False)
 
     def start(kernel, num_warmup):
-        def one(key, d):
-            return kernel.init(key, num_warmup, None, (d,), {"y": d.y})
+        def one(key, shared):
+            return kernel.init(key, num_warmup, None, (shared,), {"y": shared[0].y})
         return chains_map(one)
 
     with bar:
         if sampler["mass_matrix"] != "pooled":
             kernel = NUTS(bound, target_accept_prob=target, init_strategy=init,
                           dense_mass=sampler["mass_matrix"] == "dense", max_tree_depth=sampler["max_tree_depth"])
-            state = start(kernel, warmup)(jax.random.split(key, chains), data)
-            _, out = _iterate(kernel, state, data, warmup + draws, fields, chains_map, bar)
-            return _drawn(kernel, data, out, warmup), {}
+            state = start(kernel, warmup)(jax.random.split(key, chains), shared)
+            _, out = _iterate(kernel, state, shared, warmup + draws, fields, chains_map, bar)
+            return _drawn(kernel, shared, out, warmup), {}
         pilot_key, state_key, key = jax.random.split(key, 3)
         final = max(4, warmup // 4)
         bar.set_description("NUTS warm-up")
         pilot = NUTS(bound, target_accept_prob=target, init_strategy=init, max_tree_depth=PILOT_TREE_DEPTH)
-        state = start(pilot, warmup - final)(jax.random.split(pilot_key, chains), data)
-        state, out = _iterate(pilot, state, data, warmup - final, ("num_steps",), chains_map, bar)
+        state = start(pilot, warmup - final)(jax.random.split(pilot_key, chains), shared)
+        state, out = _iterate(pilot, state, shared, warmup - final, ("num_steps",), chains_map, bar)
         inverse_metric, shrinkage = pooled_inverse_metric(out["z"])
 
         # One dense metric for every chain, held fixed: it enters the chains' initial state
@@ -460,19 +469,19 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
         # iterations adapt the step size on NumPyro's schedule, and are dropped.
         drawing = []
 
-        def restart(key, z, metric, d):
+        def restart(key, z, metric, shared):
             kernel = NUTS(bound, target_accept_prob=target, dense_mass=True, inverse_mass_matrix=metric,
                           adapt_mass_matrix=False, max_tree_depth=sampler["max_tree_depth"])
             drawing.append(kernel)  # its sampling step holds no metric: it reads it from the state
-            return kernel.init(key, final, z, (d,), {"y": d.y})
+            return kernel.init(key, final, z, (shared,), {"y": shared[0].y})
 
         restarted = chains_map(restart, broadcast=2)
-        state = restarted(jax.random.split(state_key, chains), state.z, jnp.asarray(inverse_metric), data)
+        state = restarted(jax.random.split(state_key, chains), state.z, jnp.asarray(inverse_metric), shared)
         state = state._replace(rng_key=jax.random.split(key, chains))
         bar.set_description("NUTS drawing")
-        _, drawn_out = _iterate(drawing[-1], state, data, final + draws, fields, chains_map, bar)
+        _, drawn_out = _iterate(drawing[-1], state, shared, final + draws, fields, chains_map, bar)
         steps = out["num_steps"].sum(axis=1).mean()
-        return _drawn(drawing[-1], data, drawn_out, final), {"pilot_steps_per_chain": round(float(steps), 1),
+        return _drawn(drawing[-1], shared, drawn_out, final), {"pilot_steps_per_chain": round(float(steps), 1),
                                                              "metric_shrinkage": round(shrinkage, 4)}
 
 
@@ -507,37 +516,37 @@ def _chunk(n: int) -> int:
     return size if n // size <= 200 else n
 
 
-def _iterate(kernel, state, data: ModelData, n: int, fields, chains_map, bar):
+def _iterate(kernel, state, shared, n: int, fields, chains_map, bar):
     """``n`` NUTS iterations from ``state``: the last state and, per chain x iteration, the
-    unconstrained ``z`` and ``fields`` of every iteration (numpy)."""
+    unconstrained ``z`` and ``fields`` of every iteration (numpy). ``shared``: the model's argument."""
     size = _chunk(n)
 
-    def chunk(state, d):
+    def chunk(state, shared):
         def step(s, _):
-            s = kernel.sample(s, (d,), {"y": d.y})
+            s = kernel.sample(s, (shared,), {"y": shared[0].y})
             return s, {"z": s.z, **{f: getattr(s, f) for f in fields}}
         return jax.lax.scan(step, state, None, length=size)
 
     run = chains_map(chunk)
     pieces = []
     for _ in range(n // size):
-        state, out = run(state, data)
+        state, out = run(state, shared)
         pieces.append(jax.device_get(out))
         bar.update(size * len(state.i))
     return state, jax.tree.map(lambda *p: np.concatenate(p, axis=1), *pieces)
 
 
-def _drawn(kernel, data: ModelData, out: dict, skip: int) -> dict:
+def _drawn(kernel, shared, out: dict, skip: int) -> dict:
     """The draws after the first ``skip`` iterations, ``z`` on the constrained scale with the
     model's deterministic sites (one compiled program, the data its argument)."""
     out = jax.tree.map(lambda v: v[:, skip:], out)
 
     @jax.jit
-    def constrain(z, d):
-        return jax.vmap(jax.vmap(kernel.postprocess_fn((d,), {"y": d.y})))(z)
+    def constrain(z, shared):
+        return jax.vmap(jax.vmap(kernel.postprocess_fn((shared,), {"y": shared[0].y})))(z)
 
     return {**{k: out[k] for k in ("diverging", "energy", "num_steps")},
-            "z": jax.tree.map(np.asarray, constrain(out["z"], data))}
+            "z": jax.tree.map(np.asarray, constrain(out["z"], shared))}
 
 
 def pooled_inverse_metric(z: dict) -> tuple[np.ndarray, float]:
