@@ -34,7 +34,7 @@ from bayes_transfer.atomic import atomic_write
 from bayes_transfer.diagnostics import PRIOR_DRIVEN, Diagnostics, NotConvergedError, diagnose, width_ratio
 from bayes_transfer.grid import Grid, grid_from_dataset, load_grid, runs_to_dataset
 from bayes_transfer.identify import NotIdentifiedError, check_identifiable
-from bayes_transfer.models import ModelData, model_for, prepare
+from bayes_transfer.models import ModelData, model_for, padded, prepare
 from bayes_transfer.priors import describe, resolve_priors
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -433,7 +433,7 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
     # other priors (the prior sensitivity) loads the same programs. A number given as a prior
     # (a fixed spread, nu) is structure: the model branches on it.
     fixed = {k: v for k, v in priors.items() if not isinstance(v, dist.Distribution)}
-    shared = (data, {k: v for k, v in priors.items() if k not in fixed})
+    shared = (padded(data), {k: v for k, v in priors.items() if k not in fixed})
 
     def bound(shared, y=None):
         d, distributions = shared

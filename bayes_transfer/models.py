@@ -28,7 +28,8 @@ Structure (all on the log scale; (0, 1) parameters on the logit scale):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +75,7 @@ class ModelData:
     target_onehot: np.ndarray = field(default=None, repr=False)  # run x target
     pair_onehot: np.ndarray = field(default=None, repr=False)  # run x pair; scratch runs read pair 0
     censored_idx: np.ndarray = field(default=None, repr=False)  # positions of the censored runs
+    ghost: np.ndarray = field(default=None, repr=False)  # padding runs (``padded``): no likelihood
 
     def __post_init__(self):
         derived = {"target_onehot": _onehot(self.target_idx, len(self.targets)),
@@ -105,7 +107,7 @@ class ModelData:
 # The arrays a model reads: traced when the data enter a compiled sampler as its argument (fit.py),
 # so new data of the same shapes reuse it. The rest (labels, run table) is fixed structure.
 _DATA_ARRAYS = ("log_N0", "log_D0", "log_p0", "x_N", "x_D", "x_p", "target_idx", "pair_idx", "kind_idx", "y",
-                "censored", "pretrain_idx", "inputs", "target_onehot", "pair_onehot", "censored_idx")
+                "censored", "pretrain_idx", "inputs", "target_onehot", "pair_onehot", "censored_idx", "ghost")
 
 
 class _Structure:
@@ -136,6 +138,31 @@ def _unflatten(structure: _Structure, arrays) -> ModelData:
 
 
 jax.tree_util.register_pytree_node(ModelData, _flatten, _unflatten)
+
+
+RUN_BUCKET, CENSORED_BUCKET = 16, 4
+
+
+def padded(data: ModelData) -> ModelData:
+    """``data`` with its runs padded to a multiple of ``RUN_BUCKET`` and its censored runs to a
+    multiple of ``CENSORED_BUCKET`` (none stay none): the padding ("ghost") runs copy the first
+    run's inputs and carry no likelihood, and the extra censored positions are ghosts. The
+    posterior is unchanged; a sampler compiled for one grid serves every grid of the same
+    padded shapes (a grid that grew by a few runs loads it from the cache)."""
+    n, c = len(data.y), len(data.censored_idx)
+    censored = -(-c // CENSORED_BUCKET) * CENSORED_BUCKET
+    size = -(-(n + censored - c) // RUN_BUCKET) * RUN_BUCKET
+    take = np.r_[np.arange(n), np.zeros(size - n, int)]
+
+    def per_run(a):
+        return None if a is None else np.asarray(a)[take]
+
+    arrays = ("x_N", "x_D", "x_p", "target_idx", "pair_idx", "kind_idx", "y", "censored", "pretrain_idx",
+              "target_onehot", "pair_onehot")
+    return replace(data, **{f: per_run(getattr(data, f)) for f in arrays},
+                   inputs={k: per_run(v) for k, v in data.inputs.items()},
+                   censored_idx=np.r_[data.censored_idx, n + np.arange(censored - c)].astype(int),
+                   ghost=np.arange(size) >= n)
 
 
 def _onehot(idx: np.ndarray, n: int) -> np.ndarray:
@@ -363,7 +390,8 @@ def _likelihood(data: ModelData, priors: dict, mu, y):
             z = numpyro.sample("pretrain_z", dist.Normal(0.0, 1.0))
         mu = mu + jnp.where(data.pretrain_idx >= 0, scale * z[jnp.maximum(data.pretrain_idx, 0)], 0.0)
     base = dist.StudentT(nu, mu, sigma[data.kind_idx])
-    with numpyro.plate("run", len(data.y)):
+    padding = contextlib.nullcontext() if data.ghost is None else numpyro.handlers.mask(mask=~data.ghost)
+    with numpyro.plate("run", len(data.y)), padding:
         numpyro.sample("log_loss", UpperBounded(base, data.censored_idx) if len(data.censored_idx) else base, obs=y)
 
 

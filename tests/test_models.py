@@ -2,6 +2,7 @@
 
 import logging
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ from numpyro.infer import MCMC, NUTS, Predictive, init_to_median
 from scipy import stats
 
 from bayes_transfer import laws
+from bayes_transfer.grid import load_grid
 from bayes_transfer.models import design_grid, model_for, prepare, simulate_grid, simulate_losses, transfer_model
 from bayes_transfer.priors import resolve_priors
 
@@ -292,3 +294,27 @@ def test_few_targets_are_sampled_non_centred_and_pairs_centred():
                       for t in ("web", "code", "books")], ignore_index=True)
     three = simulate_grid(runs, "chinchilla", dict(E=0.7, A=60.0, B=40.0, alpha_N=0.3, alpha_D=0.25), seed=0)
     assert "alpha_D_u_decentered" in sites(three, "chinchilla")
+
+
+def test_padding_to_a_bucket_leaves_the_log_density_unchanged():
+    """The sampler pads runs (and censored runs) to bucket sizes so that grids of nearby sizes
+    share compiled programs; the ghost runs must carry no likelihood. The shipped main grid has
+    censored runs, so padding also places censored positions on ghosts."""
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    from bayes_transfer.models import CENSORED_BUCKET, RUN_BUCKET, padded
+
+    grid = load_grid(Path(__file__).resolve().parents[1] / "data" / "grids" / "cpu_text_to_python.nc", include_capped=True)
+    data = prepare(grid, "transfer")
+    pad = padded(data)
+    assert len(pad.y) % RUN_BUCKET == 0 and len(pad.censored_idx) % CENSORED_BUCKET == 0
+    assert len(pad.censored_idx) > len(data.censored_idx) and pad.ghost.sum() == len(pad.y) - len(data.y)
+    assert pad.ghost[pad.censored_idx[len(data.censored_idx):]].all()
+    priors = resolve_priors("transfer", "kaplan", {}, data.groups)
+    model = model_for("transfer")
+    for seed in (1, 2):
+        trace = handlers.trace(handlers.seed(model, seed)).get_trace(data, priors)
+        values = {k: s["value"] for k, s in trace.items() if s["type"] == "sample" and k != "log_loss"}
+        exact = float(log_density(model, (data, priors), {"y": data.y}, values)[0])
+        assert float(log_density(model, (pad, priors), {"y": pad.y}, values)[0]) == pytest.approx(exact, rel=1e-12)
