@@ -350,8 +350,11 @@ def fit(
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if mass_matrix not in MASS_MATRICES:
         raise ValueError(f"unknown mass_matrix {mass_matrix!r}; expected one of {', '.join(MASS_MATRICES)}")
-    if mass_matrix in ("auto", "pooled") and warmup < 8:
-        raise ValueError(f"the pooled mass matrix needs warmup >= 8 (a pilot and a step-size phase), got {warmup}")
+    pilot_half = (warmup - max(4, warmup // 4) + 1) // 2  # the pilot draws its metric is estimated from
+    if mass_matrix in ("auto", "pooled") and (warmup < 8 or pilot_half * chains < 3):
+        raise ValueError(f"the pooled mass matrix needs warmup >= 8 (a pilot and a step-size phase) and at least 3 "
+                         f"pilot draws to estimate it from (half the pilot, all chains): got warmup {warmup}, "
+                         f"{chains} chain(s)")
     if spec.pretrain_axis and n_params is None and len(grid.finetuned):
         n_params = gap_size(grid)
     data = prepare(grid, law, scratch_law, ossification, n_params)
@@ -477,6 +480,7 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
 
         restarted = chains_map(restart, broadcast=2)
         state = restarted(jax.random.split(state_key, chains), state.z, jnp.asarray(inverse_metric), shared)
+        drawing[-1]._inverse_mass_matrix = None  # the metric's tracer from that program: never to be read
         state = state._replace(rng_key=jax.random.split(key, chains))
         bar.set_description("NUTS drawing")
         _, drawn_out = _iterate(drawing[-1], state, shared, final + draws, fields, chains_map, bar)
@@ -508,29 +512,34 @@ def _chain_map(method: str):
     return mapped
 
 
-def _chunk(n: int) -> int:
-    """Iterations per compiled call: the largest divisor of ``n`` up to 50 (one program per
-    phase, the bar moving at least every 50 iterations), or all ``n`` when that divisor would
-    need over 200 calls (``n`` prime, say)."""
+def _chunks(n: int) -> list[int]:
+    """Iterations per compiled call: the largest divisor of ``n`` up to 50 when it is at least
+    10 (one program per phase; the bar moves at least every 50 iterations), else calls of 50
+    and one of the remainder (two programs)."""
     size = max(d for d in range(1, min(n, 50) + 1) if n % d == 0)
-    return size if n // size <= 200 else n
+    if size >= 10 or size == n:
+        return [size] * (n // size)
+    return [50] * (n // 50) + [n % 50] * (n % 50 > 0)
 
 
 def _iterate(kernel, state, shared, n: int, fields, chains_map, bar):
     """``n`` NUTS iterations from ``state``: the last state and, per chain x iteration, the
     unconstrained ``z`` and ``fields`` of every iteration (numpy). ``shared``: the model's argument."""
-    size = _chunk(n)
+    programs = {}
 
-    def chunk(state, shared):
-        def step(s, _):
-            s = kernel.sample(s, (shared,), {"y": shared[0].y})
-            return s, {"z": s.z, **{f: getattr(s, f) for f in fields}}
-        return jax.lax.scan(step, state, None, length=size)
+    def program(size):
+        def chunk(state, shared):
+            def step(s, _):
+                s = kernel.sample(s, (shared,), {"y": shared[0].y})
+                return s, {"z": s.z, **{f: getattr(s, f) for f in fields}}
+            return jax.lax.scan(step, state, None, length=size)
+        return chains_map(chunk)
 
-    run = chains_map(chunk)
     pieces = []
-    for _ in range(n // size):
-        state, out = run(state, shared)
+    for size in _chunks(n):
+        if size not in programs:
+            programs[size] = program(size)
+        state, out = programs[size](state, shared)
         pieces.append(jax.device_get(out))
         bar.update(size * len(state.i))
     return state, jax.tree.map(lambda *p: np.concatenate(p, axis=1), *pieces)

@@ -146,7 +146,8 @@ RUN_BUCKET, CENSORED_BUCKET = 16, 4
 def padded(data: ModelData) -> ModelData:
     """``data`` with its runs padded to a multiple of ``RUN_BUCKET`` and its censored runs to a
     multiple of ``CENSORED_BUCKET`` (none stay none): the padding ("ghost") runs copy the first
-    run's inputs and carry no likelihood, and the extra censored positions are ghosts. The
+    run's inputs and are masked out of the likelihood (NumPyro evaluates them at a feasible
+    placeholder and multiplies by 0), and the extra censored positions are ghosts. The
     posterior is unchanged; a sampler compiled for one grid serves every grid of the same
     padded shapes (a grid that grew by a few runs loads it from the cache)."""
     n, c = len(data.y), len(data.censored_idx)
