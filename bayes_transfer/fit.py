@@ -13,6 +13,7 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -21,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+from numpyro.distributions.transforms import biject_to
 import numpyro.optim as optim
 from numpyro import handlers
 import pandas as pd
 import xarray as xr
+from jax.scipy.special import gammaln
 from numpyro.infer import NUTS, SVI, Predictive, Trace_ELBO, init_to_median, log_likelihood
 from numpyro.infer.autoguide import AutoDelta
 from tqdm.auto import tqdm
@@ -46,6 +49,7 @@ MASS_MATRICES = ("auto", "pooled", "diagonal", "dense")
 # of dimensions (Lin et al.'s 1,260 curves, 361: README, benchmark section).
 POOLED_MAX_DIM = 100
 WARMUP = 1000  # warm-up iterations per chain: with the pooled mass matrix, a 750-iteration pilot and 250 more
+CHUNK = 50  # NUTS iterations per compiled call at most: the progress bar moves between calls
 PILOT_TREE_DEPTH = 6  # the pooled metric's pilot: at most 63 leapfrog steps per iteration
 MIN_SHRINKAGE = 0.05  # the least share by which the pooled covariance's correlations are shrunk
 _SHARES = ("w", "omega")  # parameters in (0, 1): widths on the natural scale
@@ -329,11 +333,12 @@ def fit(
     "parallel" when JAX has a device per chain, else "vectorized".
     ``mass_matrix``: how NUTS's mass matrix (its metric) is learnt during the ``warmup``
     iterations. "auto" (the default): "pooled" for posteriors of at most
-    ``POOLED_MAX_DIM`` latent dimensions, else "diagonal". "pooled": a pilot with a diagonal metric and
-    trees of depth at most 6 for the first 3/4 of the warm-up; then one dense
-    metric, the covariance of the pilot's second half pooled over all chains
-    with its correlations shrunk (``pooled_inverse_metric``), held fixed while the step size
-    is adapted over the last 1/4 and drawing. "diagonal" and "dense":
+    ``POOLED_MAX_DIM`` latent dimensions, else "diagonal". "pooled": a pilot over the first 3/4 of the warm-up,
+    in windows as Stan lays them out, each with a diagonal metric of the last window's
+    variances pooled over all chains, trees of depth at most 6; then one dense metric, the
+    covariance of the pilot's second half pooled over all chains with its correlations shrunk
+    (``pooled_inverse_metric``), held fixed while the step size is adapted over the last 1/4
+    (depth 6) and drawing (``_pooled``). "diagonal" and "dense":
     NumPyro's windowed adaptation, each chain on its own. Why pooled is the
     default (README, benchmark section): a dense metric draws at a quarter
     of a diagonal one's leapfrog steps on these correlated posteriors, but
@@ -428,8 +433,8 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
     NumPyro's kernels, driven here rather than by its ``MCMC``: every compiled program takes
     the data as an argument (``MCMC`` compiles them into its parallel chains as constants), so a
     grid of the same shapes loads the programs from JAX's persistent cache instead of compiling
-    them; and the progress bar is drawn between compiled chunks of iterations, not from inside
-    them (a program that calls back to Python is never written to that cache).
+    them; and the progress bar is drawn between compiled calls of at most ``CHUNK`` iterations,
+    not from inside them (a program that calls back to Python is never written to that cache).
     """
     chains, warmup, draws, target = sampler["chains"], sampler["warmup"], sampler["draws"], sampler["target_accept"]
     # The data and the priors' parameters are the programs' argument (``shared``): a refit under
@@ -443,50 +448,161 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
         model(d, {**fixed, **distributions}, y=y)
 
     chains_map = _chain_map(sampler["chain_method"])
-    fields = ("diverging", "energy", "num_steps")
-    init = init_to_median(num_samples=15)
     bar = tqdm(total=chains * (warmup + draws), desc="NUTS", unit="it", disable=not progress, leave=False)
-
-    def start(kernel, num_warmup):
-        def one(key, shared):
-            return kernel.init(key, num_warmup, None, (shared,), {"y": shared[0].y})
-        return chains_map(one)
-
     with bar:
         if sampler["mass_matrix"] != "pooled":
-            kernel = NUTS(bound, target_accept_prob=target, init_strategy=init,
+            kernel = NUTS(bound, target_accept_prob=target, init_strategy=init_to_prior_median(),
                           dense_mass=sampler["mass_matrix"] == "dense", max_tree_depth=sampler["max_tree_depth"])
-            state = start(kernel, warmup)(jax.random.split(key, chains), shared)
-            _, out = _iterate(kernel, state, shared, warmup + draws, fields, chains_map, bar)
+            state = chains_map(lambda k, sh: kernel.init(k, warmup, None, (sh,), {"y": sh[0].y}))(
+                jax.random.split(key, chains), shared)
+            _, out = _iterations(kernel, shared, chains_map, bar)(state, warmup + draws)
             return _drawn(kernel, shared, out, warmup), {}
-        pilot_key, state_key, key = jax.random.split(key, 3)
-        final = max(4, warmup // 4)
-        bar.set_description("NUTS warm-up")
-        pilot = NUTS(bound, target_accept_prob=target, init_strategy=init, max_tree_depth=PILOT_TREE_DEPTH)
-        state = start(pilot, warmup - final)(jax.random.split(pilot_key, chains), shared)
-        state, out = _iterate(pilot, state, shared, warmup - final, ("num_steps",), chains_map, bar)
-        inverse_metric, shrinkage = pooled_inverse_metric(out["z"])
+        return _pooled(bound, shared, key, sampler, chains_map, bar)
 
-        # One dense metric for every chain, held fixed: it enters the chains' initial state
-        # (the metric an argument of this program); the drawing kernel's first ``final``
-        # iterations adapt the step size on NumPyro's schedule, and are dropped.
-        drawing = []
 
-        def restart(key, z, metric, shared):
-            kernel = NUTS(bound, target_accept_prob=target, dense_mass=True, inverse_mass_matrix=metric,
-                          adapt_mass_matrix=False, max_tree_depth=sampler["max_tree_depth"])
-            drawing.append(kernel)  # its sampling step holds no metric: it reads it from the state
-            return kernel.init(key, final, z, (shared,), {"y": shared[0].y})
+def _pooled(bound, shared, key, sampler: dict, chains_map, bar):
+    """The pooled mass matrix (``fit``'s docstring): every phase one NUTS kernel with its metric
+    held fixed and its step size adapted, restarted at the chains' positions with a new metric
+    after each of the pilot's windows (``_pilot_windows``; trees of depth at most
+    ``PILOT_TREE_DEPTH`` while adapting): the identity over the first, then the variances of
+    each window's draws pooled over the chains, and for the drawing the dense metric of the
+    pilot's second half (``pooled_inverse_metric``), whose first ``final`` iterations adapt the
+    step size and are dropped. Three compiled programs: the start, the restart, the iterations."""
+    chains, warmup, draws, target = sampler["chains"], sampler["warmup"], sampler["draws"], sampler["target_accept"]
+    final = max(4, warmup // 4)
+    kernels = []
 
-        restarted = chains_map(restart, broadcast=2)
-        state = restarted(jax.random.split(state_key, chains), state.z, jnp.asarray(inverse_metric), shared)
-        drawing[-1]._inverse_mass_matrix = None  # the metric's tracer from that program: never to be read
-        state = state._replace(rng_key=jax.random.split(key, chains))
-        bar.set_description("NUTS drawing")
-        _, drawn_out = _iterate(drawing[-1], state, shared, final + draws, fields, chains_map, bar)
-        steps = out["num_steps"].sum(axis=1).mean()
-        return _drawn(drawing[-1], shared, drawn_out, final), {"pilot_steps_per_chain": round(float(steps), 1),
+    def restart(key, draw_key, z, metric, shared):
+        kernel = NUTS(bound, target_accept_prob=target, dense_mass=True, inverse_mass_matrix=metric,
+                      adapt_mass_matrix=False, max_tree_depth=(PILOT_TREE_DEPTH, sampler["max_tree_depth"]))
+        kernels.append(kernel)  # its sampling step holds no metric: it reads it from the state
+        # the drawing key set inside the program: a state assembled outside it is laid out
+        # unlike the iterations' own, and their program would be traced and loaded again
+        return kernel.init(key, final, z, (shared,), {"y": shared[0].y})._replace(rng_key=draw_key)
+
+    restarted = chains_map(restart, broadcast=2)
+    start_key, key = jax.random.split(key)
+    z = chains_map(partial(_prior_median_start, bound))(jax.random.split(start_key, chains), shared)
+    metric = np.eye(sum(int(np.prod(v.shape[1:])) for v in jax.tree.leaves(z)))
+    run, pilot = None, []
+    bar.set_description("NUTS warm-up")
+    for window, n in enumerate(_pilot_windows(warmup - final, final) + [None]):
+        if n is None:  # the pilot is over: the drawing metric
+            metric, shrinkage = pooled_inverse_metric(jax.tree.map(lambda *p: np.concatenate(p, axis=1), *[o["z"] for o in pilot]))
+            bar.set_description("NUTS drawing")
+        restart_key, draw_key, key = jax.random.split(key, 3)
+        state = restarted(jax.random.split(restart_key, chains), jax.random.split(draw_key, chains), z,
+                          jnp.asarray(metric), shared)
+        if run is None:
+            kernels[-1]._inverse_mass_matrix = None  # the metric's tracer from that program: never to be read
+            run = _iterations(kernels[-1], shared, chains_map, bar)
+        if n is None:
+            _, out = run(state, final + draws)
+            steps = np.concatenate([o["num_steps"] for o in pilot], axis=1).sum(axis=1).mean()
+            return _drawn(kernels[-1], shared, out, final), {"pilot_steps_per_chain": round(float(steps), 1),
                                                              "metric_shrinkage": round(shrinkage, 4)}
+        state, out = run(state, n)
+        pilot.append(out)
+        z = state.z
+        if window > 0:  # the first window's draws are the way in, not the posterior (Stan's buffer)
+            metric = np.diag(_pooled_variances(out["z"]))
+
+
+def _pilot_windows(pilot: int, longest: int) -> list[int]:
+    """Window lengths of the pooled pilot's ``pilot`` iterations, as Stan lays out its warm-up:
+    a tenth first (the way in from the start), then windows doubling from a thirtieth, none
+    longer than ``longest`` (the restarted kernel's step-size adaptation), the last taking the
+    remainder (for 750 iterations: 75, 25, 50, 100, 200, 250, 50)."""
+    windows, size = [max(1, pilot // 10)], max(1, pilot // 30)
+    while sum(windows) < pilot:
+        windows.append(min(size, longest, pilot - sum(windows)))
+        size *= 2
+    return windows
+
+
+def _pooled_variances(z: dict) -> np.ndarray:
+    """Per-coordinate variances of draws ``z`` (chain x draw x ...) pooled over chains, in
+    NumPyro's order of the flattened ``z``, regularised towards 1e-3 as Stan does its windows'."""
+    flat = _coordinates(z)
+    n = flat.shape[0] * flat.shape[1]
+    var = flat.reshape(n, -1).var(axis=0, ddof=1) if n > 1 else np.ones(flat.shape[-1])
+    return n / (n + 5.0) * var + 1e-3 * 5.0 / (n + 5.0)
+
+
+def _prior_median_start(bound, key, shared) -> dict:
+    """One chain's unconstrained start: every latent site at ``init_to_prior_median``'s value."""
+    seeded = handlers.substitute(handlers.seed(bound, key), substitute_fn=init_to_prior_median())
+    trace = handlers.trace(seeded).get_trace(shared, y=shared[0].y)
+    return {name: biject_to(site["fn"].support).inv(site["value"]) for name, site in trace.items()
+            if site["type"] == "sample" and not site["is_observed"]}
+
+
+def init_to_prior_median(site=None):
+    """NumPyro init strategy: every latent site starts at its prior's median given its parents'
+    starts, moved on the unconstrained scale by a uniform draw of at most half the prior's sd
+    there (sd 0.29 of it: about the noise of the 15-draw median of NumPyro's ``init_to_median``,
+    so chains start apart, for R-hat). Closed forms where known (``_median_and_spread``), else
+    ``init_to_median`` itself: its samplers (Gamma's and Beta's rejection loops, compiled twice
+    into the start program) cost 6.5 s of compiling a 192-run fit."""
+    if site is None:
+        return partial(init_to_prior_median)  # NumPyro reads a strategy's ``func``
+    if site["type"] != "sample" or site["is_observed"] or site["fn"].support.is_discrete or site["value"] is not None:
+        return init_to_median(site, num_samples=15)
+    fn = site["fn"]
+    known = _median_and_spread(fn)
+    if known is None:
+        return init_to_median(site, num_samples=15)
+    median, spread = known
+    shape = fn.shape(site["kwargs"].get("sample_shape", ()))
+    transform = biject_to(fn.support)
+    u = transform.inv(jnp.broadcast_to(median, shape))
+    jitter = jax.random.uniform(site["kwargs"]["rng_key"], shape, minval=-0.5, maxval=0.5)
+    return transform(u + jitter * jnp.broadcast_to(spread, shape))
+
+
+def _median_and_spread(fn):
+    """The median of prior ``fn`` and its sd on the unconstrained scale (each batched like its
+    parameters), or None where no form is known. Exact but for the medians of Gamma
+    (Wilson-Hilferty's cube root for shapes >= 1, 0.4% high at shape 2; below 1 the small-shape
+    limit (Gamma(k+1)/2)^(1/k), 14% low at shape 1/2) and Beta (Kerman's (a - 1/3)/(a + b - 2/3)
+    for a, b >= 1, 4% low at Beta(1, 18); the mean otherwise); the sd of a half-normal's or
+    half-Cauchy's log is that of the standard ones, of a uniform's logit pi / sqrt(3)."""
+    while isinstance(fn, (dist.ExpandedDistribution, dist.Independent, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    if isinstance(fn, (dist.Normal, dist.Laplace)):
+        return fn.loc, fn.scale * (np.sqrt(2.0) if isinstance(fn, dist.Laplace) else 1.0)
+    if isinstance(fn, (dist.StudentT, dist.Cauchy)):
+        return fn.loc, fn.scale  # a heavy tail's sd is infinite: its scale instead
+    if isinstance(fn, dist.LogNormal):
+        return jnp.exp(fn.base_dist.loc), fn.base_dist.scale
+    if isinstance(fn, dist.HalfNormal):
+        return fn.scale * 0.6744897501960817, 1.1107  # sqrt(2) erfinv(1/2); sd of log|Z|: pi / sqrt(8)
+    if isinstance(fn, dist.HalfCauchy):
+        return fn.scale, np.pi / 2
+    if isinstance(fn, dist.Uniform):
+        return (fn.low + fn.high) / 2, np.pi / np.sqrt(3.0)
+    if isinstance(fn, (dist.Gamma, dist.Exponential)):  # Exponential(rate) = Gamma(1, rate)
+        k = fn.concentration if isinstance(fn, dist.Gamma) else jnp.ones_like(fn.rate)
+        large = k * (1 - 1 / (9 * k)) ** 3
+        small = jnp.exp((gammaln(k + 1) - np.log(2.0)) / k)
+        median = jnp.where(k >= 1, large, small) / fn.rate
+        if isinstance(fn, dist.Exponential):
+            median = np.log(2.0) / fn.rate  # exact
+        return median, jnp.sqrt(_trigamma(k))  # Var log X = trigamma(k)
+    if type(fn) is dist.Beta:
+        a, b = fn.concentration1, fn.concentration0
+        median = jnp.where((a >= 1) & (b >= 1), (a - 1 / 3) / (a + b - 2 / 3), a / (a + b))
+        return median, jnp.sqrt(_trigamma(a) + _trigamma(b))  # Var logit X = trigamma(a) + trigamma(b)
+    return None
+
+
+def _trigamma(x):
+    """psi_1(x) for x > 0 to 1e-9: the recurrence psi_1(x) = psi_1(x + 1) + 1/x^2 up to x + 6, then
+    its asymptotic series (a few operations where JAX's ``polygamma`` compiles a zeta function:
+    2 s of the start program)."""
+    head = sum(1 / (x + i) ** 2 for i in range(6))
+    y = x + 6
+    return head + 1 / y + 1 / (2 * y**2) + 1 / (6 * y**3) - 1 / (30 * y**5) + 1 / (42 * y**7) - 1 / (30 * y**9)
 
 
 def _chain_map(method: str):
@@ -512,37 +628,35 @@ def _chain_map(method: str):
     return mapped
 
 
-def _chunks(n: int) -> list[int]:
-    """Iterations per compiled call: the largest divisor of ``n`` up to 50 when it is at least
-    10 (one program per phase; the bar moves at least every 50 iterations), else calls of 50
-    and one of the remainder (two programs)."""
-    size = max(d for d in range(1, min(n, 50) + 1) if n % d == 0)
-    if size >= 10 or size == n:
-        return [size] * (n // size)
-    return [50] * (n // 50) + [n % 50] * (n % 50 > 0)
+def _iterations(kernel, shared, chains_map, bar):
+    """``run(state, n)``: ``n`` NUTS iterations of ``kernel`` from ``state``, giving the last state
+    and, per chain x iteration, the unconstrained ``z``, ``diverging``, ``energy`` and
+    ``num_steps`` (numpy). One compiled program for any ``n``: calls of at most ``CHUNK``
+    iterations, their count an argument (a loop filling a buffer of ``CHUNK``)."""
+    fields = ("diverging", "energy", "num_steps")
 
+    def chunk(state, n, shared):
+        def step(i, carry):
+            s, buffer = carry
+            s = kernel.sample(s, (shared,), {"y": shared[0].y})
+            now = {"z": s.z, **{f: getattr(s, f) for f in fields}}
+            return s, jax.tree.map(lambda b, v: b.at[i].set(v), buffer, now)
 
-def _iterate(kernel, state, shared, n: int, fields, chains_map, bar):
-    """``n`` NUTS iterations from ``state``: the last state and, per chain x iteration, the
-    unconstrained ``z`` and ``fields`` of every iteration (numpy). ``shared``: the model's argument."""
-    programs = {}
+        first = {"z": state.z, **{f: jnp.asarray(getattr(state, f)) for f in fields}}
+        buffer = jax.tree.map(lambda v: jnp.zeros((CHUNK, *v.shape), v.dtype), first)
+        return jax.lax.fori_loop(0, n, step, (state, buffer))
 
-    def program(size):
-        def chunk(state, shared):
-            def step(s, _):
-                s = kernel.sample(s, (shared,), {"y": shared[0].y})
-                return s, {"z": s.z, **{f: getattr(s, f) for f in fields}}
-            return jax.lax.scan(step, state, None, length=size)
-        return chains_map(chunk)
+    program = chains_map(chunk, broadcast=2)
 
-    pieces = []
-    for size in _chunks(n):
-        if size not in programs:
-            programs[size] = program(size)
-        state, out = programs[size](state, shared)
-        pieces.append(jax.device_get(out))
-        bar.update(size * len(state.i))
-    return state, jax.tree.map(lambda *p: np.concatenate(p, axis=1), *pieces)
+    def run(state, n):
+        pieces = []
+        for start in range(0, n, CHUNK):
+            size = min(CHUNK, n - start)
+            state, out = program(state, np.int64(size), shared)
+            pieces.append(jax.tree.map(lambda v: np.asarray(v)[:, :size], jax.device_get(out)))
+            bar.update(size * len(state.i))
+        return state, jax.tree.map(lambda *p: np.concatenate(p, axis=1), *pieces)
+    return run
 
 
 def _drawn(kernel, shared, out: dict, skip: int) -> dict:
@@ -558,6 +672,12 @@ def _drawn(kernel, shared, out: dict, skip: int) -> dict:
             "z": jax.tree.map(np.asarray, constrain(out["z"], shared))}
 
 
+def _coordinates(z: dict) -> np.ndarray:
+    """Draws ``z`` (site -> chain x draw x ...) as chain x draw x coordinate, in the order
+    NumPyro flattens ``z`` (sorted site names), its metric's order."""
+    return np.concatenate([np.asarray(z[name]).reshape(*np.shape(z[name])[:2], -1) for name in sorted(z)], axis=-1)
+
+
 def pooled_inverse_metric(z: dict) -> tuple[np.ndarray, float]:
     """A dense inverse metric from warm-up draws ``z`` (unconstrained, chain x draw x ...), in the
     order NumPyro flattens ``z`` (sorted site names), and the share its correlations were shrunk by.
@@ -567,7 +687,7 @@ def pooled_inverse_metric(z: dict) -> tuple[np.ndarray, float]:
     estimate of the best share, at least ``MIN_SHRINKAGE``: with few draws against the
     dimension (hundreds of per-curve sites) the share nears 1, a diagonal metric.
     """
-    flat = np.concatenate([np.asarray(z[name]).reshape(*np.shape(z[name])[:2], -1) for name in sorted(z)], axis=-1)
+    flat = _coordinates(z)
     half = flat[:, flat.shape[1] // 2:].reshape(-1, flat.shape[-1])
     n = half.shape[0]
     if n < 3:
@@ -609,7 +729,7 @@ def _map(model, data, priors, key, steps):
 
     Succeeds when the last 1,000 steps moved the log joint by under 0.1.
     """
-    guide = AutoDelta(model, init_loc_fn=init_to_median(num_samples=15))
+    guide = AutoDelta(model, init_loc_fn=init_to_prior_median())
     svi = SVI(model, guide, optim.Adam(0.01), Trace_ELBO())
     result = svi.run(key, steps, data, priors, y=data.y, progress_bar=False)
     losses = np.asarray(result.losses)

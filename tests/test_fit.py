@@ -261,6 +261,46 @@ def test_width_ratio_closed_form():
     assert width_ratio(post, np.r_[prior, np.inf]) == pytest.approx(0.25, rel=0.02)
 
 
+@pytest.mark.parametrize("prior, frozen, to_u", [
+    (dict(Gamma=(2.0, 5.0)), stats.gamma(2.0, scale=1 / 5), np.log),
+    (dict(Gamma=(0.5, 1.0)), stats.gamma(0.5), np.log),
+    (dict(Beta=(1.0, 18.0)), stats.beta(1.0, 18.0), lambda x: np.log(x / (1 - x))),
+    (dict(Beta=(1.5, 1.5)), stats.beta(1.5, 1.5), lambda x: np.log(x / (1 - x))),
+    (dict(LogNormal=(np.log(10.0), 1.4)), stats.lognorm(1.4, scale=10.0), np.log),
+    (dict(HalfNormal=(0.1,)), stats.halfnorm(scale=0.1), np.log),
+    (dict(Exponential=(3.0,)), stats.expon(scale=1 / 3), np.log),
+    (dict(Normal=(-2.0, 0.5)), stats.norm(-2.0, 0.5), lambda x: x),
+])
+def test_the_start_is_the_prior_median_and_its_jitter_a_share_of_the_prior_sd(prior, frozen, to_u):
+    import jax
+    import numpyro.distributions as dist
+
+    from bayes_transfer.fit import _median_and_spread, init_to_prior_median
+
+    (name, args), = prior.items()
+    fn = getattr(dist, name)(*args)
+    median, spread = _median_and_spread(fn)
+    rel = 0.15 if name == "Gamma" and args[0] < 1 else 0.04  # approximations for Gamma and Beta (docstring)
+    assert float(median) == pytest.approx(frozen.median(), rel=rel)
+    assert float(spread) == pytest.approx(np.std(to_u(frozen.rvs(400_000, random_state=1))), rel=0.01)
+    site = dict(type="sample", is_observed=False, value=None, fn=fn.expand([5000]),
+                kwargs=dict(rng_key=jax.random.PRNGKey(0), sample_shape=()))
+    u = to_u(np.asarray(init_to_prior_median(site)))
+    assert np.abs(u - to_u(float(median))).max() <= 0.5 * float(spread) * (1 + 1e-9)
+    assert np.std(u) == pytest.approx(float(spread) / np.sqrt(12), rel=0.05)  # uniform over +-half an sd
+
+
+@pytest.mark.parametrize("pilot, longest", [(750, 250), (225, 75), (30, 10), (7, 2)])
+def test_pilot_windows_double_after_a_buffer_and_fit_the_step_size_phase(pilot, longest):
+    from bayes_transfer.fit import _pilot_windows
+
+    windows = _pilot_windows(pilot, longest)
+    assert sum(windows) == pilot and min(windows) >= 1 and max(windows[1:]) <= longest
+    assert windows[0] == max(1, pilot // 10)
+    growing = windows[1:-1]
+    assert all(b == min(2 * a, longest) for a, b in zip(growing, growing[1:]))
+
+
 def test_pooled_mass_matrix_is_the_second_half_covariance_shrunk_in_numpyros_order():
     from bayes_transfer.fit import MIN_SHRINKAGE, pooled_inverse_metric
 
