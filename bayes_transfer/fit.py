@@ -333,12 +333,11 @@ def fit(
     "parallel" when JAX has a device per chain, else "vectorized".
     ``mass_matrix``: how NUTS's mass matrix (its metric) is learnt during the ``warmup``
     iterations. "auto" (the default): "pooled" for posteriors of at most
-    ``POOLED_MAX_DIM`` latent dimensions, else "diagonal". "pooled": a pilot over the first 3/4 of the warm-up,
-    in windows as Stan lays them out, each with a diagonal metric of the last window's
-    variances pooled over all chains, trees of depth at most 6; then one dense metric, the
-    covariance of the pilot's second half pooled over all chains with its correlations shrunk
-    (``pooled_inverse_metric``), held fixed while the step size is adapted over the last 1/4
-    (depth 6) and drawing (``_pooled``). "diagonal" and "dense":
+    ``POOLED_MAX_DIM`` latent dimensions, else "diagonal". "pooled": a pilot with a diagonal metric and
+    trees of depth at most 6 for the first 3/4 of the warm-up; then one dense
+    metric, the covariance of the pilot's second half pooled over all chains
+    with its correlations shrunk (``pooled_inverse_metric``), held fixed while the step size
+    is adapted over the last 1/4 and drawing. "diagonal" and "dense":
     NumPyro's windowed adaptation, each chain on its own. Why pooled is the
     default (README, benchmark section): a dense metric draws at a quarter
     of a diagonal one's leapfrog steps on these correlated posteriors, but
@@ -461,80 +460,42 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
 
 
 def _pooled(bound, shared, key, sampler: dict, chains_map, bar):
-    """The pooled mass matrix (``fit``'s docstring): every phase one NUTS kernel with its metric
-    held fixed and its step size adapted, restarted at the chains' positions with a new metric
-    after each of the pilot's windows (``_pilot_windows``; trees of depth at most
-    ``PILOT_TREE_DEPTH`` while adapting): the identity over the first, then the variances of
-    each window's draws pooled over the chains, and for the drawing the dense metric of the
-    pilot's second half (``pooled_inverse_metric``), whose first ``final`` iterations adapt the
-    step size and are dropped. Three compiled programs: the start, the restart, the iterations."""
+    """The pooled mass matrix (``fit``'s docstring): a pilot of NumPyro's diagonal adaptation
+    (trees of depth at most ``PILOT_TREE_DEPTH``), then one kernel for every chain with the
+    dense metric of the pilot's second half (``pooled_inverse_metric``) held fixed, restarted at
+    the pilot's last positions; its first ``final`` iterations adapt the step size, and are
+    dropped."""
     chains, warmup, draws, target = sampler["chains"], sampler["warmup"], sampler["draws"], sampler["target_accept"]
+    pilot_key, state_key, key = jax.random.split(key, 3)
     final = max(4, warmup // 4)
-    kernels = []
+    bar.set_description("NUTS warm-up")
+    pilot = NUTS(bound, target_accept_prob=target, init_strategy=init_to_prior_median(), max_tree_depth=PILOT_TREE_DEPTH)
+    state = chains_map(lambda k, sh: pilot.init(k, warmup - final, None, (sh,), {"y": sh[0].y}))(
+        jax.random.split(pilot_key, chains), shared)
+    state, out = _iterations(pilot, shared, chains_map, bar)(state, warmup - final)
+    inverse_metric, shrinkage = pooled_inverse_metric(out["z"])
+
+    # One dense metric for every chain, held fixed: it enters the chains' initial state (the
+    # metric an argument of this program); the drawing kernel's first ``final`` iterations
+    # adapt the step size on NumPyro's schedule, and are dropped.
+    drawing = []
 
     def restart(key, draw_key, z, metric, shared):
         kernel = NUTS(bound, target_accept_prob=target, dense_mass=True, inverse_mass_matrix=metric,
-                      adapt_mass_matrix=False, max_tree_depth=(PILOT_TREE_DEPTH, sampler["max_tree_depth"]))
-        kernels.append(kernel)  # its sampling step holds no metric: it reads it from the state
-        # the drawing key set inside the program: a state assembled outside it is laid out
-        # unlike the iterations' own, and their program would be traced and loaded again
+                      adapt_mass_matrix=False, max_tree_depth=sampler["max_tree_depth"])
+        drawing.append(kernel)  # its sampling step holds no metric: it reads it from the state
+        # the drawing keys set inside the program: a state assembled outside it is laid out
+        # unlike the iterations' own, and their program would be traced and loaded a second time
         return kernel.init(key, final, z, (shared,), {"y": shared[0].y})._replace(rng_key=draw_key)
 
-    restarted = chains_map(restart, broadcast=2)
-    start_key, key = jax.random.split(key)
-    z = chains_map(partial(_prior_median_start, bound))(jax.random.split(start_key, chains), shared)
-    metric = np.eye(sum(int(np.prod(v.shape[1:])) for v in jax.tree.leaves(z)))
-    run, pilot = None, []
-    bar.set_description("NUTS warm-up")
-    for window, n in enumerate(_pilot_windows(warmup - final, final) + [None]):
-        if n is None:  # the pilot is over: the drawing metric
-            metric, shrinkage = pooled_inverse_metric(jax.tree.map(lambda *p: np.concatenate(p, axis=1), *[o["z"] for o in pilot]))
-            bar.set_description("NUTS drawing")
-        restart_key, draw_key, key = jax.random.split(key, 3)
-        state = restarted(jax.random.split(restart_key, chains), jax.random.split(draw_key, chains), z,
-                          jnp.asarray(metric), shared)
-        if run is None:
-            kernels[-1]._inverse_mass_matrix = None  # the metric's tracer from that program: never to be read
-            run = _iterations(kernels[-1], shared, chains_map, bar)
-        if n is None:
-            _, out = run(state, final + draws)
-            steps = np.concatenate([o["num_steps"] for o in pilot], axis=1).sum(axis=1).mean()
-            return _drawn(kernels[-1], shared, out, final), {"pilot_steps_per_chain": round(float(steps), 1),
-                                                             "metric_shrinkage": round(shrinkage, 4)}
-        state, out = run(state, n)
-        pilot.append(out)
-        z = state.z
-        if window > 0:  # the first window's draws are the way in, not the posterior (Stan's buffer)
-            metric = np.diag(_pooled_variances(out["z"]))
-
-
-def _pilot_windows(pilot: int, longest: int) -> list[int]:
-    """Window lengths of the pooled pilot's ``pilot`` iterations, as Stan lays out its warm-up:
-    a tenth first (the way in from the start), then windows doubling from a thirtieth, none
-    longer than ``longest`` (the restarted kernel's step-size adaptation), the last taking the
-    remainder (for 750 iterations: 75, 25, 50, 100, 200, 250, 50)."""
-    windows, size = [max(1, pilot // 10)], max(1, pilot // 30)
-    while sum(windows) < pilot:
-        windows.append(min(size, longest, pilot - sum(windows)))
-        size *= 2
-    return windows
-
-
-def _pooled_variances(z: dict) -> np.ndarray:
-    """Per-coordinate variances of draws ``z`` (chain x draw x ...) pooled over chains, in
-    NumPyro's order of the flattened ``z``, regularised towards 1e-3 as Stan does its windows'."""
-    flat = _coordinates(z)
-    n = flat.shape[0] * flat.shape[1]
-    var = flat.reshape(n, -1).var(axis=0, ddof=1) if n > 1 else np.ones(flat.shape[-1])
-    return n / (n + 5.0) * var + 1e-3 * 5.0 / (n + 5.0)
-
-
-def _prior_median_start(bound, key, shared) -> dict:
-    """One chain's unconstrained start: every latent site at ``init_to_prior_median``'s value."""
-    seeded = handlers.substitute(handlers.seed(bound, key), substitute_fn=init_to_prior_median())
-    trace = handlers.trace(seeded).get_trace(shared, y=shared[0].y)
-    return {name: biject_to(site["fn"].support).inv(site["value"]) for name, site in trace.items()
-            if site["type"] == "sample" and not site["is_observed"]}
+    state = chains_map(restart, broadcast=2)(jax.random.split(state_key, chains), jax.random.split(key, chains),
+                                             state.z, jnp.asarray(inverse_metric), shared)
+    drawing[-1]._inverse_mass_matrix = None  # the metric's tracer from that program: never to be read
+    bar.set_description("NUTS drawing")
+    _, drawn = _iterations(drawing[-1], shared, chains_map, bar)(state, final + draws)
+    steps = out["num_steps"].sum(axis=1).mean()
+    return _drawn(drawing[-1], shared, drawn, final), {"pilot_steps_per_chain": round(float(steps), 1),
+                                                      "metric_shrinkage": round(shrinkage, 4)}
 
 
 def init_to_prior_median(site=None):
@@ -672,12 +633,6 @@ def _drawn(kernel, shared, out: dict, skip: int) -> dict:
             "z": jax.tree.map(np.asarray, constrain(out["z"], shared))}
 
 
-def _coordinates(z: dict) -> np.ndarray:
-    """Draws ``z`` (site -> chain x draw x ...) as chain x draw x coordinate, in the order
-    NumPyro flattens ``z`` (sorted site names), its metric's order."""
-    return np.concatenate([np.asarray(z[name]).reshape(*np.shape(z[name])[:2], -1) for name in sorted(z)], axis=-1)
-
-
 def pooled_inverse_metric(z: dict) -> tuple[np.ndarray, float]:
     """A dense inverse metric from warm-up draws ``z`` (unconstrained, chain x draw x ...), in the
     order NumPyro flattens ``z`` (sorted site names), and the share its correlations were shrunk by.
@@ -687,7 +642,7 @@ def pooled_inverse_metric(z: dict) -> tuple[np.ndarray, float]:
     estimate of the best share, at least ``MIN_SHRINKAGE``: with few draws against the
     dimension (hundreds of per-curve sites) the share nears 1, a diagonal metric.
     """
-    flat = _coordinates(z)
+    flat = np.concatenate([np.asarray(z[name]).reshape(*np.shape(z[name])[:2], -1) for name in sorted(z)], axis=-1)
     half = flat[:, flat.shape[1] // 2:].reshape(-1, flat.shape[-1])
     n = half.shape[0]
     if n < 3:

@@ -151,8 +151,8 @@ def test_new_data_of_like_shapes_or_another_prior_load_the_compiled_sampler(tmp_
     """The data and the priors' parameters are arguments of the sampler's programs, not constants
     in them, and the runs are padded to a bucket: a second grid of the same design (new losses),
     a refit under another prior and a grid one run smaller compile only the small programs after
-    sampling (20.5 s against 1.6, 1.5 and 1.5 s when written; with the data compiled in, all of
-    it again)."""
+    sampling (7.3 s against 0.45, 0.44 and 0.71 s on 2026-12-07; with the data compiled in, all
+    of it again)."""
     import subprocess
     import sys
 
@@ -288,17 +288,6 @@ def test_the_start_is_the_prior_median_and_its_jitter_a_share_of_the_prior_sd(pr
     u = to_u(np.asarray(init_to_prior_median(site)))
     assert np.abs(u - to_u(float(median))).max() <= 0.5 * float(spread) * (1 + 1e-9)
     assert np.std(u) == pytest.approx(float(spread) / np.sqrt(12), rel=0.05)  # uniform over +-half an sd
-
-
-@pytest.mark.parametrize("pilot, longest", [(750, 250), (225, 75), (30, 10), (7, 2)])
-def test_pilot_windows_double_after_a_buffer_and_fit_the_step_size_phase(pilot, longest):
-    from bayes_transfer.fit import _pilot_windows
-
-    windows = _pilot_windows(pilot, longest)
-    assert sum(windows) == pilot and min(windows) >= 1 and max(windows[1:]) <= longest
-    assert windows[0] == max(1, pilot // 10)
-    growing = windows[1:-1]
-    assert all(b == min(2 * a, longest) for a, b in zip(growing, growing[1:]))
 
 
 def test_pooled_mass_matrix_is_the_second_half_covariance_shrunk_in_numpyros_order():
