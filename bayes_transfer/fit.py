@@ -436,16 +436,7 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
     not from inside them (a program that calls back to Python is never written to that cache).
     """
     chains, warmup, draws, target = sampler["chains"], sampler["warmup"], sampler["draws"], sampler["target_accept"]
-    # The data and the priors' parameters are the programs' argument (``shared``): a refit under
-    # other priors (the prior sensitivity) loads the same programs. A number given as a prior
-    # (a fixed spread, nu) is structure: the model branches on it.
-    fixed = {k: v for k, v in priors.items() if not isinstance(v, dist.Distribution)}
-    shared = (padded(data), {k: v for k, v in priors.items() if k not in fixed})
-
-    def bound(shared, y=None):
-        d, distributions = shared
-        model(d, {**fixed, **distributions}, y=y)
-
+    bound, shared = _as_arguments(model, data, priors)
     chains_map = _chain_map(sampler["chain_method"])
     bar = tqdm(total=chains * (warmup + draws), desc="NUTS", unit="it", disable=not progress, leave=False)
     with bar:
@@ -457,6 +448,21 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
             _, out = _iterations(kernel, shared, chains_map, bar)(state, warmup + draws)
             return _drawn(kernel, shared, out, warmup), {}
         return _pooled(bound, shared, key, sampler, chains_map, bar)
+
+
+def _as_arguments(model, data: ModelData, priors: dict):
+    """``(bound, shared)``: ``bound(shared, y=None)`` runs ``model`` on ``shared``, the padded data
+    and the priors' distributions, so that compiled programs take them as their argument (a grid
+    of the same padded shapes, or a refit under other prior parameters, loads the programs from
+    the cache). A number given as a prior (a fixed spread, nu) is structure: the model branches
+    on it, so it is closed over."""
+    fixed = {k: v for k, v in priors.items() if not isinstance(v, dist.Distribution)}
+
+    def bound(shared, y=None):
+        d, distributions = shared
+        model(d, {**fixed, **distributions}, y=y)
+
+    return bound, (padded(data), {k: v for k, v in priors.items() if k not in fixed})
 
 
 def _pooled(bound, shared, key, sampler: dict, chains_map, bar):
@@ -732,7 +738,9 @@ def _to_idata(model, data: ModelData, priors, samples, sample_stats) -> az.Infer
     """InferenceData with named dims from grouped-by-chain samples (predictive and prior draws come later:
     ``_predictive_draws``, ``_prior_draws``)."""
     nchain = next(iter(samples.values())).shape[0]
-    ll = np.asarray(log_likelihood(model, _flat(samples), data, priors, y=data.y)["log_loss"])
+    bound, shared = _as_arguments(model, data, priors)
+    pointwise = jax.jit(lambda flat, shared: log_likelihood(bound, flat, shared, y=shared[0].y)["log_loss"])
+    ll = np.asarray(pointwise(_flat(samples), shared))[:, :len(data.y)]  # the padding's ghost runs dropped
     coords, dims = _names(data, samples)
     idata = az.from_dict(
         posterior={k: np.asarray(v) for k, v in samples.items()},
@@ -750,10 +758,13 @@ def _predictive_draws(model, data: ModelData, priors, samples, key):
     ``posterior_predictive`` group: called on first use (a report's checks), not at every fit, where
     it cost 15% of a Chinchilla fit (benchmarks/fit_cost_breakdown.py)."""
 
+    bound, shared = _as_arguments(model, data, priors)
+    predict = jax.jit(lambda key, flat, shared: Predictive(bound, posterior_samples=flat, return_sites=["log_loss"])(
+        key, shared)["log_loss"])
+
     def draw() -> az.InferenceData:
         nchain = next(iter(samples.values())).shape[0]
-        pp = np.asarray(Predictive(model, posterior_samples=_flat(samples), return_sites=["log_loss"])(
-            key, data, priors)["log_loss"])
+        pp = np.asarray(predict(key, _flat(samples), shared))[:, :len(data.y)]  # the ghost runs dropped
         coords, dims = _names(data, samples)
         return _labelled(az.from_dict(posterior_predictive={"log_loss": pp.reshape(nchain, -1, *pp.shape[1:])},
                                       coords=coords, dims=dims), data)
@@ -771,9 +782,12 @@ def _prior_draws(model, data: ModelData, priors, samples, key):
     names = set(samples)
     coords, dims = _names(data, samples)
 
+    bound, shared = _as_arguments(model, data, priors)
+    simulate = jax.jit(lambda key, shared: Predictive(bound, num_samples=PRIOR_DRAWS)(key, shared))
+
     def draw() -> az.InferenceData:
-        prior = Predictive(model, num_samples=PRIOR_DRAWS)(key, data, priors)
-        prior_pred = np.asarray(prior.pop("log_loss"))[None]
+        prior = simulate(key, shared)
+        prior_pred = np.asarray(prior.pop("log_loss"))[None, :, :len(data.y)]  # the ghost runs dropped
         kept = {k: np.asarray(v)[None] for k, v in prior.items() if k in names}
         return _labelled(az.from_dict(prior=kept, prior_predictive={"log_loss": prior_pred}, coords=coords,
                                       dims=dims), data)

@@ -47,15 +47,17 @@ def wide_target_accept(target_accept: float) -> float:
     return max(target_accept, min(0.99, (1.0 + target_accept) / 2))
 
 
-def wide_fit(fit: Fit, factor: float = WIDEN) -> Fit:
+def wide_fit(fit: Fit, factor: float = WIDEN, **sampler) -> Fit:
     """``fit`` refitted, same grid and sampler settings but a finer step (``wide_target_accept``),
-    with every law prior ``factor`` times as wide."""
+    with every law prior ``factor`` times as wide. ``sampler``: ``fit`` settings to change (more
+    ``warmup`` and ``draws`` where the wider posterior is harder to sample)."""
     spec = laws.of(fit)
     scratch_law = fit.config.get("scratch_law", "kaplan")
     defaults = default_priors(fit.law, scratch_law)
     priors = {name: widened(defaults[name], factor) for name in law_sites(fit)}
     kw = fit.refit_settings()
     kw["target_accept"] = wide_target_accept(kw["target_accept"])
+    kw.update(sampler)
     if spec.kind == "transfer":
         kw.update(scratch_law=scratch_law, ossification=bool(fit.config["ossification"]))
     if spec.pretrain_axis:
@@ -98,16 +100,17 @@ def headline_draws(fit: Fit, allow_unconverged: bool = False) -> dict[str, np.nd
     return out
 
 
-def prior_sensitivity(fit: Fit, prob: float = 0.9, factor: float = WIDEN) -> tuple[pd.DataFrame, Fit]:
+def prior_sensitivity(fit: Fit, prob: float = 0.9, factor: float = WIDEN, **sampler) -> tuple[pd.DataFrame, Fit]:
     """Each headline number (``headline_draws``) under the default priors and under priors ``factor``
     times as wide (``wide_fit``): medians, intervals, and the shift of the median
     in units of the default interval's width (on the log scale: all are
     positive). A shift near 0 and a similar interval: the data decided it.
-    Returns the table and the wider-prior fit (check its ``converged``)."""
+    Returns the table and the wider-prior fit (check its ``converged``); ``sampler`` goes to
+    ``wide_fit``."""
     if fit.point_estimate:
         raise ValueError("prior sensitivity compares posteriors; this fit is a MAP point estimate")
     a = headline_draws(fit)  # the fit's own gate holds
-    wide = wide_fit(fit, factor)
+    wide = wide_fit(fit, factor, **sampler)
     b = headline_draws(wide, allow_unconverged=True)  # whether it converged is part of the answer
     rows = []
     for name in a:

@@ -339,6 +339,26 @@ def test_observed_data_are_the_grid_losses(transfer_fit):
     np.testing.assert_allclose(np.exp(obs["log_loss"].values), runs.loc[obs["run"].values, "loss"].to_numpy())
 
 
+def test_pointwise_log_likelihood_is_numpyros_on_the_unpadded_grid():
+    """The pointwise log-likelihood (PSIS-LOO's input) is computed on the padded data, ghosts
+    dropped: it must equal NumPyro's on the grid itself, censored runs included."""
+    from numpyro.infer import log_likelihood
+
+    from bayes_transfer.fit import _flat
+    from bayes_transfer.models import model_for, padded, prepare
+    from bayes_transfer.priors import resolve_priors
+
+    path = os.path.join(os.path.dirname(__file__), "..", "data", "grids", "cpu_text_to_python.nc")
+    f = quiet_fit(path, "transfer", chains=1, draws=10, warmup=20, progress=False)
+    data = prepare(f.grid, "transfer", "kaplan", True, None)
+    assert len(data.censored_idx) > 0 and len(padded(data).y) > len(data.y)  # censored runs, and ghosts to drop
+    priors = resolve_priors("transfer", "kaplan", {}, data.groups)
+    draws = {k: f.posterior[k].values for k in f.posterior.data_vars}
+    expected = np.asarray(log_likelihood(model_for("transfer"), _flat(draws), data, priors, y=data.y)["log_loss"])
+    got = f.idata.log_likelihood["log_loss"].values.reshape(10, -1)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_save_load_round_trip(transfer_fit, tmp_path):
     path = transfer_fit.save(tmp_path / "fit.nc")
     assert path.exists() and not list(tmp_path.glob(".*tmp*"))

@@ -64,5 +64,10 @@ def test_a_scratch_law_reports_each_parameter_both_ways():
     assert list(table["quantity"]) == ["N_c[python]", "D_c[python]", "alpha_N[python]", "alpha_D[python]"]
     assert wide.config["priors"]["alpha_D"] == "LogNormal(loc=-1.386, scale=2)"
     assert (table["lower"] < table["median"]).all() and (table["median"] < table["upper"]).all()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="fit of law .* did not converge")
+        _, longer = prior_sensitivity(base, draws=150)  # a refit with other sampler settings
+    assert {k: longer.sampler[k] for k in ("draws", "warmup", "target_accept")} == \
+        {"draws": 150, "warmup": 300, "target_accept": pytest.approx(0.975)}
     with pytest.raises(ValueError, match="MAP point estimate"):
         prior_sensitivity(fit(grid, "kaplan", method="map", map_steps=200, progress=False))
