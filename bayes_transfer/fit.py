@@ -452,17 +452,41 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
 
 def _as_arguments(model, data: ModelData, priors: dict):
     """``(bound, shared)``: ``bound(shared, y=None)`` runs ``model`` on ``shared``, the padded data
-    and the priors' distributions, so that compiled programs take them as their argument (a grid
+    and the priors' parameters, so that compiled programs take them as their argument (a grid
     of the same padded shapes, or a refit under other prior parameters, loads the programs from
     the cache). A number given as a prior (a fixed spread, nu) is structure: the model branches
-    on it, so it is closed over."""
-    fixed = {k: v for k, v in priors.items() if not isinstance(v, dist.Distribution)}
+    on it, so it is closed over, as is a distribution not rebuilt from its parameters.
+
+    The parameters travel as plain dicts (prior -> name -> value) and the distributions are
+    rebuilt inside: NumPyro flattens a distribution's parameters in the order of a Python set,
+    which changes from one process to the next, and with it the compiled program's argument
+    order, so no later process found the sampler in the cache."""
+    fixed, parameters = {}, {}
+    for name, prior in priors.items():
+        values = _parameters(prior)
+        if values is None:
+            fixed[name] = prior
+        else:
+            parameters[name] = values
 
     def bound(shared, y=None):
-        d, distributions = shared
-        model(d, {**fixed, **distributions}, y=y)
+        d, values = shared
+        model(d, {**fixed, **{k: type(priors[k])(**v) for k, v in values.items()}}, y=y)
 
-    return bound, (padded(data), {k: v for k, v in priors.items() if k not in fixed})
+    return bound, (padded(data), parameters)
+
+
+def _parameters(prior) -> dict | None:
+    """A distribution's parameters by name, where its class rebuilds it from them; else None."""
+    if not isinstance(prior, dist.Distribution):
+        return None
+    try:
+        values = {k: jnp.asarray(getattr(prior, k)) for k in prior.arg_constraints}
+        rebuilt = type(prior)(**values)
+    except (TypeError, AttributeError, ValueError):
+        return None
+    same = all(np.array_equal(np.asarray(getattr(rebuilt, k)), np.asarray(v)) for k, v in values.items())
+    return values if same and rebuilt.batch_shape == prior.batch_shape else None
 
 
 def _pooled(bound, shared, key, sampler: dict, chains_map, bar):
