@@ -460,7 +460,7 @@ def _as_arguments(model, data: ModelData, priors: dict):
     The parameters travel as plain dicts (prior -> name -> value) and the distributions are
     rebuilt inside: NumPyro flattens a distribution's parameters in the order of a Python set,
     which changes from one process to the next, and with it the compiled program's argument
-    order, so no later process found the sampler in the cache."""
+    order: a later process missed the sampler in the cache about half the time."""
     fixed, parameters = {}, {}
     for name, prior in priors.items():
         values = _parameters(prior)

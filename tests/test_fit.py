@@ -352,6 +352,19 @@ def test_observed_data_are_the_grid_losses(transfer_fit):
     np.testing.assert_allclose(np.exp(obs["log_loss"].values), runs.loc[obs["run"].values, "loss"].to_numpy())
 
 
+def test_priors_reach_the_programs_as_parameters_by_name_or_are_closed_over():
+    import numpyro.distributions as dist
+    from numpyro.distributions.transforms import ExpTransform
+
+    from bayes_transfer.fit import _parameters
+
+    gamma = _parameters(dist.Gamma(2.0, 5.0))
+    assert sorted(gamma) == ["concentration", "rate"] and float(gamma["rate"]) == 5.0
+    assert sorted(_parameters(dist.LogNormal(0.5, 1.5))) == ["loc", "scale"]
+    assert _parameters(4.0) is None  # a fixed number: structure
+    assert _parameters(dist.TransformedDistribution(dist.Normal(0.0, 1.0), ExpTransform())) is None
+
+
 def test_pointwise_log_likelihood_is_numpyros_on_the_unpadded_grid():
     """The pointwise log-likelihood (PSIS-LOO's input) is computed on the padded data, ghosts
     dropped: it must equal NumPyro's on the grid itself, censored runs included."""
