@@ -354,7 +354,7 @@ def fit(
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if mass_matrix not in MASS_MATRICES:
         raise ValueError(f"unknown mass_matrix {mass_matrix!r}; expected one of {', '.join(MASS_MATRICES)}")
-    pilot_half = (warmup - max(4, warmup // 4) + 1) // 2  # the pilot draws its metric is estimated from
+    pilot_half = (warmup - _final(warmup) + 1) // 2  # the pilot draws its metric is estimated from
     if mass_matrix in ("auto", "pooled") and (warmup < 8 or pilot_half * chains < 3):
         raise ValueError(f"the pooled mass matrix needs warmup >= 8 (a pilot and a step-size phase) and at least 3 "
                          f"pilot draws to estimate it from (half the pilot, all chains): got warmup {warmup}, "
@@ -382,6 +382,7 @@ def fit(
         "pretrain_runs": list(data.pretrain_runs),
     }
     _release_compiled_code()
+    bound, shared = _as_arguments(model, data, prior_set)
     key = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
     if method == "nuts":
@@ -394,7 +395,7 @@ def fit(
         sampler = {"method": "nuts", "chains": chains, "draws": draws, "warmup": warmup, "seed": seed,
                    "target_accept": target_accept, "chain_method": chain_method, "mass_matrix": mass_matrix,
                    "max_tree_depth": MAX_TREE_DEPTH}
-        drawn, warmup_record = _run_nuts(model, data, prior_set, key, sampler, progress)
+        drawn, warmup_record = _run_nuts(bound, shared, key, sampler, progress)
         sampler.update(warmup_record)
         samples = drawn["z"]
         sample_stats = {"diverging": drawn["diverging"], "energy": drawn["energy"], "n_steps": drawn["num_steps"]}
@@ -403,10 +404,10 @@ def fit(
         sample_stats = {"diverging": np.zeros((1, 1), dtype=bool)}
         sampler = {"method": "map", "chains": 1, "draws": 1, "seed": seed, "map_steps": map_steps, "optimizer_success": success}
     sampler["seconds"] = round(time.perf_counter() - t0, 3)
-    idata = _to_idata(model, data, prior_set, samples, sample_stats)
+    idata = _to_idata(bound, shared, data, samples, sample_stats)
     result = Fit(idata=idata, grid=grid, law=law, config=config, sampler=sampler, _lazy={
-        "prior": _prior_draws(model, data, prior_set, samples, jax.random.fold_in(key, 3)),
-        "posterior_predictive": _predictive_draws(model, data, prior_set, samples, jax.random.fold_in(key, 1))})
+        "prior": _prior_draws(bound, shared, data, samples, jax.random.fold_in(key, 3)),
+        "posterior_predictive": _predictive_draws(bound, shared, data, samples, jax.random.fold_in(key, 1))})
     diag = result.diagnostics()
     if not diag.converged:
         what = "MAP optimisation failed" if method == "map" else "did not converge"
@@ -424,7 +425,7 @@ def _latent_dim(model, data, priors) -> int:
     return sum(int(np.prod(v.shape)) for v in jax.eval_shape(latent).values())
 
 
-def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress: bool):
+def _run_nuts(bound, shared, key, sampler: dict, progress: bool):
     """Warm up and draw as ``sampler["mass_matrix"]`` says: the draws (``z``, ``diverging``,
     ``energy``, ``num_steps``, each chain x draw x ...) and what the warm-up measured (the
     pooled pilot's mean leapfrog steps per chain, its shrinkage).
@@ -436,15 +437,13 @@ def _run_nuts(model, data: ModelData, priors: dict, key, sampler: dict, progress
     not from inside them (a program that calls back to Python is never written to that cache).
     """
     chains, warmup, draws, target = sampler["chains"], sampler["warmup"], sampler["draws"], sampler["target_accept"]
-    bound, shared = _as_arguments(model, data, priors)
     chains_map = _chain_map(sampler["chain_method"])
     bar = tqdm(total=chains * (warmup + draws), desc="NUTS", unit="it", disable=not progress, leave=False)
     with bar:
         if sampler["mass_matrix"] != "pooled":
             kernel = NUTS(bound, target_accept_prob=target, init_strategy=init_to_prior_median(),
                           dense_mass=sampler["mass_matrix"] == "dense", max_tree_depth=sampler["max_tree_depth"])
-            state = chains_map(lambda k, sh: kernel.init(k, warmup, None, (sh,), {"y": sh[0].y}))(
-                jax.random.split(key, chains), shared)
+            state = _started(kernel, warmup, chains_map, key, chains, shared)
             _, out = _iterations(kernel, shared, chains_map, bar)(state, warmup + draws)
             return _drawn(kernel, shared, out, warmup), {}
         return _pooled(bound, shared, key, sampler, chains_map, bar)
@@ -489,6 +488,17 @@ def _parameters(prior) -> dict | None:
     return values if same and rebuilt.batch_shape == prior.batch_shape else None
 
 
+def _final(warmup: int) -> int:
+    """Iterations of a pooled fit's warm-up after its pilot: the drawing kernel's step-size phase."""
+    return max(4, warmup // 4)
+
+
+def _started(kernel, num_warmup: int, chains_map, key, chains: int, shared):
+    """Every chain's initial state under ``kernel`` (its start: ``init_to_prior_median``)."""
+    return chains_map(lambda k, sh: kernel.init(k, num_warmup, None, (sh,), {"y": sh[0].y}))(
+        jax.random.split(key, chains), shared)
+
+
 def _pooled(bound, shared, key, sampler: dict, chains_map, bar):
     """The pooled mass matrix (``fit``'s docstring): a pilot of NumPyro's diagonal adaptation
     (trees of depth at most ``PILOT_TREE_DEPTH``), then one kernel for every chain with the
@@ -497,11 +507,10 @@ def _pooled(bound, shared, key, sampler: dict, chains_map, bar):
     dropped."""
     chains, warmup, draws, target = sampler["chains"], sampler["warmup"], sampler["draws"], sampler["target_accept"]
     pilot_key, state_key, key = jax.random.split(key, 3)
-    final = max(4, warmup // 4)
+    final = _final(warmup)
     bar.set_description("NUTS warm-up")
     pilot = NUTS(bound, target_accept_prob=target, init_strategy=init_to_prior_median(), max_tree_depth=PILOT_TREE_DEPTH)
-    state = chains_map(lambda k, sh: pilot.init(k, warmup - final, None, (sh,), {"y": sh[0].y}))(
-        jax.random.split(pilot_key, chains), shared)
+    state = _started(pilot, warmup - final, chains_map, pilot_key, chains, shared)
     state, out = _iterations(pilot, shared, chains_map, bar)(state, warmup - final)
     inverse_metric, shrinkage = pooled_inverse_metric(out["z"])
 
@@ -572,14 +581,13 @@ def _median_and_spread(fn):
         return fn.scale, np.pi / 2
     if isinstance(fn, dist.Uniform):
         return (fn.low + fn.high) / 2, np.pi / np.sqrt(3.0)
-    if isinstance(fn, (dist.Gamma, dist.Exponential)):  # Exponential(rate) = Gamma(1, rate)
-        k = fn.concentration if isinstance(fn, dist.Gamma) else jnp.ones_like(fn.rate)
+    if isinstance(fn, dist.Exponential):
+        return np.log(2.0) / fn.rate, np.pi / np.sqrt(6.0)  # Var log X = trigamma(1) = pi^2 / 6
+    if isinstance(fn, dist.Gamma):
+        k = fn.concentration
         large = k * (1 - 1 / (9 * k)) ** 3
         small = jnp.exp((gammaln(k + 1) - np.log(2.0)) / k)
-        median = jnp.where(k >= 1, large, small) / fn.rate
-        if isinstance(fn, dist.Exponential):
-            median = np.log(2.0) / fn.rate  # exact
-        return median, jnp.sqrt(_trigamma(k))  # Var log X = trigamma(k)
+        return jnp.where(k >= 1, large, small) / fn.rate, jnp.sqrt(_trigamma(k))  # Var log X = trigamma(k)
     if type(fn) is dist.Beta:
         a, b = fn.concentration1, fn.concentration0
         median = jnp.where((a >= 1) & (b >= 1), (a - 1 / 3) / (a + b - 2 / 3), a / (a + b))
@@ -758,11 +766,10 @@ def _flat(samples: dict) -> dict:
     return {k: jnp.reshape(v, (-1, *v.shape[2:])) for k, v in samples.items()}
 
 
-def _to_idata(model, data: ModelData, priors, samples, sample_stats) -> az.InferenceData:
+def _to_idata(bound, shared, data: ModelData, samples, sample_stats) -> az.InferenceData:
     """InferenceData with named dims from grouped-by-chain samples (predictive and prior draws come later:
     ``_predictive_draws``, ``_prior_draws``)."""
     nchain = next(iter(samples.values())).shape[0]
-    bound, shared = _as_arguments(model, data, priors)
     pointwise = jax.jit(lambda flat, shared: log_likelihood(bound, flat, shared, y=shared[0].y)["log_loss"])
     ll = np.asarray(pointwise(_flat(samples), shared))[:, :len(data.y)]  # the padding's ghost runs dropped
     coords, dims = _names(data, samples)
@@ -777,12 +784,10 @@ def _to_idata(model, data: ModelData, priors, samples, sample_stats) -> az.Infer
     return _labelled(idata, data)
 
 
-def _predictive_draws(model, data: ModelData, priors, samples, key):
+def _predictive_draws(bound, shared, data: ModelData, samples, key):
     """A function drawing the posterior predictive (one simulated log-loss per draw and run), as the
     ``posterior_predictive`` group: called on first use (a report's checks), not at every fit, where
     it cost 15% of a Chinchilla fit (benchmarks/fit_cost_breakdown.py)."""
-
-    bound, shared = _as_arguments(model, data, priors)
     predict = jax.jit(lambda key, flat, shared: Predictive(bound, posterior_samples=flat, return_sites=["log_loss"])(
         key, shared)["log_loss"])
 
@@ -796,7 +801,7 @@ def _predictive_draws(model, data: ModelData, priors, samples, key):
     return draw
 
 
-def _prior_draws(model, data: ModelData, priors, samples, key):
+def _prior_draws(bound, shared, data: ModelData, samples, key):
     """A function drawing ``PRIOR_DRAWS`` prior draws of the posterior's quantities (and
     the prior predictive), as the ``prior`` and ``prior_predictive`` groups.
 
@@ -805,8 +810,6 @@ def _prior_draws(model, data: ModelData, priors, samples, key):
     (benchmarks/fit_cost_breakdown.py), and many fits never need it."""
     names = set(samples)
     coords, dims = _names(data, samples)
-
-    bound, shared = _as_arguments(model, data, priors)
     simulate = jax.jit(lambda key, shared: Predictive(bound, num_samples=PRIOR_DRAWS)(key, shared))
 
     def draw() -> az.InferenceData:
